@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Progress", "JobGenerator", "run", "Cancelled"]
+__all__ = ["Progress", "JobGenerator", "run", "run_with_tqdm"]
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,6 @@ class Progress:
 
 
 JobGenerator = Generator[Progress, None, T]
-
-
-class Cancelled(RuntimeError):
-    """Raised inside a job when the user cancelled it."""
 
 
 def run(job: JobGenerator, callback: Callable[[Progress], Any] | None = None):

@@ -18,14 +18,14 @@ __all__ = ["napari_get_reader", "read_tiff", "LAZY_BYTES"]
 #: Files larger than this (bytes of pixel data) are opened lazily as dask arrays.
 LAZY_BYTES = 256 * 2**20
 
-_SUFFIXES = (".tif", ".tiff")
-
 
 def _tiff_path(path) -> Path | None:
     if not isinstance(path, (str, Path)):
         return None
+    from .io import is_tiff
+
     p = Path(path)
-    if p.suffix.lower() not in _SUFFIXES or not p.is_file():
+    if not is_tiff(p) or not p.is_file():
         return None
     try:
         import tifffile
@@ -72,7 +72,7 @@ def read_tiff(path) -> list[tuple]:
     import tifffile
 
     from ._validation import VitsegError
-    from .io import open_image, read_image
+    from .io import image_stem, open_image, read_image
 
     if isinstance(path, (list, tuple)):
         path = path[0]
@@ -87,11 +87,7 @@ def read_tiff(path) -> list[tuple]:
     data = open_image(path).data if lazy else read_image(path)
     rgb = axes.endswith("S") and shape[-1] in (3, 4)
     channel_axis = next((axes.index(c) for c in "SC" if c in axes), None)
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".TIFF", ".TIF"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = image_stem(path)
     meta = {
         "name": name,
         "rgb": bool(rgb),

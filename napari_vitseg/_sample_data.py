@@ -10,19 +10,31 @@ from __future__ import annotations
 __all__ = ["tem_nanoparticles", "tem_cells_stack", "class_colormap"]
 
 
-def class_colormap(n_classes: int) -> dict:
-    """A napari direct label colormap (plain dict) for classes 1..n with the default colours."""
-    from .pipeline import DEFAULT_COLORS
+def class_colormap(n_classes: int, colors=None) -> dict:
+    """A napari direct label colormap (plain dict) for classes 1..n.
 
+    Parameters
+    ----------
+    n_classes : int
+    colors : sequence of str, optional
+        Hex colours of classes 1..; missing ones get the default colours.
+
+    Returns
+    -------
+    dict
+        ``{0: 'transparent', None: '#808080', 1: colour, ...}`` (``None``: any other label).
+    """
+    from .pipeline.segmenter import default_class_color
+
+    colors = list(colors or [])
     cmap: dict = {0: "transparent", None: "#808080"}
     for k in range(1, n_classes + 1):
-        cmap[k] = DEFAULT_COLORS[(k - 1) % len(DEFAULT_COLORS)]
+        cmap[k] = colors[k - 1] if k - 1 < len(colors) else default_class_color(k)
     return cmap
 
 
 def _load(folder: str, name: str, class_names: list[str]) -> list[tuple]:
-    from .demo import sample_data_dir
-    from .io import read_image
+    from .io import read_image, sample_data_dir
 
     d = sample_data_dir() / folder
     image = read_image(d / "image.tif")

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     from napari_vitseg import _sample_data
     from napari_vitseg._widgets._segmentation import SegmentationWidget
-    from napari_vitseg.demo import sample_data_dir
+    from napari_vitseg.io import sample_data_dir
 
     viewer = napari.Viewer(title="napari-vitseg", show=True)
     w, h = (int(s) for s in args.size.split("x"))

@@ -23,7 +23,6 @@ live preview.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,8 +32,10 @@ import numpy as np
 
 from .._progress import Progress
 from .._validation import VitsegError
+from ..features.cache import content_digest
 from ..features.config import FeatureConfig
-from ..pipeline import DEFAULT_COLORS, Segmenter, as_channels_last
+from ..pipeline import DEFAULT_COLORS, Segmenter, as_channels_last, uncertainty
+from ..pipeline.batch import iter_apply_files
 
 __all__ = [
     "LIVE_PARAMS",
@@ -44,8 +45,6 @@ __all__ = [
     "PlaneUpdate",
     "Status",
     "SegmentationController",
-    "scribbles_digest",
-    "tiff_inputs",
 ]
 
 #: Classifier parameters of the live preview model, per classifier kind.
@@ -64,15 +63,6 @@ def random_weights_allowed() -> bool:
     return os.environ.get(RANDOM_WEIGHTS_ENV, "") == "1"
 
 
-def scribbles_digest(scribbles: np.ndarray) -> str:
-    """Content hash of a scribbles array (shape, dtype and bytes)."""
-    a = np.ascontiguousarray(scribbles)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str((a.shape, a.dtype.str)).encode())
-    h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
 def labelled_classes(scribbles: np.ndarray) -> list[int]:
     """Class ids (> 0) present in ``scribbles``."""
     a = np.asarray(scribbles)
@@ -81,27 +71,6 @@ def labelled_classes(scribbles: np.ndarray) -> list[int]:
         return [int(i) for i in np.flatnonzero(counts[1:]) + 1]
     u = np.unique(a)
     return [int(v) for v in u if v > 0]
-
-
-def tiff_inputs(paths: Sequence) -> list[Path]:
-    """Expand folders to the TIFF files they contain (sorted); keep files as given.
-
-    Raises
-    ------
-    VitsegError
-        Nothing to process.
-    """
-    from ..io import TIFF_SUFFIXES
-
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(TIFF_SUFFIXES))
-        else:
-            out.append(p)
-    if not out:
-        raise VitsegError(f"No TIFF files found in {[str(p) for p in paths]}; pick .tif/.tiff files or a folder holding them.")
-    return out
 
 
 @dataclass
@@ -227,9 +196,9 @@ class SegmentationController:
     def _backbone(self, name: str):
         """A random-weights backbone (testing only), built once per name."""
         if name not in self._backbones:
-            from ..cli import random_backbone
+            from ..backbones import create_backbone
 
-            self._backbones[name] = random_backbone(name)
+            self._backbones[name] = create_backbone(name, pretrained=False, seed=0)
         return self._backbones[name]
 
     def featurizer(self, config: FeatureConfig | None = None):
@@ -257,11 +226,8 @@ class SegmentationController:
     def new_segmenter(self, live: bool) -> Segmenter:
         """An unfitted :class:`Segmenter` that shares this controller's cache and featurizer."""
         params = self.live_params() if live else dict(self.classifier_params)
-        seg = Segmenter(self.feature_config, self.classifier, params, class_names=list(self.class_names),
-                        class_colors=list(self.class_colors), cache_bytes=0)
-        seg.featurizer = self.featurizer()
-        seg.cache = self.cache
-        return seg
+        return Segmenter(self.feature_config, self.classifier, params, class_names=list(self.class_names),
+                         class_colors=list(self.class_colors), featurizer=self.featurizer(), cache=self.cache)
 
     def adopt(self, ready: ModelReady) -> None:
         """Make ``ready`` the current model (on the UI thread)."""
@@ -304,7 +270,7 @@ class SegmentationController:
                 yield Status("Live: " + msg)
                 return None
             raise VitsegError(msg)
-        digest = scribbles_digest(scribbles)
+        digest = content_digest(scribbles)
         cur = self.model
         if live and cur is not None and cur.digest == digest and cur.loaded_from is None:
             ready = cur  # nothing changed since the current model was trained (e.g. undo + redo)
@@ -336,12 +302,12 @@ class SegmentationController:
         if coarse and ny * nx > COARSE_PIXELS:
             p = seg.predict_plane(plane, stride=2)
             lab = seg.labels_from_proba(p).repeat(2, 0).repeat(2, 1)[:ny, :nx]
-            unc = (1.0 - p.max(axis=0)).repeat(2, 0).repeat(2, 1)[:ny, :nx]
+            unc = uncertainty(p).repeat(2, 0).repeat(2, 1)[:ny, :nx]
             prob = p.repeat(2, 1).repeat(2, 2)[:, :ny, :nx] if inputs.probabilities else None
             yield PlaneUpdate(z, lab, unc, prob, seg.classes_.copy(), coarse=True)
         yield Progress(1, 2, "predicting")
         p = seg.predict_plane(plane, use_cache=True)
-        yield PlaneUpdate(z, seg.labels_from_proba(p), 1.0 - p.max(axis=0),
+        yield PlaneUpdate(z, seg.labels_from_proba(p), uncertainty(p),
                           p if inputs.probabilities else None, seg.classes_.copy())
         yield Progress(2, 2, "done")
 
@@ -386,7 +352,7 @@ class SegmentationController:
         for i, z in enumerate(zs):
             yield Progress(i, nz, f"plane {z + 1} ({i + 1}/{nz})")
             p = seg.predict_plane(np.asarray(img[z]), use_cache=False)
-            yield PlaneUpdate(z, seg.labels_from_proba(p), 1.0 - p.max(axis=0),
+            yield PlaneUpdate(z, seg.labels_from_proba(p), uncertainty(p),
                               p if inputs.probabilities else None, seg.classes_.copy())
         yield Progress(nz, nz, "done")
         return nz
@@ -395,8 +361,8 @@ class SegmentationController:
                          probabilities: bool = False, skip_existing: bool = True):
         """Segment TIFF files (or the TIFFs of folders) into ``output_dir``, plane by plane.
 
-        Same output names as :meth:`Segmenter.iter_apply_files` (``<stem><suffix>.tif``); files
-        whose output exists are skipped (resume). A cancelled file leaves no output behind.
+        :func:`napari_vitseg.pipeline.batch.iter_apply_files` (output names, resume, atomic
+        writes) with the current full-quality model; a cancelled file leaves no output behind.
 
         Yields
         ------
@@ -407,33 +373,9 @@ class SegmentationController:
         -------
         list of pathlib.Path
         """
-        files = tiff_inputs(paths)
         ready = yield from self._iter_full_model(inputs)
-        seg = ready.segmenter
-        out_dir = Path(output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        n = len(files)
-        outs = []
-        for i, inp in enumerate(files):
-            stem = inp.name.split(".")[0]
-            out = out_dir / f"{stem}{suffix}.tif"
-            outs.append(out)
-            if skip_existing and out.exists():
-                yield Progress(int(1000 * (i + 1) / n), 1000, f"{inp.name}: already done")
-                continue
-            probs = out_dir / f"{stem}{suffix}_probabilities.tif" if probabilities else None
-            job = seg.iter_apply_file(inp, out, probabilities_path=probs)
-            try:
-                while True:
-                    p = next(job)
-                    frac = (i + (p.done / p.total if p.total else 0)) / n
-                    yield Progress(int(1000 * frac), 1000, f"file {i + 1}/{n}: {p.msg}")
-            except StopIteration:
-                pass
-            finally:
-                job.close()  # a cancelled file removes its partial output
-        yield Progress(1000, 1000, f"{n} file(s) done")
-        return outs
+        return (yield from iter_apply_files(ready.segmenter, paths, output_dir, suffix=suffix,
+                                            probabilities=probabilities, skip_existing=skip_existing))
 
     def iter_save(self, inputs: JobInputs, path):
         """Save the current model (a full-quality one, trained first if it is a live preview).
@@ -444,8 +386,7 @@ class SegmentationController:
         """
         ready = yield from self._iter_full_model(inputs)
         seg = ready.segmenter
-        seg.class_names = list(self.class_names)
-        seg.class_colors = list(self.class_colors)
+        seg.set_classes(self.class_names, self.class_colors)
         yield Status(f"saving {Path(path).name}")
         return seg.save(path)
 
@@ -473,11 +414,10 @@ class SegmentationController:
                     f"{RANDOM_WEIGHTS_ENV}=1 to load it, or retrain with pretrained weights."
                 )
             backbone = self._backbone(stored["name"])
-        seg = Segmenter.load(path, backbone=backbone, cache_bytes=0)
+        seg = Segmenter.load(path, backbone=backbone, cache=self.cache)
         if seg.feature_config.backbone is not None and seg.feature_config.vit_pca:
             self.cache.clear()  # cached ViT features were reduced with another PCA basis
         self._featurizer = seg.featurizer
-        seg.cache = self.cache
         self.random_weights = random
         ready = ModelReady(seg, False, None, f"loaded {Path(path).name} ({seg.classifier})", loaded_from=str(path))
         yield ready

@@ -1,5 +1,26 @@
-"""Lazy TIFF reading and atomic, plane-by-plane writing."""
+"""Reading and writing images: lazy TIFF reading, atomic plane-by-plane TIFF writing, and the
+rules for file names and inputs (suffixes, stems, folder expansion)."""
 
-from ._tiff import TIFF_SUFFIXES, LazyImage, TiffPlaneWriter, open_image, read_image, write_tiff
+from ._paths import (
+    IMAGE_SUFFIXES,
+    TIFF_SUFFIXES,
+    expand_inputs,
+    image_stem,
+    is_tiff,
+    sample_data_dir,
+)
+from ._tiff import LazyImage, TiffPlaneWriter, open_image, read_image, write_tiff
 
-__all__ = ["TIFF_SUFFIXES", "LazyImage", "TiffPlaneWriter", "open_image", "read_image", "write_tiff"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "TIFF_SUFFIXES",
+    "LazyImage",
+    "TiffPlaneWriter",
+    "expand_inputs",
+    "image_stem",
+    "is_tiff",
+    "open_image",
+    "read_image",
+    "sample_data_dir",
+    "write_tiff",
+]

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import VitsegError
+from ._paths import IMAGE_SUFFIXES, is_tiff
 
 __all__ = ["LazyImage", "open_image", "read_image", "TiffPlaneWriter", "write_tiff"]
-
-TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf8")
 
 
 @dataclass
@@ -119,7 +118,18 @@ def open_image(path) -> LazyImage:
 
 
 def read_image(path) -> np.ndarray:
-    """Read a whole TIFF into memory (for small images and scribbles).
+    """Read a whole image file into memory (for small images and scribbles).
+
+    TIFF files are read with tifffile; PNG, JPEG and BMP (:data:`IMAGE_SUFFIXES`) with imageio.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+
+    Returns
+    -------
+    ndarray
+        As stored: (Y, X), (Z, Y, X), (Y, X, 3) for RGB, ...
 
     Raises
     ------
@@ -129,10 +139,17 @@ def read_image(path) -> np.ndarray:
     import tifffile
 
     path = _check_path(path)
+    if is_tiff(path) or path.suffix.lower() not in IMAGE_SUFFIXES:
+        try:
+            return tifffile.imread(path)
+        except (tifffile.TiffFileError, OSError, ValueError) as e:
+            raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({e}).") from None
+    import imageio.v3 as iio
+
     try:
-        return tifffile.imread(path)
-    except (tifffile.TiffFileError, OSError, ValueError) as e:
-        raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({e}).") from None
+        return np.asarray(iio.imread(path))
+    except Exception as e:  # noqa: BLE001 - imageio raises many types for unreadable files
+        raise VitsegError(f"Cannot read image {str(path)!r} ({type(e).__name__}: {e}).") from None
 
 
 class TiffPlaneWriter:

@@ -456,9 +456,9 @@ def test_live_job_superseded_by_new_stroke(qtbot, nano_viewer, errors):
     wait_idle(qtbot, widget)
     assert errors == []
     assert widget.controller.model.digest is not None
-    from napari_vitseg._widgets._controller import scribbles_digest
+    from napari_vitseg.features.cache import content_digest
 
-    assert widget.controller.model.digest == scribbles_digest(layer.data)
+    assert widget.controller.model.digest == content_digest(layer.data)
 
 
 @pytest.mark.slow

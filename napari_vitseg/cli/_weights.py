@@ -2,20 +2,21 @@
 command line.
 
 :func:`add_subcommands` registers the subcommands on the main parser's subparsers (see
-:mod:`napari_vitseg.cli`). Every handler returns an exit code: 0 on success, 2 with a
-one-line ``vitseg: error: ...`` on stderr for bad input.
+:mod:`napari_vitseg.cli`). Handlers return 0 on success and raise
+:class:`~napari_vitseg._validation.VitsegError` for bad input (exit 2, one line).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ._validation import VitsegError
+from .._validation import VitsegError
+from ..backbones.sinder import prepare_images, repair_job
+from ._common import library_default, run_job
 
 __all__ = [
     "add_subcommands",
@@ -25,13 +26,6 @@ __all__ = [
     "cmd_repair",
     "read_repair_images",
 ]
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-
-
-def _err(msg: str) -> int:
-    print(f"vitseg: error: {msg.splitlines()[0] if msg else 'failed'}", file=sys.stderr)
-    return 2
 
 
 def _size(n: int | None) -> str:
@@ -47,13 +41,9 @@ def _size(n: int | None) -> str:
 # -- weights ----------------------------------------------------------------------------------
 def cmd_weights_list(args) -> int:
     """Print every registered backbone with found / missing, path and size."""
-    try:
-        from .backbones import weights_dir
-        from .backbones.weights import list_weights
+    from ..backbones import list_weights, weights_dir
 
-        rows = list_weights()
-    except VitsegError as e:
-        return _err(str(e))
+    rows = list_weights()
     print(f"weights folder: {weights_dir()}  (set VITSEG_WEIGHTS_DIR to change it)")
     w = max(len(r.name) for r in rows)
     print(f"{'name':<{w}}  {'status':<20}  {'size':>9}  path / source")
@@ -69,12 +59,9 @@ def cmd_weights_list(args) -> int:
 
 def cmd_weights_import(args) -> int:
     """Check a checkpoint's layout against a backbone and copy it into the weights folder."""
-    try:
-        from .backbones.weights import import_weights
+    from ..backbones import import_weights
 
-        dest, sha = import_weights(args.file, args.name, overwrite=args.force)
-    except VitsegError as e:
-        return _err(str(e))
+    dest, sha = import_weights(args.file, args.name, overwrite=args.force)
     print(f"imported {args.file} as {args.name}: {dest}")
     print(f"sha256 {sha}")
     return 0
@@ -82,22 +69,26 @@ def cmd_weights_import(args) -> int:
 
 def cmd_weights_download(args) -> int:
     """Download a backbone's published weights (online only)."""
-    try:
-        from .backbones import download_weights
+    from ..backbones import download_weights
 
-        path = download_weights(args.name, force=args.force)
-    except VitsegError as e:
-        return _err(str(e))
+    path = download_weights(args.name, force=args.force)
     print(f"{args.name}: {path}")
     return 0
 
 
 # -- repair -----------------------------------------------------------------------------------
-def read_repair_images(source: str | Path, *, max_images: int | None = None,
-                       pattern: str = "*") -> tuple[list[np.ndarray], list[str]]:
+def read_repair_images(source: str | Path, *, max_images: int | None = None) -> tuple[list[np.ndarray], list[str]]:
     """Read the images of a folder (or one file) as 2D greyscale or RGB planes.
 
-    Stacks (Z, Y, X) give one image per plane; (Y, X, 3|4) is RGB(A).
+    Stacks (Z, Y, X) give one image per plane; (Y, X, 3|4) is RGB(A). Files are found and read
+    by :mod:`napari_vitseg.io` (TIFF, PNG, JPEG, BMP).
+
+    Parameters
+    ----------
+    source : str or pathlib.Path
+        A folder of images or one image file.
+    max_images : int, optional
+        Stop after this many planes.
 
     Returns
     -------
@@ -108,35 +99,17 @@ def read_repair_images(source: str | Path, *, max_images: int | None = None,
     Raises
     ------
     VitsegError
-        Missing folder, no readable images.
+        Missing folder, unreadable files, no images.
     """
-    src = Path(source).expanduser()
-    if src.is_dir():
-        files = sorted(p for p in src.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    elif src.is_file():
-        files = [src]
-    else:
-        raise VitsegError(f"--images {str(src)!r} does not exist; give a folder of images (TIFF, PNG, JPEG).")
+    from ..io import IMAGE_SUFFIXES, expand_inputs, read_image
+
+    files = expand_inputs([source], suffixes=IMAGE_SUFFIXES, what="image")
     images, names = [], []
     for f in files:
-        try:
-            if f.suffix.lower() in (".tif", ".tiff"):
-                import tifffile
-
-                a = tifffile.imread(f)
-            else:
-                import imageio.v3 as iio
-
-                a = iio.imread(f)
-        except Exception as e:
-            raise VitsegError(f"Cannot read image {f} ({type(e).__name__}: {e}).") from None
-        a = np.asarray(a)
-        a = np.squeeze(a)
+        a = np.squeeze(read_image(f))
         if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4):
             planes = [(a, f.name)]
-        elif a.ndim == 3:
-            planes = [(a[z], f"{f.name}[{z}]") for z in range(a.shape[0])]
-        elif a.ndim == 4 and a.shape[-1] in (3, 4):
+        elif a.ndim == 3 or (a.ndim == 4 and a.shape[-1] in (3, 4)):
             planes = [(a[z], f"{f.name}[{z}]") for z in range(a.shape[0])]
         else:
             raise VitsegError(f"Image {f} has shape {a.shape}; the repair reads (Y, X), (Y, X, 3) or (Z, Y, X).")
@@ -145,13 +118,11 @@ def read_repair_images(source: str | Path, *, max_images: int | None = None,
             names.append(name)
             if max_images is not None and len(images) >= max_images:
                 return images, names
-    if not images:
-        raise VitsegError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found in {src}.")
     return images, names
 
 
 def _default_repair_output(base: str) -> Path:
-    from .backbones import get_backbone_cfg, list_backbones, weights_dir
+    from ..backbones import get_backbone_cfg, list_backbones, weights_dir
 
     name = f"sinder_{base}"
     if name in list_backbones():
@@ -161,35 +132,31 @@ def _default_repair_output(base: str) -> Path:
 
 def cmd_repair(args) -> int:
     """Run the SINDER repair of a backbone on a folder of images and save the offsets."""
-    try:
-        import torch
+    import torch
 
-        from ._progress import run_with_tqdm
-        from .backbones import create_backbone
-        from .backbones.sinder import prepare_images, repair_job, save_repair
+    from ..backbones import create_backbone
+    from ..backbones.sinder import save_repair
 
-        out = Path(args.output) if args.output else _default_repair_output(args.backbone)
-        if out.suffix != ".safetensors":
-            raise VitsegError(f"-o {str(out)!r}: the repair file must end in .safetensors.")
-        if out.exists() and not args.force:
-            raise VitsegError(f"{out} already exists; pass --force to replace it.")
-        t0 = time.perf_counter()
-        arrays, names = read_repair_images(args.images, max_images=args.max_images)
-        backbone = create_backbone(args.backbone, weights=args.weights, device=args.device or "cpu")
-        cfg = backbone.cfg
-        images = prepare_images(arrays, size=args.size, patch_size=cfg.patch_size, mean=cfg.mean, std=cfg.std)
-        if not args.quiet:
-            print(f"repairing {cfg.name} on {len(images)} image(s) of up to {args.size} px "
-                  f"(at most {args.max_steps} steps)", file=sys.stderr)
-        torch.manual_seed(args.seed)
-        job = repair_job(backbone, images, max_steps=args.max_steps, lr=args.lr, sigma=args.sigma,
-                         layer_window=args.layer_window, seed=args.seed, image_names=names,
-                         n_samples=args.fit_samples,
-                         max_time_s=None if args.max_minutes is None else 60.0 * args.max_minutes)
-        result = run_with_tqdm(job, desc="repair", disable=True if args.quiet else None)
-        save_repair(result, out)
-    except VitsegError as e:
-        return _err(str(e))
+    out = Path(args.output) if args.output else _default_repair_output(args.backbone)
+    if out.suffix != ".safetensors":
+        raise VitsegError(f"-o {str(out)!r}: the repair file must end in .safetensors.")
+    if out.exists() and not args.force:
+        raise VitsegError(f"{out} already exists; pass --force to replace it.")
+    t0 = time.perf_counter()
+    arrays, names = read_repair_images(args.images, max_images=args.max_images)
+    backbone = create_backbone(args.backbone, weights=args.weights, device=args.device or "cpu")
+    cfg = backbone.cfg
+    images = prepare_images(arrays, size=args.size, patch_size=cfg.patch_size, mean=cfg.mean, std=cfg.std)
+    if not args.quiet:
+        print(f"repairing {cfg.name} on {len(images)} image(s) of up to {args.size} px "
+              f"(at most {args.max_steps} steps)", file=sys.stderr)
+    torch.manual_seed(args.seed)
+    job = repair_job(backbone, images, max_steps=args.max_steps, lr=args.lr, sigma=args.sigma,
+                     layer_window=args.layer_window, seed=args.seed, image_names=names,
+                     n_samples=args.fit_samples,
+                     max_time_s=None if args.max_minutes is None else 60.0 * args.max_minutes)
+    result = run_job(job, desc="repair", quiet=args.quiet)
+    save_repair(result, out)
     dt = time.perf_counter() - t0
     meta = result.metadata
     n_def = meta["steps_with_defect"]
@@ -243,31 +210,24 @@ def add_subcommands(subparsers) -> None:
     r.add_argument("--images", required=True, help="folder of images (TIFF, PNG, JPEG) or one file")
     r.add_argument("-o", "--output", default=None,
                    help="repair file (.safetensors); default: sinder_<backbone>.safetensors in the weights folder")
-    r.add_argument("--max-steps", type=int, default=150, help="step cap, one image per step (default 150)")
+    r.add_argument("--max-steps", type=int, default=library_default(repair_job, "max_steps"),
+                   help="step cap, one image per step (default %(default)s)")
     r.add_argument("--max-minutes", type=float, default=None,
                    help="also stop after this many minutes (default: no time limit)")
-    r.add_argument("--size", type=int, default=224, help="centre-crop side in px (default 224)")
+    r.add_argument("--size", type=int, default=library_default(prepare_images, "size"),
+                   help="centre-crop side in px (default %(default)s)")
     r.add_argument("--max-images", type=int, default=None, help="use at most N images / planes")
-    r.add_argument("--lr", type=float, default=5e-3, help="SGD learning rate (default 5e-3)")
+    r.add_argument("--lr", type=float, default=library_default(repair_job, "lr"),
+                   help="SGD learning rate (default %(default)s)")
     r.add_argument("--layer-window", type=int, default=None, help="blocks that get gradients (default depth/4)")
-    r.add_argument("--sigma", type=float, default=4.0,
-                   help="defect threshold in standard deviations (default 4, as in SINDER)")
-    r.add_argument("--fit-samples", type=int, default=20000,
-                   help="Gaussian samples for each MLP linearisation of the defect directions (default 20000)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--sigma", type=float, default=library_default(repair_job, "sigma"),
+                   help="defect threshold in standard deviations (default %(default)s, as in SINDER)")
+    r.add_argument("--fit-samples", type=int, default=library_default(repair_job, "n_samples"),
+                   help="Gaussian samples for each MLP linearisation of the defect directions (default %(default)s)")
+    r.add_argument("--seed", type=int, default=library_default(repair_job, "seed"))
     r.add_argument("--weights", default=None, help="explicit base weights file")
     r.add_argument("--device", default=None, help="torch device (default cpu)")
     r.add_argument("--force", action="store_true", help="replace an existing output file")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_repair)
 
-
-def _main(argv=None) -> int:  # pragma: no cover - for `python -m napari_vitseg._cli_backbones`
-    p = argparse.ArgumentParser(prog="vitseg")
-    add_subcommands(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(_main())

@@ -8,7 +8,7 @@ import tifffile
 from napari_vitseg.cli import main
 from napari_vitseg.metrics import mean_iou
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_data"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_data"
 
 NANO = SAMPLES / "tem_nanoparticles"
 
@@ -51,10 +51,10 @@ def test_random_weight_vit_changes_classifier_input(tmp_path, capsys):
     assert meta["classifier"]["n_features_in"] == 16 + 384  # intensity + 7 x 2 sigmas + 1 DoG
     assert sum(n.startswith("dinov2_vits14_reg_") for n in meta["feature_names"]) == 384
     # the forest actually uses ViT channels
-    from napari_vitseg.cli import random_backbone
+    from napari_vitseg.backbones import create_backbone
     from napari_vitseg.pipeline import Segmenter
 
-    seg = Segmenter.load(tmp_path / "v.vitseg", backbone=random_backbone("dinov2_vits14_reg"))
+    seg = Segmenter.load(tmp_path / "v.vitseg", backbone=create_backbone("dinov2_vits14_reg", pretrained=False, seed=0))
     imp = seg.classifier_.estimator_.feature_importances_
     assert imp[16:].sum() > 0.05
     out = tmp_path / "o.tif"

@@ -1,10 +1,11 @@
-"""The segmentation pipeline shared by the napari widget, the ``vitseg`` CLI and Python users.
+"""The model: features + pixel classifier, fitted on scribbles, predicting planes and stacks.
 
 A :class:`Segmenter` couples a :class:`~napari_vitseg.features.config.FeatureConfig` (what
-features) with a pixel classifier (random forest or XGBoost). It trains on the labelled
-pixels of scribbles, predicts 2D planes, 3D stacks (plane by plane) and multichannel images
-(explicit ``channel_axis``), streams whole TIFF files plane by plane with bounded memory,
-and saves itself as one safe, self-describing classifier file.
+features) with a pixel classifier (random forest or XGBoost); everything that describes it is
+one frozen :class:`SegmenterConfig`, stored in the classifier file and held by the widget. It
+trains on the labelled pixels of scribbles and predicts 2D planes, 3D stacks (plane by plane)
+and multichannel images (explicit ``channel_axis``). Applying a classifier to files is
+:mod:`napari_vitseg.pipeline.batch`; the classifier file is :mod:`napari_vitseg.pipeline._persist`.
 
 Long operations are generators (``iter_*``) that yield
 :class:`~napari_vitseg._progress.Progress` and return their result; the plain methods
@@ -32,33 +33,133 @@ True
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__
-from ._progress import Progress, run
-from ._validation import (
+from .._progress import Progress, run
+from .._validation import (
     VitsegError,
     check_channel_axis,
     check_dtype,
     check_finite,
     check_labels,
     check_ndim,
+    check_option,
 )
-from .classifiers import load_classifier_file, make_classifier, save_classifier_file
-from .features.cache import FeatureCache, plane_digest
-from .features.config import FeatureConfig
-from .features.stack import Featurizer
+from ..classifiers import CLASSIFIERS, make_classifier
+from ..features.cache import FeatureCache, content_digest
+from ..features.config import FeatureConfig
+from ..features.stack import Featurizer
 
-__all__ = ["Segmenter", "SegmentationResult", "DEFAULT_COLORS", "as_channels_last"]
+__all__ = [
+    "DEFAULT_COLORS",
+    "SegmentationResult",
+    "Segmenter",
+    "SegmenterConfig",
+    "as_channels_last",
+    "uncertainty",
+]
 
 #: Default class colours (napari-like, colour-blind friendly), class 1 first.
 DEFAULT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                   "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def default_class_name(class_id: int) -> str:
+    """Name of class ``class_id`` when the user gave none (``'class 3'``)."""
+    return f"class {int(class_id)}"
+
+
+def default_class_color(class_id: int) -> str:
+    """Colour of class ``class_id`` (1-based) when the user gave none."""
+    return DEFAULT_COLORS[(int(class_id) - 1) % len(DEFAULT_COLORS)]
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Everything that describes a segmenter before it is trained.
+
+    Stored in the classifier file (feature config, classifier kind and parameters, class
+    table) and held by the napari widget; :meth:`Segmenter.from_config` builds the model.
+
+    Parameters
+    ----------
+    features : FeatureConfig
+        The per-pixel features (default: classical filters only).
+    classifier : {'rf', 'xgb'}
+        Random forest (scikit-learn) or XGBoost.
+    classifier_params : dict
+        Constructor parameters of the classifier (see :mod:`napari_vitseg.classifiers`).
+    class_names : tuple of str or None
+        Names of classes 1..K (default ``'class k'``).
+    class_colors : tuple of str or None
+        Hex colours of classes 1..K (default :data:`DEFAULT_COLORS`).
+
+    Raises
+    ------
+    VitsegError
+        Unknown classifier kind or parameter.
+
+    Examples
+    --------
+    >>> cfg = SegmenterConfig(classifier="xgb", class_names=("pore", "solid"))
+    >>> cfg.replace(classifier_params={"n_estimators": 50}).classifier_params
+    {'n_estimators': 50}
+    >>> cfg.class_name(2), cfg.class_color(3)
+    ('solid', '#2ca02c')
+    """
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    classifier: str = "rf"
+    classifier_params: dict = field(default_factory=dict)
+    class_names: tuple[str, ...] | None = None
+    class_colors: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.features, FeatureConfig):
+            raise VitsegError(f"features must be a FeatureConfig; got {type(self.features).__name__}.")
+        check_option(self.classifier, CLASSIFIERS, "classifier")
+        object.__setattr__(self, "classifier_params", dict(self.classifier_params or {}))
+        for name in ("class_names", "class_colors"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, tuple(str(x) for x in v))
+        make_classifier(self.classifier, **self.classifier_params)  # unknown parameters fail here
+
+    def replace(self, **changes) -> SegmenterConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def class_name(self, class_id: int) -> str:
+        """Name of class ``class_id`` (1-based)."""
+        i = int(class_id) - 1
+        names = self.class_names or ()
+        return names[i] if 0 <= i < len(names) else default_class_name(class_id)
+
+    def class_color(self, class_id: int) -> str:
+        """Hex colour of class ``class_id`` (1-based)."""
+        i = int(class_id) - 1
+        colors = self.class_colors or ()
+        return colors[i] if 0 <= i < len(colors) else default_class_color(class_id)
+
+
+def uncertainty(proba: np.ndarray) -> np.ndarray:
+    """Uncertainty of a prediction: 1 - the largest class probability.
+
+    Parameters
+    ----------
+    proba : ndarray, (K, ...) float
+        Class probabilities, classes first.
+
+    Returns
+    -------
+    ndarray, (...) of ``proba``'s float dtype
+        0 where one class has all the probability, up to 1 - 1/K where all are equal.
+    """
+    return 1.0 - proba.max(axis=0)
 
 
 @dataclass
@@ -72,7 +173,7 @@ class SegmentationResult:
     probabilities : ndarray of float16, (K, *spatial) or None
         Per-class probabilities, in ``classes`` order.
     uncertainty : ndarray of float32, spatial shape
-        1 - max probability.
+        1 - max probability (:func:`uncertainty`).
     classes : ndarray of int
         The class id of each probability channel.
     """
@@ -124,8 +225,9 @@ def as_channels_last(image, channel_axis: int | None):
     return image, nsp, nc
 
 
-def _plane(image, nsp: int, z: int) -> np.ndarray:
-    return np.asarray(image[z]) if nsp == 3 else np.asarray(image)
+def plane_of(image, n_spatial: int, z: int | None) -> np.ndarray:
+    """Plane ``z`` of a channels-last stack as numpy (the whole image for 2D, ``z`` ignored)."""
+    return np.asarray(image[z]) if n_spatial == 3 else np.asarray(image)
 
 
 class Segmenter:
@@ -143,16 +245,25 @@ class Segmenter:
         Names of classes 1..K (default ``'class k'``).
     class_colors : sequence of str, optional
         Hex colours of classes 1..K.
+    featurizer : Featurizer, optional
+        A featurizer of exactly ``feature_config`` to share (the napari widget shares one,
+        with its backbone and ViT PCA basis, between every model it trains).
+    cache : FeatureCache, optional
+        A per-plane feature cache to share; default a new one of ``cache_bytes``.
     backbone : ViTBackbone, optional
         A built backbone to use (for example random weights in tests); by default it is
-        created with pretrained weights when first needed.
+        created with pretrained weights when first needed. Not with ``featurizer``.
     device : str, optional
         torch device for the ViT ('cpu', 'cuda'); default CUDA when available.
     cache_bytes : int
-        Byte budget of the per-plane feature cache.
+        Byte budget of a new feature cache.
 
     Attributes
     ----------
+    config : SegmenterConfig
+        Everything above that describes the model (stored in the classifier file).
+    featurizer : Featurizer
+    cache : FeatureCache
     classifier_ : RandomForestPixelClassifier or XGBoostPixelClassifier
         The fitted classifier.
     classes_ : ndarray of int, (K,)
@@ -160,21 +271,77 @@ class Segmenter:
         Channels of the training image.
     training_stats_ : dict
         Labelled pixels per class and the training image's shape.
+
+    Raises
+    ------
+    VitsegError
+        Unknown classifier or parameter; a featurizer made for another feature config.
     """
 
     def __init__(self, feature_config: FeatureConfig | None = None, classifier: str = "rf",
                  classifier_params: dict | None = None, *, class_names: Sequence[str] | None = None,
-                 class_colors: Sequence[str] | None = None, backbone=None, device=None,
+                 class_colors: Sequence[str] | None = None, featurizer: Featurizer | None = None,
+                 cache: FeatureCache | None = None, backbone=None, device=None,
                  cache_bytes: int = 4 * 2**30):
-        self.feature_config = feature_config if feature_config is not None else FeatureConfig()
-        self.classifier = classifier
-        self.classifier_params = dict(classifier_params or {})
-        self.class_names = list(class_names) if class_names is not None else None
-        self.class_colors = list(class_colors) if class_colors is not None else None
+        config = SegmenterConfig(feature_config if feature_config is not None else FeatureConfig(),
+                                 classifier, classifier_params or {}, class_names, class_colors)
+        self._config = config
         self.device = device
-        self.featurizer = Featurizer(self.feature_config, backbone=backbone, device=device)
-        self.cache = FeatureCache(cache_bytes)
-        make_classifier(classifier, **self.classifier_params)  # validate early
+        if featurizer is not None:
+            if backbone is not None:
+                raise VitsegError("Give either a featurizer or a backbone, not both.")
+            if featurizer.config != config.features:
+                raise VitsegError("The featurizer was made for another feature config than the segmenter's.")
+            self.featurizer = featurizer
+        else:
+            self.featurizer = Featurizer(config.features, backbone=backbone, device=device)
+        self.cache = cache if cache is not None else FeatureCache(cache_bytes)
+
+    @classmethod
+    def from_config(cls, config: SegmenterConfig, **kwargs) -> Segmenter:
+        """Build an unfitted segmenter from a :class:`SegmenterConfig`.
+
+        Parameters
+        ----------
+        config : SegmenterConfig
+        **kwargs
+            ``featurizer``, ``cache``, ``backbone``, ``device``, ``cache_bytes`` as in the
+            constructor.
+        """
+        return cls(config.features, config.classifier, config.classifier_params,
+                   class_names=config.class_names, class_colors=config.class_colors, **kwargs)
+
+    # -- configuration ------------------------------------------------------------
+    @property
+    def config(self) -> SegmenterConfig:
+        """The frozen description of this segmenter."""
+        return self._config
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        return self._config.features
+
+    @property
+    def classifier(self) -> str:
+        return self._config.classifier
+
+    @property
+    def classifier_params(self) -> dict:
+        return dict(self._config.classifier_params)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        names = self._config.class_names
+        return list(names) if names is not None else None
+
+    @property
+    def class_colors(self) -> list[str] | None:
+        colors = self._config.class_colors
+        return list(colors) if colors is not None else None
+
+    def set_classes(self, names: Sequence[str] | None, colors: Sequence[str] | None = None) -> None:
+        """Rename / recolour the classes (for example after the user edited them before saving)."""
+        self._config = self._config.replace(class_names=names, class_colors=colors)
 
     # -- features -----------------------------------------------------------------
     @property
@@ -197,7 +364,7 @@ class Segmenter:
         -------
         ndarray, (Y, X, F) float32, read-only when cached
         """
-        digest = digest or plane_digest(plane)
+        digest = digest or content_digest(plane)
         feats = self.cache.get(self._cache_key(digest))
         if feats is None:
             feats = self.featurizer.compute(plane, key=digest, progress=progress)
@@ -241,7 +408,7 @@ class Segmenter:
         # retraining after more strokes reuses cached features
         for i, z in enumerate(planes):
             yield Progress(i, total, f"features of plane {z if z is not None else 0}")
-            plane = _plane(image, nsp, z) if z is not None else np.asarray(image)
+            plane = plane_of(image, nsp, z)
             check_finite(plane, "image")
             lab = labels if z is None else labels[z]
             feats = self.plane_features(plane)
@@ -292,22 +459,22 @@ class Segmenter:
         ndarray, (K, ceil(Y / stride), ceil(X / stride)) float32
         """
         self._check_fitted()
+        nc = 1 if plane.ndim == 2 else plane.shape[-1]
+        if nc != self.n_channels_:
+            raise VitsegError(
+                f"The classifier was trained on images with {self.n_channels_} channel(s); this one has {nc}. "
+                "Set the channel axis (channel_axis, CLI --channel-axis) to match the training image."
+            )
         if stride > 1:
             feats = self.plane_features(plane, progress=progress)[::stride, ::stride]
             k = len(self.classes_)
             p = self.classifier_.predict_proba(feats.reshape(-1, feats.shape[-1]))
             return np.ascontiguousarray(p.T.reshape(k, *feats.shape[:2]))
-        nc = 1 if plane.ndim == 2 else plane.shape[-1]
-        if nc != self.n_channels_:
-            raise VitsegError(
-                f"The classifier was trained on images with {self.n_channels_} channel(s); this one has {nc}. "
-                "Set the channel axis (CLI: --channel-axis) to match the training image."
-            )
         ny, nx = plane.shape[:2]
         k = len(self.classes_)
         out = np.empty((k, ny, nx), dtype=np.float32)
         nf = self.featurizer.n_features(nc)
-        digest = plane_digest(plane)
+        digest = content_digest(plane)
         cached = None
         if use_cache and ny * nx * nf * 4 <= self.cache.max_bytes:  # one lookup, computed on a miss
             cached = self.plane_features(plane, digest=digest, progress=progress)
@@ -362,11 +529,11 @@ class Segmenter:
         zs = [None] if nsp == 2 else (list(planes) if planes is not None else list(range(spatial[0])))
         for i, z in enumerate(zs):
             yield Progress(i, len(zs), f"plane {i + 1}/{len(zs)}")
-            plane = np.asarray(image) if z is None else _plane(image, nsp, z)
+            plane = plane_of(image, nsp, z)
             p = self.predict_plane(plane, use_cache=use_cache)
             sl = (slice(None),) if z is None else (z,)
             labels[sl] = self.labels_from_proba(p)
-            unc[sl] = 1.0 - p.max(axis=0)
+            unc[sl] = uncertainty(p)
             if proba is not None:
                 proba[(slice(None),) + sl] = p
         yield Progress(len(zs), len(zs), "done")
@@ -386,222 +553,49 @@ class Segmenter:
         """Class probabilities, (K, *spatial) float16, in ``classes_`` order."""
         return self.segment(image, channel_axis=channel_axis).probabilities
 
-    # -- files ------------------------------------------------------------------------
+    # -- files and persistence (implemented in batch.py and _persist.py) --------------
     def iter_apply_file(self, input_path, output_path, *, probabilities_path=None, channel_axis=None):
-        """Segment a TIFF file plane by plane and write the labels as you go.
+        """Segment one image file plane by plane; see :func:`napari_vitseg.pipeline.batch.iter_apply_file`."""
+        from .batch import iter_apply_file
 
-        Memory stays bounded by one plane's features (row strips for large planes); the output
-        is written to ``<output>.part`` and renamed when complete.
-
-        Parameters
-        ----------
-        input_path : str or Path
-            A 2D, 3D or multichannel TIFF (read lazily).
-        output_path : str or Path
-            Labels TIFF, uint8, the input's spatial shape.
-        probabilities_path : str or Path, optional
-            Probabilities TIFF, float16, (Z, K, Y, X) or (K, Y, X).
-        channel_axis : int, optional
-            Channel axis of the input; default: the TIFF's samples axis (RGB) when the
-            classifier was trained on several channels.
-
-        Yields
-        ------
-        Progress
-
-        Returns
-        -------
-        pathlib.Path
-            ``output_path``.
-
-        Raises
-        ------
-        VitsegError
-            Unreadable input, channel mismatch, output folder missing.
-        """
-        from .io import open_image
-
-        self._check_fitted()
-        with open_image(input_path) as lazy:
-            return (yield from self._iter_apply_lazy(lazy, input_path, output_path, probabilities_path, channel_axis))
-
-    def _iter_apply_lazy(self, lazy, input_path, output_path, probabilities_path, channel_axis):
-        from .io import TiffPlaneWriter
-
-        if channel_axis is None and self.n_channels_ > 1:
-            channel_axis = lazy.channel_axis
-        image, nsp, nc = as_channels_last(lazy.data, channel_axis)
-        if nc != self.n_channels_:
-            raise VitsegError(
-                f"{str(input_path)!r} has {nc} channel(s) (axes {lazy.axes}, channel_axis={channel_axis}); "
-                f"the classifier expects {self.n_channels_}. Pass --channel-axis."
-            )
-        spatial = tuple(image.shape[:nsp])
-        nz = spatial[0] if nsp == 3 else 1
-        k = len(self.classes_)
-        out_w = TiffPlaneWriter(output_path, spatial, np.uint8, n_planes=nz,
-                                metadata={"axes": "ZYX" if nsp == 3 else "YX"})
-        prob_w = None
-        try:
-            if probabilities_path is not None:
-                pshape = (nz, k, *spatial[-2:]) if nsp == 3 else (k, *spatial)
-                prob_w = TiffPlaneWriter(probabilities_path, pshape, np.float16, n_planes=nz,
-                                         metadata={"axes": "ZCYX" if nsp == 3 else "CYX"})
-            for z in range(nz):
-                yield Progress(z, nz, f"{Path(input_path).name}: plane {z + 1}/{nz}")
-                plane = _plane(image, nsp, z)
-                p = self.predict_plane(plane, use_cache=False)
-                out_w.write(self.labels_from_proba(p))
-                if prob_w is not None:
-                    prob_w.write(p.astype(np.float16))
-            out_w.close()
-            if prob_w is not None:
-                prob_w.close()
-        except BaseException:
-            out_w.abort()
-            if prob_w is not None:
-                prob_w.abort()
-            raise
-        yield Progress(nz, nz, "done")
-        return Path(output_path)
+        return (yield from iter_apply_file(self, input_path, output_path, probabilities_path=probabilities_path,
+                                           channel_axis=channel_axis))
 
     def iter_apply_files(self, inputs: Sequence, output_dir, *, suffix: str = "_seg", probabilities: bool = False,
                          channel_axis=None, skip_existing: bool = True):
-        """Segment many TIFF files into ``output_dir``; finished outputs are skipped (resume).
+        """Segment files and folders into ``output_dir``; see
+        :func:`napari_vitseg.pipeline.batch.iter_apply_files`."""
+        from .batch import iter_apply_files
 
-        Yields
-        ------
-        Progress
-            One unit per file.
+        return (yield from iter_apply_files(self, inputs, output_dir, suffix=suffix, probabilities=probabilities,
+                                            channel_axis=channel_axis, skip_existing=skip_existing))
+
+    def class_table(self) -> list[dict]:
+        """Class ids of the fitted model with their names and colours (as in the classifier file).
 
         Returns
         -------
-        list of pathlib.Path
-            The written (or already present) outputs.
+        list of dict
+            ``{'id': int, 'name': str, 'color': '#rrggbb'}`` per class of ``classes_``.
         """
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        outs = []
-        for i, inp in enumerate(inputs):
-            inp = Path(inp)
-            stem = inp.name.split(".")[0]
-            out = output_dir / f"{stem}{suffix}.tif"
-            outs.append(out)
-            if skip_existing and out.exists():
-                yield Progress(i + 1, len(inputs), f"{inp.name}: already done")
-                continue
-            yield Progress(i, len(inputs), inp.name)
-            probs = output_dir / f"{stem}{suffix}_probabilities.tif" if probabilities else None
-            run(self.iter_apply_file(inp, out, probabilities_path=probs, channel_axis=channel_axis))
-        yield Progress(len(inputs), len(inputs), "done")
-        return outs
-
-    # -- persistence -------------------------------------------------------------------
-    def class_table(self) -> list[dict]:
-        """Class ids with names and colours, as stored in the classifier file."""
         self._check_fitted()
-        table = []
-        for cid in self.classes_:
-            i = int(cid) - 1
-            name = self.class_names[i] if self.class_names and i < len(self.class_names) else f"class {int(cid)}"
-            color = (self.class_colors[i] if self.class_colors and i < len(self.class_colors)
-                     else DEFAULT_COLORS[i % len(DEFAULT_COLORS)])
-            table.append({"id": int(cid), "name": name, "color": color})
-        return table
+        return [{"id": int(c), "name": self._config.class_name(c), "color": self._config.class_color(c)}
+                for c in self.classes_]
 
-    def metadata(self) -> dict:
-        """The JSON metadata written to the classifier file."""
-        self._check_fitted()
-        return {
-            "package": "napari-vitseg",
-            "package_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "feature_config": self.feature_config.to_dict(),
-            "feature_names": self.featurizer.feature_names(self.n_channels_),
-            "n_channels": int(self.n_channels_),
-            "backbone": self.featurizer.backbone_identity,
-            "classes": self.class_table(),
-            "training": self.training_stats_,
-        }
-
-    def save(self, path) -> Path:
-        """Save as one classifier file (zip of JSON metadata + skops / XGBoost model).
+    def save(self, path):
+        """Save as one classifier file; see :func:`napari_vitseg.pipeline._persist.save_segmenter`.
 
         Returns
         -------
         pathlib.Path
         """
-        arrays = self.featurizer.pca_.to_arrays() if self.featurizer.pca_ is not None else None
-        return save_classifier_file(path, self.classifier_, self.metadata(), arrays=arrays)
+        from ._persist import save_segmenter
+
+        return save_segmenter(self, path)
 
     @classmethod
-    def load(cls, path, *, backbone=None, device=None, expected_config: FeatureConfig | None = None,
-             cache_bytes: int = 4 * 2**30) -> Segmenter:
-        """Load a classifier file.
+    def load(cls, path, **kwargs) -> Segmenter:
+        """Load a classifier file; see :func:`napari_vitseg.pipeline._persist.load_segmenter`."""
+        from ._persist import load_segmenter
 
-        Parameters
-        ----------
-        path : str or Path
-        backbone : ViTBackbone, optional
-            Use this backbone instead of loading its pretrained weights (tests).
-        device : str, optional
-        expected_config : FeatureConfig, optional
-            Refuse the file unless it was made with exactly this feature config.
-
-        Raises
-        ------
-        VitsegError
-            Pickles, truncated or foreign files, a feature config other than ``expected_config``,
-            feature names that this version computes differently, or backbone weights whose
-            SHA-256 differs from those the classifier was trained with.
-        """
-        est, meta, arrays = load_classifier_file(path)
-        try:
-            config = FeatureConfig.from_dict(meta["feature_config"])
-        except (KeyError, TypeError) as e:
-            raise VitsegError(f"{str(path)!r} has no valid feature config ({e}).") from None
-        if expected_config is not None and expected_config != config:
-            a, b = expected_config.to_dict(), config.to_dict()
-            diff = {k: (a[k], b[k]) for k in a if a[k] != b.get(k)}
-            raise VitsegError(
-                f"{str(path)!r} was made for another feature config; differences (expected, file): {diff}."
-            )
-        names = [c["name"] for c in meta.get("classes", [])]
-        colors = [c["color"] for c in meta.get("classes", [])]
-        ids = [c["id"] for c in meta.get("classes", [])]
-        full_names, full_colors = [], []
-        for i in range(1, (max(ids) if ids else 0) + 1):
-            j = ids.index(i) if i in ids else None
-            full_names.append(names[j] if j is not None else f"class {i}")
-            full_colors.append(colors[j] if j is not None else DEFAULT_COLORS[(i - 1) % len(DEFAULT_COLORS)])
-        seg = cls(config, est.kind, est.get_params(), class_names=full_names, class_colors=full_colors,
-                  backbone=backbone, device=device, cache_bytes=cache_bytes)
-        seg.n_channels_ = int(meta.get("n_channels", 1))
-        want = meta.get("feature_names")
-        have = seg.featurizer.feature_names(seg.n_channels_)
-        if want is not None and list(want) != have:
-            missing = sorted(set(want) - set(have))[:5]
-            extra = sorted(set(have) - set(want))[:5]
-            raise VitsegError(
-                f"{str(path)!r} was trained on features this napari-vitseg computes differently "
-                f"(in the file only: {missing}; computed only here: {extra}); retrain the classifier."
-            )
-        stored = meta.get("backbone")
-        if stored is not None:
-            have_id = seg.featurizer.backbone_identity
-            if stored.get("weights_sha256") != have_id["weights_sha256"]:
-                raise VitsegError(
-                    f"{str(path)!r} was trained with {stored.get('name')} weights of SHA-256 "
-                    f"{stored.get('weights_sha256')}, but the weights found here have {have_id['weights_sha256']}; "
-                    "use the same weights file (vitseg weights list) or retrain."
-                )
-        if arrays:
-            from .features.vit import PCAReducer
-
-            seg.featurizer.pca_ = PCAReducer.from_arrays(arrays)
-        seg.classifier_ = est
-        seg.classes_ = est.classes_
-        seg.training_stats_ = meta.get("training", {})
-        seg.loaded_metadata_ = meta
-        return seg
-
+        return load_segmenter(path, **kwargs)

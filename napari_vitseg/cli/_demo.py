@@ -9,38 +9,18 @@ writes label TIFFs, the classifier files, a PNG figure and ``summary.json``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ._progress import run_with_tqdm
-from .features import FeatureConfig
-from .io import read_image
-from .metrics import mean_iou
-from .pipeline import Segmenter
+from ..features import FeatureConfig
+from ..io import read_image, sample_data_dir
+from ..metrics import mean_iou
+from ..pipeline import DEFAULT_COLORS, Segmenter
+from ._common import run_job
 
-__all__ = ["sample_data_dir", "run_demo"]
-
-
-def sample_data_dir() -> Path:
-    """Folder of the bundled samples (``$VITSEG_SAMPLE_DATA`` or the repository's ``sample_data``).
-
-    Raises
-    ------
-    FileNotFoundError
-        If the folder cannot be found.
-    """
-    env = os.environ.get("VITSEG_SAMPLE_DATA")
-    cands = [Path(env)] if env else []
-    cands.append(Path(__file__).resolve().parent.parent / "sample_data")
-    for c in cands:
-        if (c / "tem_nanoparticles" / "image.tif").exists():
-            return c
-    raise FileNotFoundError(
-        "Sample data not found; set VITSEG_SAMPLE_DATA to the repository's sample_data folder."
-    )
+__all__ = ["run_demo"]
 
 
 def _overlay_figure(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
@@ -49,8 +29,6 @@ def _overlay_figure(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
-
-    from .pipeline import DEFAULT_COLORS
 
     cmap = ListedColormap(["none", *DEFAULT_COLORS[:9]])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), dpi=110)
@@ -84,7 +62,6 @@ def run_demo(output_dir, *, backbone: str | None = None, quiet: bool = False) ->
     out.mkdir(parents=True, exist_ok=True)
     data = sample_data_dir()
     cfg = FeatureConfig(backbone=backbone)
-    disable = True if quiet else None
     summary: dict = {"backbone": backbone or "none (classical features only)", "feature_config": cfg.to_dict()}
 
     # 1. TEM nanoparticles: train on scribbles, score against ground truth.
@@ -92,11 +69,11 @@ def run_demo(output_dir, *, backbone: str | None = None, quiet: bool = False) ->
     image, scribbles, truth = (read_image(d / f) for f in ("image.tif", "scribbles.tif", "ground_truth.tif"))
     t0 = time.perf_counter()
     seg = Segmenter(cfg, "rf", class_names=["particle", "background"])
-    run_with_tqdm(seg.iter_fit(image, scribbles), desc="train nanoparticles", disable=disable)
+    run_job(seg.iter_fit(image, scribbles), desc="train nanoparticles", quiet=quiet)
     t1 = time.perf_counter()
     seg.save(out / "tem_nanoparticles.vitseg")
-    run_with_tqdm(seg.iter_apply_file(d / "image.tif", out / "tem_nanoparticles_seg.tif"),
-                  desc="apply nanoparticles", disable=disable)
+    run_job(seg.iter_apply_file(d / "image.tif", out / "tem_nanoparticles_seg.tif"),
+            desc="apply nanoparticles", quiet=quiet)
     t2 = time.perf_counter()
     labels = read_image(out / "tem_nanoparticles_seg.tif")
     miou = mean_iou(labels, truth)
@@ -108,11 +85,11 @@ def run_demo(output_dir, *, backbone: str | None = None, quiet: bool = False) ->
     stack, sscrib = read_image(d / "image.tif"), read_image(d / "scribbles.tif")
     t0 = time.perf_counter()
     seg3 = Segmenter(cfg, "rf", class_names=["nucleus", "cytoplasm", "background"])
-    run_with_tqdm(seg3.iter_fit(stack, sscrib), desc="train cells", disable=disable)
+    run_job(seg3.iter_fit(stack, sscrib), desc="train cells", quiet=quiet)
     t1 = time.perf_counter()
     seg3.save(out / "tem_cells_stack.vitseg")
-    run_with_tqdm(seg3.iter_apply_file(d / "image.tif", out / "tem_cells_stack_seg.tif"),
-                  desc="apply cells stack", disable=disable)
+    run_job(seg3.iter_apply_file(d / "image.tif", out / "tem_cells_stack_seg.tif"),
+            desc="apply cells stack", quiet=quiet)
     t2 = time.perf_counter()
     slabels = read_image(out / "tem_cells_stack_seg.tif")
     # agreement with the scribbles themselves (no ground truth exists for this stack)

@@ -6,30 +6,29 @@
 
 writes PNG figures, ``report.json`` (every number) and ``index.html`` (the page that shows them)
 into ``REPORT_DIR``. :func:`add_subcommands` registers the subcommand on the main parser's
-subparsers (see :mod:`napari_vitseg.cli`); the handler returns 0 on success and 2 with one line
-``vitseg: error: ...`` on stderr for bad input.
+subparsers (see :mod:`napari_vitseg.cli`); the handler returns 0 on success and raises
+:class:`~napari_vitseg._validation.VitsegError` for bad input (exit 2, one line).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from ._validation import VitsegError
+from .._validation import VitsegError
+from ._common import run_job
 
 __all__ = ["add_subcommands", "cmd_diagnose", "read_diagnose_images"]
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 _GENERIC_STEMS = {"image", "img", "data", "raw"}
-
-
-def _err(msg: str) -> int:
-    print(f"vitseg: error: {msg.splitlines()[0] if msg else 'failed'}", file=sys.stderr)
-    return 2
+#: Options written back into the report's command line when they differ from the parser's defaults.
+_REPORTED_OPTIONS = ("layers", "repeats", "train_fraction", "alpha", "seed", "threshold", "max_side",
+                     "channel_axis", "plane", "device")
+_REPORTED_FLAGS = ("no_defect_directions", "pca_per_image", "no_image_maps", "random_weights")
 
 
 def _alpha(text: str):
@@ -58,20 +57,6 @@ def _fraction(text: str) -> float:
     return v
 
 
-def _read(path: Path) -> np.ndarray:
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return np.asarray(im)
-    except Exception as e:  # unreadable file: say which one
-        raise VitsegError(f"cannot read image {str(path)!r} ({type(e).__name__}: {e}).") from None
-
-
 def read_diagnose_images(paths, *, plane: int | None = None,
                          channel_axis: int | None = None) -> tuple[list[np.ndarray], list[str], int | None]:
     """Read the images given on the command line as 2-D planes.
@@ -98,22 +83,13 @@ def read_diagnose_images(paths, *, plane: int | None = None,
     VitsegError
         Missing or unreadable files, an empty folder, a plane out of range.
     """
-    files: list[Path] = []
-    for p in map(Path, paths):
-        p = p.expanduser()
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise VitsegError(f"folder {str(p)!r} contains no images (TIFF, PNG, JPEG, BMP).")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise VitsegError(f"image {str(p)!r} does not exist.")
+    from ..io import IMAGE_SUFFIXES, expand_inputs, image_stem, read_image
+
+    files = expand_inputs(paths, suffixes=IMAGE_SUFFIXES, what="image")
     images, names = [], []
     ca_out = channel_axis
     for f in files:
-        a = _read(f)
+        a = read_image(f)
         if channel_axis is None and a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4:
             ca_out = -1
         elif a.ndim == 3 and channel_axis is None:  # (Z, Y, X) stack
@@ -121,7 +97,8 @@ def read_diagnose_images(paths, *, plane: int | None = None,
             if not -a.shape[0] <= z < a.shape[0]:
                 raise VitsegError(f"--plane {plane} is out of range for {str(f)!r} with {a.shape[0]} planes.")
             a = a[z]
-        stem = f.stem if f.stem.lower() not in _GENERIC_STEMS else f.parent.name or f.stem
+        stem = image_stem(f)
+        stem = stem if stem.lower() not in _GENERIC_STEMS else f.parent.name or stem
         name, k = stem, 2
         while name in names:
             name, k = f"{stem}_{k}", k + 1
@@ -138,12 +115,24 @@ def _strip_segmentation_hint(msg: str) -> str:
     return msg.replace(" Or choose `--backbone none` for classical features only.", "")
 
 
-def cmd_diagnose(args) -> int:
-    """Handler of ``vitseg diagnose``."""
-    from ._progress import run, run_with_tqdm
-    from .diagnostics import diagnose
-    from .diagnostics.report import write_report
+def cmd_diagnose(args, *, defaults: dict | None = None) -> int:
+    """Handler of ``vitseg diagnose``.
 
+    Parameters
+    ----------
+    args : argparse.Namespace
+    defaults : dict, optional
+        The parser's defaults of :data:`_REPORTED_OPTIONS` (for the report's command line).
+    """
+    from ..diagnostics import diagnose
+    from ..diagnostics.report import write_report
+
+    if args.max_side is not None and args.max_side <= 0:
+        args.max_side = None
+    if args.repeats < 1:
+        raise VitsegError(f"--repeats must be >= 1; got {args.repeats}.")
+    if not args.threshold > 0:
+        raise VitsegError(f"--threshold must be > 0; got {args.threshold}.")
     try:
         images, names, channel_axis = read_diagnose_images(args.images, plane=args.plane,
                                                             channel_axis=args.channel_axis)
@@ -151,7 +140,7 @@ def cmd_diagnose(args) -> int:
         if not backbones:
             if args.random_weights:
                 raise VitsegError("--random-weights needs at least one --backbone.")
-            from .backbones import available_backbones
+            from ..backbones import available_backbones
 
             backbones = available_backbones()
             if not backbones:
@@ -164,16 +153,17 @@ def cmd_diagnose(args) -> int:
                        pca_shared=not args.pca_per_image, random_weights=args.random_weights,
                        device=args.device)
         try:
-            result = run(job) if args.quiet else run_with_tqdm(job, desc="diagnose")
+            result = run_job(job, desc="diagnose", quiet=args.quiet)
         except VitsegError as e:
             if str(e).startswith("none of the requested backbones"):
                 lines = [ln.strip() for ln in str(e).splitlines()[1:]]
                 more = f" ({len(lines) - 1} more backbone(s) missing)" if len(lines) > 1 else ""
                 raise VitsegError(f"no requested backbone could be built: {lines[0]}{more}") from None
             raise
-        paths = write_report(result, args.output, command=_command_line(args), image_maps=not args.no_image_maps)
+        paths = write_report(result, args.output, command=_command_line(args, defaults or {}),
+                             image_maps=not args.no_image_maps)
     except VitsegError as e:
-        return _err(_strip_segmentation_hint(str(e)))
+        raise VitsegError(_strip_segmentation_hint(str(e))) from None
     if not args.quiet:
         if result.random_weights:
             print("RANDOM WEIGHTS — not a pretrained model (test / method check only)")
@@ -225,32 +215,22 @@ def add_subcommands(subparsers) -> None:
     d.add_argument("--device", default="cpu")
     d.add_argument("--quiet", action="store_true")
     d.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
-    d.set_defaults(func=_handler)
+    d.set_defaults(func=functools.partial(cmd_diagnose, defaults={k: d.get_default(k) for k in _REPORTED_OPTIONS}))
 
 
-def _command_line(args) -> str:
-    """The equivalent ``vitseg diagnose`` command (options that differ from their defaults)."""
+def _command_line(args, defaults: dict) -> str:
+    """The equivalent ``vitseg diagnose`` command: options that differ from the parser's defaults."""
     parts = ["vitseg", "diagnose", *map(str, args.images)]
     for b in args.backbone or []:
         parts += ["--backbone", b]
     parts += ["-o", str(args.output)]
-    defaults = {"layers": "all", "repeats": 3, "train_fraction": 1 / 36, "alpha": 1.0, "seed": 0,
-                "threshold": 3.0, "max_side": 1008, "channel_axis": None, "plane": None, "device": "cpu"}
-    for k, v in defaults.items():
+    for k in _REPORTED_OPTIONS:
         val = getattr(args, k)
-        if val != v and not (k == "max_side" and val is None and v is None):
-            parts += [f"--{k.replace('_', '-')}", "0" if (k == "max_side" and val is None) else str(val)]
-    for flag in ("no_defect_directions", "pca_per_image", "no_image_maps", "random_weights"):
+        if k == "max_side" and val is None:
+            val = 0  # set from --max-side 0 (no limit)
+        if k in defaults and val != defaults[k]:
+            parts += [f"--{k.replace('_', '-')}", str(val)]
+    for flag in _REPORTED_FLAGS:
         if getattr(args, flag):
             parts.append(f"--{flag.replace('_', '-')}")
     return " ".join(shlex.quote(x) for x in parts)
-
-
-def _handler(args) -> int:
-    if args.max_side is not None and args.max_side <= 0:
-        args.max_side = None
-    if args.repeats < 1:
-        return _err(f"--repeats must be >= 1; got {args.repeats}.")
-    if not args.threshold > 0:
-        return _err(f"--threshold must be > 0; got {args.threshold}.")
-    return cmd_diagnose(args)

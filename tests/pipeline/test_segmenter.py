@@ -83,47 +83,6 @@ def test_feature_cache_reused(two_region_image):
     assert seg.cache.misses == misses + 1
 
 
-def test_save_load_identical(tmp_path, nanoparticles):
-    image, scribbles, _ = nanoparticles
-    for kind in ("rf", "xgb"):
-        seg = Segmenter(FeatureConfig(sigmas=(1, 4)), kind, {"n_estimators": 10},
-                        class_names=["particle", "background"]).fit(image, scribbles)
-        seg.save(tmp_path / f"{kind}.vitseg")
-        seg2 = Segmenter.load(tmp_path / f"{kind}.vitseg")
-        a, b = seg.segment(image), seg2.segment(image)
-        np.testing.assert_array_equal(a.labels, b.labels)
-        np.testing.assert_array_equal(a.probabilities, b.probabilities)
-        assert [c["name"] for c in seg2.class_table()] == ["particle", "background"]
-        assert seg2.feature_config == seg.feature_config
-
-
-def test_load_refuses_other_feature_config(tmp_path, two_region_image):
-    image, scribbles = two_region_image
-    seg = Segmenter(FeatureConfig(sigmas=(1, 2)), "rf", {"n_estimators": 3}).fit(image, scribbles)
-    seg.save(tmp_path / "m.vitseg")
-    with pytest.raises(VitsegError, match="another feature config.*sigmas"):
-        Segmenter.load(tmp_path / "m.vitseg", expected_config=FeatureConfig(sigmas=(1, 2, 4)))
-
-
-def test_load_refuses_tampered_feature_names(tmp_path, two_region_image):
-    import json
-    import zipfile
-
-    image, scribbles = two_region_image
-    seg = Segmenter(FeatureConfig(sigmas=(1, 2)), "rf", {"n_estimators": 3}).fit(image, scribbles)
-    seg.save(tmp_path / "m.vitseg")
-    with zipfile.ZipFile(tmp_path / "m.vitseg") as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    meta = json.loads(members["metadata.json"])
-    meta["feature_config"]["sigmas"] = [1.0, 3.0]  # config no longer produces the stored names
-    members["metadata.json"] = json.dumps(meta).encode()
-    with zipfile.ZipFile(tmp_path / "t.vitseg", "w") as zf:
-        for n, b in members.items():
-            zf.writestr(n, b)
-    with pytest.raises(VitsegError, match="computes differently"):
-        Segmenter.load(tmp_path / "t.vitseg")
-
-
 @pytest.mark.parametrize(
     "make, match",
     [
@@ -158,51 +117,14 @@ def test_predict_before_fit(two_region_image):
         Segmenter().predict(two_region_image[0])
 
 
-def test_apply_file_streams_stack(tmp_path, cells_stack, samples):
-    import tifffile
-
-    stack, scribbles = cells_stack
-    seg = Segmenter(FeatureConfig(sigmas=(1, 2, 4)), "rf", {"n_estimators": 10}).fit(stack[:2], scribbles[:2])
-    from napari_vitseg._progress import run
-
-    steps = []
-    run(seg.iter_apply_file(samples / "tem_cells_stack" / "image.tif", tmp_path / "o.tif",
-                            probabilities_path=tmp_path / "p.tif"), steps.append)
-    labels = tifffile.imread(tmp_path / "o.tif")
-    probs = tifffile.imread(tmp_path / "p.tif")
-    assert labels.shape == stack.shape and labels.dtype == np.uint8
-    assert probs.shape == (6, 3, 518, 518) and probs.dtype == np.float16
-    np.testing.assert_array_equal(labels, seg.predict(stack))
-    assert [s.done for s in steps][:6] == list(range(6))
-
-
-def test_apply_files_resumes(tmp_path, two_region_image):
-    import tifffile
-
-    image, scribbles = two_region_image
-    for i in range(3):
-        tifffile.imwrite(tmp_path / f"im{i}.tif", image)
-    seg = Segmenter(FeatureConfig(sigmas=(1,)), "rf", {"n_estimators": 3}).fit(image, scribbles)
-    out = tmp_path / "out"
-    from napari_vitseg._progress import run
-
-    run(seg.iter_apply_files([tmp_path / "im0.tif"], out))
-    mtime = (out / "im0_seg.tif").stat().st_mtime_ns
-    msgs = []
-    written = run(seg.iter_apply_files(sorted(tmp_path.glob("im*.tif")), out), lambda p: msgs.append(p.msg))
-    assert [w.name for w in written] == ["im0_seg.tif", "im1_seg.tif", "im2_seg.tif"]
-    assert (out / "im0_seg.tif").stat().st_mtime_ns == mtime  # finished outputs are not redone
-    assert any("already done" in m for m in msgs)
-
-
 @pytest.mark.parametrize("upsample, pca", [("guided", None), ("bilinear", 6)])
 def test_vit_bands_equal_whole_plane_and_vit_features(nanoparticles, upsample, pca):
     """Row bands of ViT features (random weights) equal the whole plane and features.vit.vit_features."""
-    from napari_vitseg.cli import random_backbone
+    from napari_vitseg.backbones import create_backbone
     from napari_vitseg.features.vit import vit_features
 
     image = nanoparticles[0][:300, :260]
-    bb = random_backbone("dinov2_vits14_reg")
+    bb = create_backbone("dinov2_vits14_reg", pretrained=False, seed=0)
     f = Featurizer(FeatureConfig(backbone="dinov2_vits14_reg", sigmas=(1,), upsample=upsample, vit_pca=pca),
                    backbone=bb)
     whole = f.compute(image, key="plane")
@@ -218,11 +140,11 @@ def test_vit_bands_equal_whole_plane_and_vit_features(nanoparticles, upsample, p
 
 def test_vit_pca_basis_kept_and_in_cache_key(nanoparticles):
     """The ViT PCA basis is fitted once; retraining reuses cached features; another basis is another key."""
-    from napari_vitseg.cli import random_backbone
+    from napari_vitseg.backbones import create_backbone
 
     image, scribbles = nanoparticles[0][:140, :168], nanoparticles[1][:140, :168]
     seg = Segmenter(FeatureConfig(backbone="dinov2_vits14_reg", sigmas=(1,), vit_pca=4, upsample="bilinear"),
-                    "rf", {"n_estimators": 5}, backbone=random_backbone("dinov2_vits14_reg"))
+                    "rf", {"n_estimators": 5}, backbone=create_backbone("dinov2_vits14_reg", pretrained=False, seed=0))
     seg.fit(image, scribbles)
     basis = seg.featurizer.pca_.to_arrays()
     key = seg.featurizer.state_key
