@@ -43,6 +43,24 @@ def _overlay_figure(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray |
     plt.close(fig)
 
 
+def _train_and_apply(folder: Path, out: Path, cfg: FeatureConfig, class_names: list[str], quiet: bool):
+    """Train on ``folder``'s scribbles, save the classifier and stream ``image.tif`` through it.
+
+    Returns the image, the scribbles, the written labels and the timings (s).
+    """
+    image, scribbles = read_image(folder / "image.tif"), read_image(folder / "scribbles.tif")
+    name = folder.name
+    t0 = time.perf_counter()
+    seg = Segmenter(cfg, "rf", class_names=class_names)
+    run_job(seg.iter_fit(image, scribbles), desc=f"train {name}", quiet=quiet)
+    t1 = time.perf_counter()
+    seg.save(out / f"{name}.vitseg")
+    run_job(seg.iter_apply_file(folder / "image.tif", out / f"{name}_seg.tif"), desc=f"apply {name}", quiet=quiet)
+    t2 = time.perf_counter()
+    labels = read_image(out / f"{name}_seg.tif")
+    return image, scribbles, labels, {"train_s": round(t1 - t0, 2), "apply_s": round(t2 - t1, 2)}
+
+
 def run_demo(output_dir, *, backbone: str | None = None, quiet: bool = False) -> dict:
     """Run the samples end to end.
 
@@ -65,37 +83,18 @@ def run_demo(output_dir, *, backbone: str | None = None, quiet: bool = False) ->
     summary: dict = {"backbone": backbone or "none (classical features only)", "feature_config": cfg.to_dict()}
 
     # 1. TEM nanoparticles: train on scribbles, score against ground truth.
-    d = data / "tem_nanoparticles"
-    image, scribbles, truth = (read_image(d / f) for f in ("image.tif", "scribbles.tif", "ground_truth.tif"))
-    t0 = time.perf_counter()
-    seg = Segmenter(cfg, "rf", class_names=["particle", "background"])
-    run_job(seg.iter_fit(image, scribbles), desc="train nanoparticles", quiet=quiet)
-    t1 = time.perf_counter()
-    seg.save(out / "tem_nanoparticles.vitseg")
-    run_job(seg.iter_apply_file(d / "image.tif", out / "tem_nanoparticles_seg.tif"),
-            desc="apply nanoparticles", quiet=quiet)
-    t2 = time.perf_counter()
-    labels = read_image(out / "tem_nanoparticles_seg.tif")
-    miou = mean_iou(labels, truth)
-    summary["tem_nanoparticles"] = {"mIoU": round(miou, 4), "train_s": round(t1 - t0, 2),
-                                    "apply_s": round(t2 - t1, 2)}
+    image, scribbles, labels, timing = _train_and_apply(data / "tem_nanoparticles", out, cfg,
+                                                        ["particle", "background"], quiet)
+    miou = mean_iou(labels, read_image(data / "tem_nanoparticles" / "ground_truth.tif"))
+    summary["tem_nanoparticles"] = {"mIoU": round(miou, 4), **timing}
 
     # 2. TEM cells stack: train on scribbles of all planes, stream the stack file.
-    d = data / "tem_cells_stack"
-    stack, sscrib = read_image(d / "image.tif"), read_image(d / "scribbles.tif")
-    t0 = time.perf_counter()
-    seg3 = Segmenter(cfg, "rf", class_names=["nucleus", "cytoplasm", "background"])
-    run_job(seg3.iter_fit(stack, sscrib), desc="train cells", quiet=quiet)
-    t1 = time.perf_counter()
-    seg3.save(out / "tem_cells_stack.vitseg")
-    run_job(seg3.iter_apply_file(d / "image.tif", out / "tem_cells_stack_seg.tif"),
-            desc="apply cells stack", quiet=quiet)
-    t2 = time.perf_counter()
-    slabels = read_image(out / "tem_cells_stack_seg.tif")
+    stack, sscrib, slabels, timing = _train_and_apply(data / "tem_cells_stack", out, cfg,
+                                                      ["nucleus", "cytoplasm", "background"], quiet)
     # agreement with the scribbles themselves (no ground truth exists for this stack)
     lab = sscrib != 0
     summary["tem_cells_stack"] = {
-        "planes": int(stack.shape[0]), "train_s": round(t1 - t0, 2), "apply_s": round(t2 - t1, 2),
+        "planes": int(stack.shape[0]), **timing,
         "scribble_agreement": round(float((slabels[lab] == sscrib[lab]).mean()), 4),
         "class_fractions": {int(c): round(float((slabels == c).mean()), 3) for c in np.unique(slabels)},
     }
