@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 __all__ = ["napari_get_reader", "read_tiff", "LAZY_BYTES"]
 
 #: Files larger than this (bytes of pixel data) are opened lazily as dask arrays.
@@ -22,18 +20,15 @@ LAZY_BYTES = 256 * 2**20
 def _tiff_path(path) -> Path | None:
     if not isinstance(path, (str, Path)):
         return None
-    from .io import is_tiff
+    from ._validation import VitsegError
+    from .io import is_tiff, tiff_series
 
     p = Path(path)
     if not is_tiff(p) or not p.is_file():
         return None
     try:
-        import tifffile
-
-        with tifffile.TiffFile(p) as tf:
-            if not tf.series:
-                return None
-    except Exception:  # noqa: BLE001 - anything tifffile rejects is "not ours"
+        tiff_series(p)
+    except VitsegError:  # anything tifffile rejects is "not ours"
         return None
     return p
 
@@ -69,29 +64,17 @@ def read_tiff(path) -> list[tuple]:
         string and the channel axis (if any) are stored in ``metadata`` for the
         segmentation widget.
     """
-    import tifffile
-
-    from ._validation import VitsegError
-    from .io import image_stem, open_image, read_image
+    from .io import image_stem, open_image, read_image, tiff_series
 
     if isinstance(path, (list, tuple)):
         path = path[0]
-    try:
-        with tifffile.TiffFile(path) as tf:
-            series = tf.series[0]
-            axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as e:
-        raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({e}).") from None
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    lazy = nbytes > LAZY_BYTES
+    series = tiff_series(path)
+    lazy = series.nbytes > LAZY_BYTES
     data = open_image(path).data if lazy else read_image(path)
-    rgb = axes.endswith("S") and shape[-1] in (3, 4)
-    channel_axis = next((axes.index(c) for c in "SC" if c in axes), None)
-    name = image_stem(path)
     meta = {
-        "name": name,
-        "rgb": bool(rgb),
+        "name": image_stem(path),
+        "rgb": series.rgb,
         "multiscale": False,
-        "metadata": {"axes": axes, "channel_axis": channel_axis, "path": str(path), "lazy": lazy},
+        "metadata": {"axes": series.axes, "channel_axis": series.channel_axis, "path": str(path), "lazy": lazy},
     }
     return [(data, meta, "image")]

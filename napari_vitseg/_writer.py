@@ -38,7 +38,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         Negative, non-integer or too-large label values.
     """
     from ._validation import VitsegError
-    from .io import write_tiff
+    from .io import is_tiff, write_tiff
 
     arr = np.asarray(data)
     if arr.dtype.kind not in "biu":
@@ -53,8 +53,8 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     else:
         raise VitsegError(f"Label value {hi} does not fit in uint32.")
     p = Path(path)
-    if p.suffix.lower() not in (".tif", ".tiff"):
+    if not is_tiff(p):
         p = p.with_name(p.name + ".tif")
     axes = {2: "YX", 3: "ZYX"}.get(arr.ndim)
-    write_tiff(p, arr.astype(dt, copy=False), metadata={"axes": axes} if axes else None)
+    write_tiff(p, arr.astype(dt, copy=False), metadata={"axes": axes} if axes else None, rgb=False)
     return [str(p)]

@@ -114,6 +114,12 @@ def test_writer_round_trip_and_dtypes(tmp_path):
     back = tifffile.imread(out[0])
     assert back.dtype == np.uint16 and back.shape == (2, 3, 3) and back[0, 0, 0] == 300
     assert not list(tmp_path.glob("*.part"))
+    # a label stack whose last axis has 3 entries stays a grey (Z, Y, X) stack, never RGB
+    small = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3) % 4
+    out = _writer.write_labels(str(tmp_path / "zyx3.tif"), small, {})
+    with tifffile.TiffFile(out[0]) as tf:
+        assert tf.series[0].axes == "ZYX" and tf.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+    np.testing.assert_array_equal(tifffile.imread(out[0]), small)
     with pytest.raises(VitsegError, match=">= 0"):
         _writer.write_labels(str(tmp_path / "neg.tif"), -np.ones((2, 2), np.int8), {})
     with pytest.raises(VitsegError, match="integers"):

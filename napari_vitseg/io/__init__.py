@@ -9,18 +9,28 @@ from ._paths import (
     is_tiff,
     sample_data_dir,
 )
-from ._tiff import LazyImage, TiffPlaneWriter, open_image, read_image, write_tiff
+from ._tiff import (
+    LazyImage,
+    TiffPlaneWriter,
+    TiffSeries,
+    open_image,
+    read_image,
+    tiff_series,
+    write_tiff,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "TIFF_SUFFIXES",
     "LazyImage",
     "TiffPlaneWriter",
+    "TiffSeries",
     "expand_inputs",
     "image_stem",
     "is_tiff",
     "open_image",
     "read_image",
     "sample_data_dir",
+    "tiff_series",
     "write_tiff",
 ]

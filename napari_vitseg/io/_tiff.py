@@ -11,7 +11,7 @@ import numpy as np
 from .._validation import VitsegError
 from ._paths import IMAGE_SUFFIXES, is_tiff
 
-__all__ = ["LazyImage", "open_image", "read_image", "TiffPlaneWriter", "write_tiff"]
+__all__ = ["LazyImage", "TiffSeries", "tiff_series", "open_image", "read_image", "TiffPlaneWriter", "write_tiff"]
 
 
 @dataclass
@@ -66,6 +66,65 @@ class LazyImage:
         return None
 
 
+@dataclass(frozen=True)
+class TiffSeries:
+    """Shape, dtype and axes of a TIFF's first series, read from its header only.
+
+    Attributes
+    ----------
+    axes : str
+        tifffile's axes string (e.g. ``'ZYX'``, ``'YXS'`` for RGB).
+    shape : tuple of int
+    dtype : numpy.dtype
+    """
+
+    axes: str
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of pixel data the series declares."""
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    @property
+    def channel_axis(self) -> int | None:
+        """Index of the samples/channel axis ('S' or 'C'), if any."""
+        return next((self.axes.index(c) for c in "SC" if c in self.axes), None)
+
+    @property
+    def rgb(self) -> bool:
+        """Whether the series is RGB(A): a trailing samples axis of 3 or 4."""
+        return self.axes.endswith("S") and self.shape[-1] in (3, 4)
+
+
+def tiff_series(path) -> TiffSeries:
+    """Describe a TIFF's first series without reading pixel data.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+
+    Returns
+    -------
+    TiffSeries
+
+    Raises
+    ------
+    VitsegError
+        Missing file, folder, a file tifffile cannot read, or one without an image series.
+    """
+    import tifffile
+
+    path = _check_path(path)
+    try:
+        with tifffile.TiffFile(path) as tf:
+            series = tf.series[0]
+            return TiffSeries(series.axes, tuple(series.shape), np.dtype(series.dtype))
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as e:
+        raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({e}).") from None
+
+
 def _check_path(path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -99,9 +158,8 @@ def open_image(path) -> LazyImage:
     import zarr
 
     path = _check_path(path)
+    axes = tiff_series(path).axes
     try:
-        with tifffile.TiffFile(path) as tf:
-            axes = tf.series[0].axes
         store = tifffile.imread(path, aszarr=True)
         try:
             z = zarr.open(store, mode="r")
@@ -228,14 +286,34 @@ class TiffPlaneWriter:
         return False
 
 
-def write_tiff(path, data: np.ndarray, metadata: dict | None = None) -> Path:
-    """Write an in-memory array to TIFF atomically (temporary name, then rename)."""
+def write_tiff(path, data: np.ndarray, metadata: dict | None = None, *, rgb: bool | None = None) -> Path:
+    """Write an in-memory array to TIFF atomically (temporary name, then rename).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+    data : ndarray
+        (Y, X), (Z, Y, X), (Y, X, 3|4) RGB(A), ...
+    metadata : dict, optional
+        tifffile metadata, e.g. ``{'axes': 'ZYX'}``.
+    rgb : bool, optional
+        Store a trailing axis of 3 or 4 as colour samples. Default: only for (Y, X, 3|4)
+        data; everything else (a 3-plane stack included) is stored grey (minisblack).
+
+    Returns
+    -------
+    pathlib.Path
+    """
     import tifffile
 
     path = Path(path)
+    data = np.asarray(data)
+    if rgb is None:
+        rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
     tmp = path.with_name(path.name + ".part")
     try:
-        tifffile.imwrite(tmp, np.asarray(data), metadata=metadata, bigtiff=np.asarray(data).nbytes > 2**31)
+        tifffile.imwrite(tmp, data, metadata=metadata, bigtiff=data.nbytes > 2**31,
+                         photometric="rgb" if rgb else "minisblack")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

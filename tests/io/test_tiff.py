@@ -57,3 +57,35 @@ def test_errors(tmp_path):
         read_image(tmp_path / "bad.tif")
     with pytest.raises(VitsegError, match="does not exist"):
         TiffPlaneWriter(tmp_path / "no" / "o.tif", (4, 4), np.uint8, n_planes=1)
+
+
+def test_tiff_series_reads_only_the_header(tmp_path):
+    from napari_vitseg.io import tiff_series
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    write_tiff(tmp_path / "rgb.tif", rgb)
+    s = tiff_series(tmp_path / "rgb.tif")
+    assert (s.axes, s.shape, s.dtype, s.rgb, s.channel_axis, s.nbytes) == ("YXS", (20, 30, 3), np.uint8, True, 2, 1800)
+    stack = np.zeros((4, 8, 9), np.uint16)
+    write_tiff(tmp_path / "z.tif", stack, metadata={"axes": "ZYX"})
+    s = tiff_series(tmp_path / "z.tif")
+    assert s.shape == (4, 8, 9) and not s.rgb and s.channel_axis is None
+    (tmp_path / "bad.tif").write_bytes(b"II*\0garbage")
+    with pytest.raises(VitsegError, match="Cannot read"):
+        tiff_series(tmp_path / "bad.tif")
+
+
+def test_paths_rules(tmp_path):
+    from napari_vitseg.io import expand_inputs, image_stem, is_tiff
+
+    assert image_stem("x/cell.day1.ome.tif") == "cell.day1" and image_stem("a.b.TIFF") == "a.b"
+    assert is_tiff("a.OME.TIF") and not is_tiff("a.png") and not is_tiff(".tif")
+    for n in ("b.tif", "a.tiff", "c.png", "notes.txt"):
+        (tmp_path / n).write_bytes(b"")
+    assert [p.name for p in expand_inputs([tmp_path])] == ["a.tiff", "b.tif"]
+    assert [p.name for p in expand_inputs([tmp_path / "b.tif", tmp_path, tmp_path / "b.tif"])] == ["b.tif", "a.tiff"]
+    with pytest.raises(VitsegError, match="does not exist"):
+        expand_inputs([tmp_path / "nope.tif"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VitsegError, match="contains no TIFF files"):
+        expand_inputs([tmp_path / "empty"])
