@@ -74,14 +74,14 @@ def _peak_rss_mb() -> float:
 def run_scenario(name: str, img_dir: Path, out: Path, max_steps: int) -> dict:
     import torch
 
-    from napari_vitseg._cli_backbones import add_subcommands
     from napari_vitseg.backbones import create_backbone, defect_directions
+    from napari_vitseg.cli import main as vitseg
 
     res = {"scenario": name, "threads": torch.get_num_threads()}
     if name == "worst":
-        from napari_vitseg._cli_backbones import read_repair_images
-        from napari_vitseg._progress import run
+        from napari_vitseg import run
         from napari_vitseg.backbones.sinder import prepare_images, repair_job
+        from napari_vitseg.cli._weights import read_repair_images
 
         t0 = time.perf_counter()
         b = create_backbone("dinov2_vits14_reg")
@@ -101,13 +101,10 @@ def run_scenario(name: str, img_dir: Path, out: Path, max_steps: int) -> dict:
         res["wall_s"] = time.perf_counter() - t0
         res["shape"] = list(d.shape)
     else:
-        p = argparse.ArgumentParser(prog="vitseg")
-        add_subcommands(p.add_subparsers(dest="command", required=True))
         argv = ["repair", "--backbone", "dinov2_vits14_reg", "--images", str(img_dir), "-o", str(out),
                 "--max-steps", str(max_steps), "--force", "--quiet"]
-        args = p.parse_args(argv)
         t0 = time.perf_counter()
-        rc = args.func(args)
+        rc = vitseg(argv)
         res["wall_s"] = time.perf_counter() - t0
         res["rc"] = rc
         from napari_vitseg.backbones.sinder import load_repair

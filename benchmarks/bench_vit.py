@@ -28,7 +28,7 @@ Rows:
   then bilinear or guided (r = 8, eps = 1e-3) upsampling of all 384 channels, as
   ``vit_features`` does; "single-pass" runs the whole padded image as one window
   (``tile_size`` >= the image), the untiled peer of the tiled rows;
-- ``upsample``: the upsamplers alone on random (384 or 32, 74, 74) tokens to 1024 x 1024
+- ``upsample``: the upsamplers alone on random (74, 74, 384 or 32) tokens to 1024 x 1024
   (grey guide, and a colour guide), i.e. the cost without the ViT; 32 channels is what a
   token-level PCA (``vit_features(..., pca=PCAReducer(32))``) leaves to upsample.
 
@@ -114,9 +114,10 @@ def child(spec: dict) -> dict:
             tok = vit_patch_features(img, bb, tile_size=tile, tile_overlap=overlap, batch_size=4)
             t1, c1 = time.perf_counter(), time.process_time()
             if up == "bilinear":
-                out = upsample_bilinear(tok, img.shape, patch_size=14)
+                out = upsample_bilinear(tok.transpose(1, 2, 0), img.shape, patch_size=14)
             else:
-                out = upsample_guided(tok, to_rgb01(img)[..., 0], radius=8, eps=1e-3, patch_size=14)
+                out = upsample_guided(tok.transpose(1, 2, 0), to_rgb01(img)[..., 0], radius=8, eps=1e-3,
+                                      patch_size=14)
             t2, c2 = time.perf_counter(), time.process_time()
             return out, (t1 - t0, t2 - t1, c1 - c0, c2 - c1)
 
@@ -132,7 +133,7 @@ def child(spec: dict) -> dict:
         d, size, how = spec["channels"], spec["size"], spec["how"]
         g = -(-size // 14)
         rng = np.random.default_rng(0)
-        tok = rng.standard_normal((d, g, g)).astype(np.float32)
+        tok = rng.standard_normal((d, g, g)).astype(np.float32).transpose(1, 2, 0)  # (h, w, D) view
         guide = load_plane(size).astype(np.float32) / 255
         if how == "guided_colour":
             guide = np.repeat(guide[..., None], 3, axis=2)
@@ -143,7 +144,7 @@ def child(spec: dict) -> dict:
                 return upsample_bilinear(t, gd.shape[:2], patch_size=14)
             return upsample_guided(t, gd, radius=8, eps=1e-3, patch_size=14)
 
-        run(tok[:, :5, :5], guide[:64, :64])
+        run(tok[:5, :5], guide[:64, :64])
         base = _maxrss_mib()
         t, c = time.perf_counter(), time.process_time()
         out = run(tok, guide)

@@ -1,8 +1,8 @@
 """Backbone registry, construction and weights resolution.
 
 ``create_backbone(name, pretrained=...)`` is the only constructor; ``list_backbones()``
-lists the registered names. Random weights (``pretrained=False``) exist for tests only and
-are never substituted for missing pretrained weights.
+lists the registered names. Random weights (``pretrained=False``, reproducible with
+``seed=``) exist for tests only and are never substituted for missing pretrained weights.
 
 Registered families: DINOv2 (:mod:`.dinov2`), ALiBi-DINOv2 and NoPE (:mod:`.alibi`,
 Pawlowsky et al. 2026, arXiv 2603.16840) and SINDER-repaired DINOv2 (:mod:`.sinder`, Wang,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import VitsegError
 from . import alibi as _alibi  # noqa: F401  (registers the ALiBi / NoPE entries)
 from . import dinov2 as _dinov2  # noqa: F401  (registers the DINOv2 entries)
 from . import sinder as _sinder  # noqa: F401  (registers the SINDER entries)
@@ -66,12 +67,8 @@ __all__ = [
 ]
 
 
-def _build_timm_model(cfg: BackboneCfg, *, init_values: float | None = None) -> torch.nn.Module:
-    return build_timm_model(cfg, init_values=init_values)
-
-
 def create_backbone(name: str, *, pretrained: bool = True, weights=None, device="cpu",
-                    init_values: float | None = None) -> ViTBackbone:
+                    init_values: float | None = None, seed: int | None = None) -> ViTBackbone:
     """Build a registered backbone.
 
     Parameters
@@ -88,6 +85,10 @@ def create_backbone(name: str, *, pretrained: bool = True, weights=None, device=
     init_values : float, optional
         LayerScale initial value for random weights (tests use 1.0 so that attention
         visibly acts; timm's DINOv2 default is 1e-5).
+    seed : int, optional
+        Random weights only: initialise them after ``torch.manual_seed(seed)`` inside
+        ``torch.random.fork_rng()``, so that the same seed gives the same weights and the
+        global torch RNG state is left untouched. ``None`` draws from the global RNG.
 
     Returns
     -------
@@ -97,15 +98,35 @@ def create_backbone(name: str, *, pretrained: bool = True, weights=None, device=
     Raises
     ------
     VitsegError
-        Unknown name.
+        Unknown name, or ``seed`` given with ``pretrained=True`` (real weights involve no
+        random draw, so a seed there is a mistake).
     WeightsNotFoundError
         ``pretrained=True`` and no weights file can be found (the message names the file
         and where to put it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> a = create_backbone("dinov2_vits14", pretrained=False, seed=0)
+    >>> b = create_backbone("dinov2_vits14", pretrained=False, seed=0)
+    >>> torch.equal(a.model.cls_token, b.model.cls_token), a.pretrained
+    (True, False)
     """
     cfg = get_backbone_cfg(name)
     if not pretrained:
-        backbone = ViTBackbone(cfg, _build_timm_model(cfg, init_values=init_values), pretrained=False)
+        if seed is None:
+            model = build_timm_model(cfg, init_values=init_values)
+        else:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = build_timm_model(cfg, init_values=init_values)
+        backbone = ViTBackbone(cfg, model, pretrained=False)
     else:
+        if seed is not None:
+            raise VitsegError(
+                f"seed={seed!r} only applies to random weights (pretrained=False); "
+                f"pretrained backbone {name!r} takes its weights from a checkpoint."
+            )
         from .weights import load_pretrained, resolve_weights
 
         resolve_weights(name, weights)  # a missing file fails before anything is built

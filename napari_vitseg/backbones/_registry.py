@@ -53,6 +53,15 @@ class BackboneCfg:
         Reference for the method.
     description : str
         One line for menus and ``vitseg weights list``.
+    heavy : bool
+        More than 1 B parameters (ViT-g: 4.5 GB of float32 weights): slow to build and run,
+        a GPU is advised. Front ends do not offer such a backbone with random weights (the
+        diagnostics widget hides it when "random weights" is ticked).
+    extra : dict
+        Family-specific settings read by the family's own code (``'alibi'``: keyword
+        arguments of :func:`~napari_vitseg.backbones.alibi_bias`; ``'hub_files'``: file
+        names to try in ``weights_repo``; ``'full_checkpoint'``: a derived entry whose
+        weights file is a whole model, not a repair file). Not compared or hashed.
     """
 
     name: str
@@ -74,12 +83,11 @@ class BackboneCfg:
     license: str = "Apache-2.0"
     paper: str = ""
     description: str = ""
+    heavy: bool = False
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 _REGISTRY: dict[str, BackboneCfg] = {}
-_FACTORIES: dict[str, Callable[[], BackboneCfg]] = {}
-_DEPRECATED: dict[str, str] = {}
 
 
 def register_backbone(fn: Callable[[], BackboneCfg]) -> Callable[[], BackboneCfg]:
@@ -94,13 +102,7 @@ def register_backbone(fn: Callable[[], BackboneCfg]) -> Callable[[], BackboneCfg
     if cfg.name in _REGISTRY:
         warnings.warn(f"Backbone {cfg.name!r} is registered twice; the later one wins.", VitsegWarning, stacklevel=2)
     _REGISTRY[cfg.name] = cfg
-    _FACTORIES[cfg.name] = fn
     return fn
-
-
-def register_deprecation(old: str, new: str) -> None:
-    """Map a renamed backbone to its new name (warns when the old name is used)."""
-    _DEPRECATED[old] = new
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
@@ -116,10 +118,6 @@ def get_backbone_cfg(name: str) -> BackboneCfg:
     VitsegError
         For an unknown name, listing the known ones.
     """
-    if name in _DEPRECATED:
-        new = _DEPRECATED[name]
-        warnings.warn(f"Backbone {name!r} was renamed to {new!r}.", VitsegWarning, stacklevel=2)
-        name = new
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -74,5 +74,5 @@ def dinov2_vitg14() -> BackboneCfg:
         weights_repo="timm/vit_giant_patch14_dinov2.lvd142m",
         weights_url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vitg14/dinov2_vitg14_pretrain.pth",
         paper=_DINOV2, description="DINOv2 ViT-g/14 (SwiGLU MLP; 1.1 B parameters, GPU advised)",
-        extra=dict(_TIMM_HUB_FILES, heavy=True),
+        heavy=True, extra=dict(_TIMM_HUB_FILES),
     )

@@ -998,5 +998,5 @@ def sinder_dinov2_vitg14() -> BackboneCfg:
         weights_url="https://huggingface.co/haoqiwang/sinder", sha256=None,
         paper=f"{SINDER_PAPER}; {b.paper}",
         description="DINOv2 ViT-g/14 repaired by SINDER (released checkpoint; 1.1 B parameters)",
-        extra={"full_checkpoint": True, "heavy": True},
+        heavy=True, extra={"full_checkpoint": True},
     )

@@ -228,19 +228,16 @@ def find_weights(name: str) -> Path | None:
         if p.is_file():
             return p
     if cfg.weights_repo:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            cache = _hf_cache_dir()
-            for fn in _hub_files(cfg):
-                try:
-                    hit = try_to_load_from_cache(cfg.weights_repo, fn, cache_dir=cache)
-                except Exception:  # malformed cache: ignore it
-                    hit = None
-                if isinstance(hit, str) and Path(hit).is_file():
-                    return Path(hit)
+        from huggingface_hub import try_to_load_from_cache
+
+        cache = _hf_cache_dir()
+        for fn in _hub_files(cfg):
+            try:
+                hit = try_to_load_from_cache(cfg.weights_repo, fn, cache_dir=cache)
+            except Exception:  # malformed cache: ignore it
+                hit = None
+            if isinstance(hit, str) and Path(hit).is_file():
+                return Path(hit)
     if cfg.weights_file:
         p = _torch_hub_checkpoints() / cfg.weights_file
         if p.is_file():
@@ -419,11 +416,8 @@ def download_weights(name: str, *, force: bool = False) -> Path:
     )
     if _hub_offline():
         raise VitsegError(f"Cannot download weights for {name!r}: HF_HUB_OFFLINE is set (offline mode). {manual}")
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
-    except ImportError as e:  # pragma: no cover
-        raise VitsegError(f"huggingface_hub is needed to download weights ({e}). {manual}") from e
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError  # also huggingface_hub.errors from 0.24
     last: Exception | None = None
     for fn in _hub_files(cfg):
         try:

@@ -7,8 +7,8 @@ positional_probe, ProbeResult, probe_targets, linear_probe_r2, channel_probe_r2
     The positional-bias linear probe (Pawlowsky et al. 2026, arXiv 2603.16840).
 token_norms, flag_high_norm, norm_histogram, angle_map, sinder_defects, token_norm_diagnostics, NormResult
     High-norm tokens (Darcet et al., ICLR 2024) and SINDER defect angles (Wang et al., ECCV 2024).
-pca_rgb, pca_basis
-    PCA-RGB views of patch features.
+pca_rgb
+    PCA-RGB views of patch features (basis: :class:`napari_vitseg.features.vit.PCAReducer`).
 diagnose, DiagnosticsResult
     Everything above for several backbones and images in one job (CLI and widget).
 prepare_image
@@ -40,7 +40,7 @@ from .norms import (
     token_norm_diagnostics,
     token_norms,
 )
-from .pca import pca_basis, pca_rgb
+from .pca import pca_rgb
 from .positional import (
     TARGETS,
     ProbeResult,
@@ -72,7 +72,6 @@ __all__ = [
     "linear_probe_r2",
     "make_backbone",
     "norm_histogram",
-    "pca_basis",
     "pca_rgb",
     "positional_probe",
     "prepare_image",

@@ -217,8 +217,9 @@ def make_backbone(name: str, *, random_weights: bool = False, device="cpu", weig
     weights : str or pathlib.Path, optional
         Explicit checkpoint file.
     seed : int
-        Torch seed of the random initialisation (``random_weights`` only), so that a
-        random-weights report is reproducible; the global torch RNG is left untouched.
+        Torch seed of the random initialisation (``random_weights`` only; see the ``seed``
+        of :func:`~napari_vitseg.backbones.create_backbone`), so that a random-weights
+        report is reproducible; the global torch RNG is left untouched.
 
     Raises
     ------
@@ -228,9 +229,7 @@ def make_backbone(name: str, *, random_weights: bool = False, device="cpu", weig
     from ..backbones import create_backbone
 
     if random_weights:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            return create_backbone(name, pretrained=False, init_values=1.0, device=device)
+        return create_backbone(name, pretrained=False, init_values=1.0, seed=seed, device=device)
     return create_backbone(name, pretrained=True, weights=weights, device=device)
 
 

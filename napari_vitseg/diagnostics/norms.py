@@ -272,8 +272,8 @@ _DIR_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def defect_directions_or_none(backbone, n_samples: int = 20000, seed: int = 0) -> np.ndarray | None:
     """SINDER defect directions ν_i of every block, or ``None`` where they cannot be computed.
 
-    Uses :func:`napari_vitseg.backbones.sinder.defect_directions` when that module exists;
-    results are cached per backbone object.
+    Uses :func:`napari_vitseg.backbones.sinder.defect_directions` (``None`` where it raises
+    ``NotImplementedError``); results are cached per backbone object.
 
     Returns
     -------
@@ -283,10 +283,8 @@ def defect_directions_or_none(backbone, n_samples: int = 20000, seed: int = 0) -
     cached = _DIR_CACHE.get(backbone, {})
     if key in cached:
         return cached[key]
-    try:
-        from ..backbones.sinder import defect_directions
-    except ImportError:
-        return None
+    from ..backbones.sinder import defect_directions
+
     try:
         dirs = defect_directions(backbone, n_samples=n_samples, seed=seed)
     except NotImplementedError:

@@ -11,48 +11,29 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._validation import VitsegError
+from .._validation import VitsegError, as_float32
+from ..features.vit import PCAReducer
 
-__all__ = ["pca_basis", "pca_rgb"]
+__all__ = ["pca_rgb"]
 
 
 def _tokens(f) -> np.ndarray:
     a = f.detach().cpu().numpy() if hasattr(f, "detach") else np.asarray(f)
     if a.ndim != 3:
         raise VitsegError(f"features must be (gh, gw, D) arrays; got shape {a.shape}.")
-    return a.reshape(-1, a.shape[-1]).astype(np.float64)
+    return as_float32(a.reshape(-1, a.shape[-1]), "features")
 
 
-def pca_basis(features: Sequence, n_components: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Principal axes of the tokens of one or more feature maps.
+def _fit(tokens: Sequence[np.ndarray], n_components: int) -> PCAReducer:
+    """:class:`~napari_vitseg.features.vit.PCAReducer` fitted on all rows (no subsampling).
 
-    Parameters
-    ----------
-    features : sequence of (gh, gw, D) array_like
-        Channels-last patch features (grids may differ).
-    n_components : int
-
-    Returns
-    -------
-    mean : (D,) ndarray
-    components : (n_components, D) ndarray
-        Unit rows; each sign is fixed so that its largest-magnitude loading is positive
-        (deterministic colours).
-    explained : (n_components,) ndarray
-        Fraction of the variance explained by each component.
+    At most ``min(n_components, N, D)`` components for N tokens of D channels.
     """
-    X = np.concatenate([_tokens(f) for f in features], axis=0)
-    mean = X.mean(0)
-    Xc = X - mean
-    # eigen-decomposition of the (D, D) scatter matrix: cheaper than an SVD of (N, D) tokens
-    evals, evecs = np.linalg.eigh(Xc.T @ Xc)
-    order = np.argsort(evals)[::-1]
-    var = np.clip(evals[order], 0.0, None)
-    k = min(n_components, X.shape[1])
-    comps = evecs[:, order[:k]].T
-    signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(1)])
-    comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
-    return mean, comps, var[:k] / max(var.sum(), 1e-300)
+    x = np.concatenate(tokens, axis=0)
+    n, d = x.shape
+    if n < 1 or d < 1:
+        raise VitsegError(f"features must hold at least one token and one channel; got {n} x {d}.")
+    return PCAReducer(min(n_components, n, d), max_samples=max(2, n)).fit(x)
 
 
 def pca_rgb(features: Sequence, shared: bool = True, percentiles: tuple[float, float] = (1.0, 99.0)) -> list:
@@ -71,6 +52,18 @@ def pca_rgb(features: Sequence, shared: bool = True, percentiles: tuple[float, f
     -------
     list of (gh, gw, 3) ndarray of float32
         In [0, 1]; with fewer than 3 channels or tokens the missing components are 0.5.
+
+    Raises
+    ------
+    VitsegError
+        No feature map, a map that is not 3-D, no tokens or channels, or non-finite values.
+
+    Notes
+    -----
+    The basis is :class:`~napari_vitseg.features.vit.PCAReducer`'s (eigendecomposition of the
+    float64 covariance of all tokens, no subsampling; each axis signed so that its
+    largest-magnitude loading is positive, which makes the colours deterministic); the
+    tokens are projected in float64.
 
     References
     ----------
@@ -91,8 +84,9 @@ def pca_rgb(features: Sequence, shared: bool = True, percentiles: tuple[float, f
     groups = [features] if shared else [[f] for f in features]
     out = []
     for group in groups:
-        mean, comps, _ = pca_basis(group, 3)
-        proj = [(_tokens(f) - mean) @ comps.T for f in group]
+        tokens = [_tokens(f) for f in group]
+        pca = _fit(tokens, 3)
+        proj = [(t.astype(np.float64) - pca.mean_) @ pca.components_.T for t in tokens]
         allp = np.concatenate(proj, axis=0)
         lo, hi = np.percentile(allp, percentiles, axis=0)
         span = np.where(hi - lo > 1e-12, hi - lo, 1.0)

@@ -430,7 +430,7 @@ def _cpu_block(G, G_prev, sigma, kinds, dst, offset, ws, intensity=None):
         if intensity is not None:
             np.copyto(B[0], intensity[a:b])
         if "gaussian" in j:
-            cv2.add(G[a:b], offset, B[j["gaussian"]])
+            np.add(G[a:b], np.float32(offset), out=B[j["gaussian"]])  # cv2 >= 5 reads a 1x1 array + scalar as two scalars
         if "gradient" in j:
             _hypot(gx[a:b], gy[a:b], B[j["gradient"]], t1)
         if need_hess:
@@ -462,7 +462,7 @@ def _centre(img):
     derivatives at large scales (differences of nearly equal numbers times ``s**2``).
     """
     offset = float(np.mean(img, dtype=np.float64))
-    return offset, cv2.subtract(img, offset)
+    return offset, np.subtract(img, np.float32(offset))  # not cv2: OpenCV 5 takes a 1x1 image for a scalar
 
 
 def _gaussian(img, sigma):

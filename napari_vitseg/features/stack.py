@@ -65,6 +65,11 @@ class Featurizer:
         return self._backbone
 
     @property
+    def built_backbone(self):
+        """The backbone if it was given or already built, else ``None`` (never builds it)."""
+        return self._backbone
+
+    @property
     def state_key(self) -> str:
         """Identity of everything the features depend on besides the pixels: the feature
         config, the backbone weights and the fitted ViT PCA basis (for cache keys)."""
@@ -287,9 +292,9 @@ class Featurizer:
         py0, py1 = t0 * p, min(ny, t1 * p)
         # tokens span [p*t0, p*t1) exactly; crop to the image so that borders are treated as
         # in vit_features (guided filter reflecting at the true image edge)
-        band = upsample_bilinear(tokens[:, t0:t1], ((t1 - t0) * p, gw * p))[: py1 - py0, :nx]
+        band = upsample_bilinear(tokens[:, t0:t1].transpose(1, 2, 0), ((t1 - t0) * p, gw * p))[: py1 - py0, :nx]
         if cfg.upsample == "guided":
             guide = self._guide(plane, key)
-            band = upsample_guided(np.moveaxis(band, -1, 0), guide[py0:py1],
-                                   radius=cfg.guided_radius, eps=cfg.guided_eps, already_upsampled=True)
+            band = upsample_guided(band, guide[py0:py1], radius=cfg.guided_radius, eps=cfg.guided_eps,
+                                   already_upsampled=True)
         return band[y0 - py0:y1 - py0]

@@ -53,7 +53,7 @@ def _check_features(features) -> np.ndarray:
     features = np.asarray(features)
     if features.ndim != 3:
         raise VitsegError(
-            f"features must be a (D, h, w) array (channels first, token grid); got shape {features.shape}."
+            f"features must be an (h, w, D) array (channels last, token grid); got shape {features.shape}."
         )
     if features.dtype.kind != "f":
         raise VitsegError(f"features must be floating point; got dtype {features.dtype}.")
@@ -110,8 +110,8 @@ def upsample_bilinear(features, out_shape, *, patch_size: int | None = None) -> 
 
     Parameters
     ----------
-    features : (D, h, w) array of float
-        Channels-first features on the token grid.
+    features : (h, w, D) array of float
+        Channels-last features on the token grid (any strides; not modified).
     out_shape : tuple of int
         (Y, X), the output's spatial shape.
     patch_size : int, optional
@@ -134,16 +134,16 @@ def upsample_bilinear(features, out_shape, *, patch_size: int | None = None) -> 
     Examples
     --------
     >>> import numpy as np
-    >>> tokens = np.arange(2, dtype=np.float32).reshape(1, 1, 2)  # one row of two tokens
+    >>> tokens = np.arange(2, dtype=np.float32).reshape(1, 2, 1)  # one row of two tokens
     >>> row = upsample_bilinear(tokens, (14, 28), patch_size=14)[0, :, 0]
     >>> np.round(row[[0, 6, 7, 13, 14, 20, 21, 27]].astype(float), 4).tolist()
     [0.0, 0.0, 0.0357, 0.4643, 0.5357, 0.9643, 1.0, 1.0]
     """
     features = _check_features(features)
-    d, h, w = features.shape
+    h, w, d = features.shape
     out_shape = tuple(int(s) for s in out_shape)
     grid = _grid_shape((h, w), out_shape, patch_size)
-    tokens = np.ascontiguousarray(features.transpose(1, 2, 0), dtype=np.float32)  # (h, w, D), small
+    tokens = np.ascontiguousarray(features, dtype=np.float32)  # (h, w, D), small
     out = np.empty(out_shape + (d,), dtype=np.float32)
     for c0, c1 in _groups(d, _BILINEAR_GROUP):
         out[..., c0:c1] = _bilinear_group(tokens[..., c0:c1], grid, out_shape)
@@ -177,10 +177,10 @@ def upsample_guided(features, guide, *, radius: int = 8, eps: float = 1e-3,
 
     Parameters
     ----------
-    features : (D, h, w) array of float
-        Channels-first features on the token grid; or (D, Y, X) features already on the
-        pixel grid with ``already_upsampled=True`` (any strides, e.g.
-        ``np.moveaxis(channels_last, -1, 0)``; not modified).
+    features : (h, w, D) array of float
+        Channels-last features on the token grid; or (Y, X, D) features already on the
+        pixel grid with ``already_upsampled=True`` (any strides, e.g. a crop of
+        :func:`upsample_bilinear`'s output). Not modified.
     guide : (Y, X) or (Y, X, C) array of float
         The image, scaled to [0, 1] (``eps`` is relative to that range); its spatial shape
         is the output's.
@@ -192,12 +192,13 @@ def upsample_guided(features, guide, *, radius: int = 8, eps: float = 1e-3,
     patch_size : int, optional
         As in :func:`upsample_bilinear` (use it for features of a padded image).
     already_upsampled : bool
-        ``features`` are already (D, Y, X) on the guide's grid: only filter them.
+        ``features`` are already (Y, X, D) on the guide's grid: only filter them.
 
     Returns
     -------
     (Y, X, D) ndarray of float32
-        Channels last.
+        Channels last. With ``already_upsampled=True`` and ``radius=0`` this is ``features``
+        itself when it is already C-contiguous float32 (otherwise a copy).
 
     Raises
     ------
@@ -223,7 +224,7 @@ def upsample_guided(features, guide, *, radius: int = 8, eps: float = 1e-3,
     Examples
     --------
     >>> import numpy as np
-    >>> tokens = np.array([[[0.0, 1.0]]], dtype=np.float32)       # (1, 1, 2): a step
+    >>> tokens = np.array([[[0.0], [1.0]]], dtype=np.float32)     # (1, 2, 1): a step
     >>> guide = np.zeros((14, 28), np.float32); guide[:, 14:] = 1  # an edge at column 14
     >>> q = upsample_guided(tokens, guide, radius=8, patch_size=14)
     >>> b = upsample_bilinear(tokens, (14, 28), patch_size=14)
@@ -243,20 +244,20 @@ def upsample_guided(features, guide, *, radius: int = 8, eps: float = 1e-3,
         raise VitsegError(f"eps must be > 0; got {eps!r}.")
     radius = int(radius)
     out_shape = guide.shape[:2]
-    d = features.shape[0]
+    d = features.shape[2]
     if already_upsampled:
-        if features.shape[1:] != out_shape:
+        if features.shape[:2] != out_shape:
             raise VitsegError(
                 f"already_upsampled features must have the guide's spatial shape {out_shape}; "
-                f"got {features.shape[1:]}."
+                f"got {features.shape[:2]}."
             )
         if radius == 0:
-            return np.ascontiguousarray(features.transpose(1, 2, 0), dtype=np.float32)
+            return np.ascontiguousarray(features, dtype=np.float32)
     else:
-        grid = _grid_shape(features.shape[1:], out_shape, patch_size)
+        grid = _grid_shape(features.shape[:2], out_shape, patch_size)
         if radius == 0:
             return upsample_bilinear(features, out_shape, patch_size=patch_size)
-        tokens = np.ascontiguousarray(features.transpose(1, 2, 0), dtype=np.float32)  # (h, w, D)
+        tokens = np.ascontiguousarray(features, dtype=np.float32)  # (h, w, D), small
     guide = np.ascontiguousarray(guide, dtype=np.float32)
     if guide.ndim == 3 and guide.shape[2] == 1:
         guide = guide[..., 0]
@@ -266,7 +267,7 @@ def upsample_guided(features, guide, *, radius: int = 8, eps: float = 1e-3,
     for c0, c1 in _groups(d, _GUIDED_GROUP):
         if already_upsampled:
             p = f.buffer("up", c1 - c0)
-            np.copyto(p, features[c0:c1].transpose(1, 2, 0), casting="same_kind")
+            np.copyto(p, features[..., c0:c1], casting="same_kind")
         else:
             p = _bilinear_group(tokens[..., c0:c1], grid, out_shape, buf=f.buffer("up", c1 - c0, grid))
         out[..., c0:c1] = f(p)

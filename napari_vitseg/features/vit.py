@@ -347,8 +347,9 @@ def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: i
     Returns
     -------
     (D, gh, gw) ndarray of float32
-        Channels first (the token grid is small; this is the layout
-        :mod:`~napari_vitseg.features.upsample` takes). ``gh = ceil(Y / p)``,
+        Channels first (the layout of ``backbone.forward_features``; the upsamplers of
+        :mod:`~napari_vitseg.features.upsample` take the channels-last view
+        ``tokens.transpose(1, 2, 0)``). ``gh = ceil(Y / p)``,
         ``gw = ceil(X / p)``; token ``(i, j)`` describes the pixels
         ``[p*i, p*i + p) x [p*j, p*j + p)`` of the image, reflection-padded at the bottom
         and right edges.
@@ -447,9 +448,9 @@ def vit_features(image, backbone, *, upsample: str = "guided", tile_size: int = 
     del arr
     tokens = _patch_features_rgb01(rgb, backbone, tile_size=tile_size, tile_overlap=tile_overlap,
                                    batch_size=batch_size, device=device, autocast=autocast,
-                                   progress=progress)
+                                   progress=progress).transpose(1, 2, 0)  # (gh, gw, D) view
     if pca is not None:
-        tokens = pca.transform_tokens(tokens)
+        tokens = pca.transform(tokens)
     p = int(backbone.patch_size)
     if upsample == "bilinear":
         return upsample_bilinear(tokens, rgb.shape[:2], patch_size=p)
@@ -615,16 +616,18 @@ class PCAReducer:
     def transform_tokens(self, tokens) -> np.ndarray:
         """Project channels-first tokens (D, h, w) to (n_components, h, w) float32.
 
-        The layout :func:`vit_patch_features` returns and the upsamplers take.
+        The layout :func:`vit_patch_features` returns (for channels-last (h, w, D) tokens,
+        as the upsamplers take them, use :meth:`transform`).
+
+        Raises
+        ------
+        VitsegError
+            Not fitted, not 3-D, or not ``n_features_in_`` channels.
         """
         arr = np.asarray(tokens)
         if arr.ndim != 3:
             raise VitsegError(f"tokens must be (D, h, w); got shape {arr.shape}.")
         return np.ascontiguousarray(self.transform(np.moveaxis(arr, 0, -1)).transpose(2, 0, 1))
-
-    def fit_transform(self, features) -> np.ndarray:
-        """``fit(features).transform(features)``."""
-        return self.fit(features).transform(features)
 
     def to_dict(self) -> dict:
         """Plain-JSON dictionary (lists of floats) with parameters and fitted state."""

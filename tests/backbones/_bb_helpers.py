@@ -11,9 +11,7 @@ from napari_vitseg.backbones import BackboneCfg, ViTBackbone, create_backbone, g
 
 
 def seeded_backbone(name: str, seed: int = 0) -> ViTBackbone:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return create_backbone(name, pretrained=False, init_values=1.0)
+    return create_backbone(name, pretrained=False, init_values=1.0, seed=seed)
 
 
 def with_cfg(backbone: ViTBackbone, name: str) -> ViTBackbone:

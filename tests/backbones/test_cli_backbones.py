@@ -1,9 +1,7 @@
-"""``vitseg weights list|import|download`` and ``vitseg repair`` handlers, called through a
-parser built here (the main ``vitseg`` parser calls the same ``add_subcommands``)."""
+"""``vitseg weights list|import|download`` and ``vitseg repair``, called through the ``vitseg``
+entry point (:func:`napari_vitseg.cli.main`)."""
 
 from __future__ import annotations
-
-import argparse
 
 import numpy as np
 import pytest
@@ -12,15 +10,13 @@ import torch
 from _bb_helpers import timm_state_dict
 from safetensors.torch import save_file
 
-from napari_vitseg._cli_backbones import add_subcommands, read_repair_images
 from napari_vitseg.backbones.sinder import is_repair_file, load_repair
+from napari_vitseg.cli import main
+from napari_vitseg.cli._weights import read_repair_images
 
 
 def _run(argv) -> int:
-    p = argparse.ArgumentParser(prog="vitseg")
-    add_subcommands(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_weights_list(capsys, weights_folder):

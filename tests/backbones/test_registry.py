@@ -8,7 +8,7 @@ import torch
 from _bb_helpers import seeded_backbone
 
 from napari_vitseg._validation import VitsegError
-from napari_vitseg.backbones import BackboneCfg, get_backbone_cfg, list_backbones
+from napari_vitseg.backbones import BackboneCfg, create_backbone, get_backbone_cfg, list_backbones
 from napari_vitseg.backbones._base import build_timm_model
 from napari_vitseg.backbones.weights import is_repair_entry
 
@@ -62,6 +62,12 @@ def test_published_names():
     assert get_backbone_cfg("dinov2_vitb14").embed_dim == 768
 
 
+def test_heavy_is_a_field():
+    heavy = {n for n in list_backbones() if get_backbone_cfg(n).heavy}
+    assert heavy == {"dinov2_vitg14", "sinder_dinov2_vitg14"}
+    assert not any("heavy" in get_backbone_cfg(n).extra for n in list_backbones())
+
+
 def test_unknown_name():
     with pytest.raises(VitsegError, match="Unknown backbone 'dinov3'.*alibi_dv2_vits14_reg.*'none'"):
         get_backbone_cfg("dinov3")
@@ -77,3 +83,35 @@ def test_random_forward(name):
     assert f.shape == (1, b.embed_dim, 2, 3) and torch.isfinite(f).all()
     assert [t[1].shape[1] for t in blocks] == [b.cfg.num_prefix_tokens] * 2
     assert b.weights_sha256 == "random" and not b.pretrained
+
+
+def _weights(b) -> dict:
+    return {k: v.clone() for k, v in b.model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_seeded_random_weights_are_reproducible_and_leave_the_global_rng():
+    name = "dinov2_vits14_reg"
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    a = _weights(create_backbone(name, pretrained=False, seed=0))
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+    assert _same(a, _weights(create_backbone(name, pretrained=False, seed=0)))
+    assert not _same(a, _weights(create_backbone(name, pretrained=False, seed=1)))
+    # the same weights as the recipe it replaces (seed inside fork_rng, then build)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        old = _weights(create_backbone(name, pretrained=False))
+    assert _same(a, old)
+    # timm's default LayerScale unless init_values is given
+    b = create_backbone(name, pretrained=False, seed=0, init_values=1.0)
+    assert torch.all(b.model.blocks[0].ls1.gamma == 1.0)
+    assert torch.all(a["blocks.0.ls1.gamma"] == 1e-5)
+
+
+def test_seed_with_pretrained_is_an_error():
+    with pytest.raises(VitsegError, match="pretrained=False"):
+        create_backbone("dinov2_vits14_reg", seed=0)

@@ -24,9 +24,7 @@ NOISE_SIDE = 518  # 37 x 37 tokens: the grid DINOv2's position embedding was mad
 
 
 def seeded(name: str, seed: int = 0) -> ViTBackbone:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return create_backbone(name, pretrained=False, init_values=1.0)
+    return create_backbone(name, pretrained=False, init_values=1.0, seed=seed)
 
 
 @cache

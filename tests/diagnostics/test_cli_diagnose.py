@@ -73,9 +73,7 @@ def test_diagnose_reports_available_and_lists_missing(small_tif, tmp_path, capsy
 
     wdir = Path(os.environ["VITSEG_WEIGHTS_DIR"])
     wdir.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        fake = create_backbone("dinov2_vits14", pretrained=False, init_values=1.0)
+    fake = create_backbone("dinov2_vits14", pretrained=False, init_values=1.0, seed=0)
     torch.save(fake.model.state_dict(), wdir / "dinov2_vits14_pretrain.pth")  # stands in for real weights
     out = tmp_path / "r"
     rc = main(["diagnose", str(small_tif), "--backbone", "dinov2_vits14", "--backbone", "dinov2_vits14_reg",

@@ -7,7 +7,7 @@ import pytest
 from sklearn.decomposition import PCA
 
 from napari_vitseg._validation import VitsegError
-from napari_vitseg.diagnostics import pca_basis, pca_rgb
+from napari_vitseg.diagnostics import pca_rgb
 
 
 def _feats(seed, shape=(6, 7, 24)):
@@ -18,16 +18,20 @@ def _feats(seed, shape=(6, 7, 24)):
     return f.astype(np.float32)
 
 
-def test_pca_basis_matches_sklearn():
+def test_pca_rgb_matches_sklearn():
+    """The colours are the first three principal components (signed so that each axis's
+    largest loading is positive), each scaled from its 1st / 99th percentile to [0, 1]."""
     f = _feats(0)
-    mean, comps, expl = pca_basis([f])
-    ref = PCA(3).fit(f.reshape(-1, 24))
-    np.testing.assert_allclose(expl, ref.explained_variance_ratio_, rtol=1e-6)
-    np.testing.assert_allclose(np.abs(comps), np.abs(ref.components_), atol=1e-6)
-    # deterministic sign: the largest loading of each component is positive
-    assert np.all(comps[np.arange(3), np.abs(comps).argmax(1)] > 0)
-    _, comps2, _ = pca_basis([-f + 0])  # same axes, flipped data: same (sign-fixed) basis
-    np.testing.assert_allclose(comps2, comps, atol=1e-6)
+    x = f.reshape(-1, 24).astype(np.float64)
+    ref = PCA(3).fit(x)
+    comps = ref.components_ * np.sign(ref.components_[np.arange(3), np.abs(ref.components_).argmax(1)])[:, None]
+    p = (x - ref.mean_) @ comps.T
+    lo, hi = np.percentile(p, (1.0, 99.0), axis=0)
+    want = np.clip((p - lo) / (hi - lo), 0, 1).reshape(6, 7, 3)
+    got = pca_rgb([f])[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # deterministic sign: flipped data gives the complementary colours, never a random flip
+    np.testing.assert_allclose(pca_rgb([-f])[0], 1 - got, atol=1e-5)
 
 
 def test_pca_rgb_shared_and_per_image():
@@ -51,3 +55,7 @@ def test_pca_rgb_few_channels_and_errors():
         pca_rgb([])
     with pytest.raises(VitsegError, match="gh, gw, D"):
         pca_rgb([np.zeros((4, 4))])
+    with pytest.raises(VitsegError, match="at least one token"):
+        pca_rgb([np.zeros((0, 4, 8))])
+    with pytest.raises(VitsegError, match="non-finite|NaN|finite"):
+        pca_rgb([np.full((2, 2, 4), np.nan)])

@@ -58,8 +58,8 @@ def _reference_guided(features, guide, r, eps, patch_size=P):
 @pytest.mark.parametrize("shape", [(28, 42), (20, 33), (1, 1), (15, 29)])
 def test_constant_tokens_give_constant_pixels(shape):
     h, w = -(-shape[0] // P), -(-shape[1] // P)
-    tokens = np.full((3, h, w), 2.5, np.float32)
-    tokens[1] = -1.0
+    tokens = np.full((h, w, 3), 2.5, np.float32)
+    tokens[..., 1] = -1.0
     for up in (upsample_bilinear(tokens, shape, patch_size=P),
                upsample_guided(tokens, np.random.default_rng(1).random(shape, np.float32), patch_size=P)):
         assert up.shape == shape + (3,) and up.dtype == np.float32
@@ -71,8 +71,8 @@ def test_constant_tokens_give_constant_pixels(shape):
 def test_token_ramp_maps_to_pixel_ramp_with_centres_at_14i_plus_6_5(out_x):
     """Token j is centred at pixel 14 j + 6.5; linear in between, edge value kept outside."""
     w = 5
-    tokens = np.broadcast_to(np.arange(w, dtype=np.float32), (2, 3, w)).copy()
-    tokens[1] *= -2
+    tokens = np.broadcast_to(np.arange(w, dtype=np.float32)[:, None], (3, w, 2)).copy()
+    tokens[..., 1] *= -2
     up = upsample_bilinear(tokens, (40, out_x), patch_size=P)
     x = np.arange(out_x)
     expected = np.clip((x - 6.5) / 14, 0, w - 1)
@@ -80,7 +80,7 @@ def test_token_ramp_maps_to_pixel_ramp_with_centres_at_14i_plus_6_5(out_x):
         np.testing.assert_allclose(up[row, :, 0], expected, atol=1e-5)
         np.testing.assert_allclose(up[row, :, 1], -2 * expected, atol=1e-5)
     # the same along rows
-    up_t = upsample_bilinear(tokens.transpose(0, 2, 1), (out_x, 40), patch_size=P)
+    up_t = upsample_bilinear(tokens.transpose(1, 0, 2), (out_x, 40), patch_size=P)
     np.testing.assert_allclose(up_t[:, 5, 0], expected, atol=1e-5)
     # cropping a padded grid equals upsampling the full grid and cropping
     full = upsample_bilinear(tokens, (3 * P, w * P), patch_size=P)
@@ -89,7 +89,7 @@ def test_token_ramp_maps_to_pixel_ramp_with_centres_at_14i_plus_6_5(out_x):
 
 def test_exact_span_convention_without_patch_size():
     """patch_size=None: the tokens span out_shape; centre of token i at (i + 0.5) X / w - 0.5."""
-    tokens = np.arange(4, dtype=np.float32).reshape(1, 1, 4)
+    tokens = np.arange(4, dtype=np.float32).reshape(1, 4, 1)
     up = upsample_bilinear(tokens, (3, 10))
     x = np.arange(10)
     np.testing.assert_allclose(up[1, :, 0], np.clip((x + 0.5) * 4 / 10 - 0.5, 0, 3), atol=1e-5)
@@ -99,16 +99,18 @@ def test_exact_span_convention_without_patch_size():
 
 @pytest.mark.parametrize("bad", [(14, 57), (14, 42), (0, 10), (15, 56)])
 def test_out_shape_not_covered_by_tokens(bad):
-    tokens = np.zeros((2, 1, 4), np.float32)
+    tokens = np.zeros((1, 4, 2), np.float32)
     with pytest.raises(VitsegError):
         upsample_bilinear(tokens, bad, patch_size=P)
 
 
 def test_bad_features():
-    with pytest.raises(VitsegError, match=r"\(D, h, w\)"):
+    with pytest.raises(VitsegError, match=r"\(h, w, D\)"):
         upsample_bilinear(np.zeros((4, 4), np.float32), (14, 14))
     with pytest.raises(VitsegError, match="floating"):
-        upsample_bilinear(np.zeros((1, 4, 4), np.int32), (14, 14))
+        upsample_bilinear(np.zeros((4, 4, 1), np.int32), (14, 14))
+    with pytest.raises(VitsegError, match="empty"):
+        upsample_bilinear(np.zeros((1, 1, 0), np.float32), (14, 14))
 
 
 # -- guided filter -------------------------------------------------------------------
@@ -116,7 +118,7 @@ def test_bad_features():
 @pytest.mark.parametrize("colour", [False, True])
 def test_guided_matches_textbook_reference(rng, shape, colour):
     h, w = -(-shape[0] // P), -(-shape[1] // P)
-    feats = rng.standard_normal((7, h, w)).astype(np.float32)  # 7: not a multiple of the group
+    feats = rng.standard_normal((h, w, 7)).astype(np.float32)  # 7: not a multiple of the group
     guide = rng.random(shape + ((3,) if colour else ()), dtype=np.float32)
     got = upsample_guided(feats, guide, radius=5, eps=1e-2, patch_size=P)
     want = _reference_guided(feats, guide, 5, 1e-2)
@@ -125,7 +127,7 @@ def test_guided_matches_textbook_reference(rng, shape, colour):
 
 
 def test_constant_guide_gives_double_box_smoothing(rng):
-    feats = rng.standard_normal((5, 4, 6)).astype(np.float32)
+    feats = rng.standard_normal((4, 6, 5)).astype(np.float32)
     guide = np.full((50, 84), 0.3, np.float32)
     got = upsample_guided(feats, guide, radius=4, patch_size=P)
     up = upsample_bilinear(feats, guide.shape, patch_size=P)
@@ -145,8 +147,8 @@ def test_guide_edge_sharpens_a_feature_step():
     of 0.53 between the two pixels at the edge, against 0.07 per pixel for bilinear); the
     remaining 47% of the rise is spread smoothly over about 2 r on either side.
     """
-    tokens = np.zeros((1, 4, 6), np.float32)
-    tokens[:, :, 3:] = 1.0                 # step between token centres 34.5 and 48.5
+    tokens = np.zeros((4, 6, 1), np.float32)
+    tokens[:, 3:] = 1.0                    # step between token centres 34.5 and 48.5
     guide = np.zeros((56, 84), np.float32)
     guide[:, 42:] = 1.0                    # the image edge, at the ramp's middle
     bil = upsample_bilinear(tokens, guide.shape, patch_size=P)[28, :, 0]
@@ -165,27 +167,44 @@ def test_guide_edge_sharpens_a_feature_step():
 
 def test_guided_commutes_with_affine_channel_maps(rng):
     """Linear in p and constants pass: PCA before upsampling == PCA after."""
-    feats = rng.standard_normal((6, 3, 4)).astype(np.float32)
+    feats = rng.standard_normal((3, 4, 6)).astype(np.float32)
     guide = rng.random((40, 50), np.float32)
     w = rng.standard_normal((2, 6)).astype(np.float32)
     c = np.array([0.5, -3.0], np.float32)
-    mixed = np.einsum("kd,dhw->khw", w, feats) + c[:, None, None]
+    mixed = feats @ w.T + c
     for up in (lambda f: upsample_bilinear(f, guide.shape, patch_size=P),
                lambda f: upsample_guided(f, guide, patch_size=P)):
         np.testing.assert_allclose(up(mixed), up(feats) @ w.T + c, atol=1e-4)
 
 
 def test_already_upsampled_and_radius_zero(rng):
-    feats = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    feats = rng.standard_normal((3, 4, 5)).astype(np.float32)
     guide = rng.random((42, 56), np.float32)
     up = upsample_bilinear(feats, guide.shape, patch_size=P)
     want = upsample_guided(feats, guide, patch_size=P)
-    got = upsample_guided(np.moveaxis(up, -1, 0), guide, already_upsampled=True)   # strided view
+    got = upsample_guided(up, guide, already_upsampled=True)
     np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_array_equal(up, upsample_bilinear(feats, guide.shape, patch_size=P))  # input untouched
+    # a strided crop of a bigger grid (as Featurizer passes row bands)
+    big = upsample_bilinear(feats, (3 * P, 4 * P), patch_size=P)
+    crop = upsample_guided(big[:42, :56], guide, already_upsampled=True)
+    np.testing.assert_array_equal(crop, got)
     np.testing.assert_array_equal(upsample_guided(feats, guide, radius=0, patch_size=P), up)
+    np.testing.assert_array_equal(upsample_guided(up, guide, radius=0, already_upsampled=True), up)
     with pytest.raises(VitsegError, match="spatial shape"):
-        upsample_guided(np.moveaxis(up, -1, 0), guide[:-1], already_upsampled=True)
+        upsample_guided(up, guide[:-1], already_upsampled=True)
+
+
+def test_channels_first_views_give_the_same_result(rng):
+    """Any strides: a channels-last view of channels-first tokens is as good as a copy."""
+    cf = rng.standard_normal((6, 3, 4)).astype(np.float32)      # (D, h, w), e.g. vit_patch_features
+    view, copy = cf.transpose(1, 2, 0), np.ascontiguousarray(cf.transpose(1, 2, 0))
+    guide = rng.random((40, 50), np.float32)
+    np.testing.assert_array_equal(upsample_bilinear(view, guide.shape, patch_size=P),
+                                  upsample_bilinear(copy, guide.shape, patch_size=P))
+    np.testing.assert_array_equal(upsample_guided(view, guide, patch_size=P),
+                                  upsample_guided(copy, guide, patch_size=P))
+    np.testing.assert_array_equal(cf, np.ascontiguousarray(view.transpose(2, 0, 1)))  # not modified
 
 
 @pytest.mark.parametrize("kw", [{"radius": -1}, {"radius": 1.5}, {"eps": 0.0}, {"eps": -1e-3}])

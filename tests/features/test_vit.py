@@ -291,7 +291,7 @@ def test_vit_features_pixel_grid(fake):
     bil = vit_features(img, fake, upsample="bilinear")
     assert bil.shape == (60, 75, 8) and bil.dtype == np.float32
     # tokens live on the padded (70, 84) grid, token (i, j) centred at (14 i + 6.5, 14 j + 6.5)
-    np.testing.assert_array_equal(bil, upsample_bilinear(tok, (60, 75), patch_size=14))
+    np.testing.assert_array_equal(bil, upsample_bilinear(tok.transpose(1, 2, 0), (60, 75), patch_size=14))
     np.testing.assert_allclose(bil[0, 0], tok[:, 0, 0], atol=1e-6)        # corner: edge value kept
     # pixel (34, 35) sits 0.5 px from token (2, 2)'s centre (34.5, 34.5): weights 13.5/14 and 0.5/14
     wy = np.array([0.5, 13.5]) / 14                                        # tokens 1, 2 along rows
@@ -356,6 +356,8 @@ def test_pca_matches_sklearn_and_round_trips():
     np.testing.assert_allclose(ours.explained_variance_, ref.explained_variance_, rtol=1e-4)
     np.testing.assert_allclose(np.abs(ours.components_), np.abs(ref.components_), atol=1e-4)
     np.testing.assert_allclose(ours.components_ @ ours.components_.T, np.eye(4), atol=1e-10)
+    # deterministic sign: each axis's largest-magnitude loading is positive
+    assert np.all(ours.components_[np.arange(4), np.abs(ours.components_).argmax(1)] > 0)
     y = ours.transform(x)
     assert y.dtype == np.float32 and y.shape == (2000, 4)
     np.testing.assert_allclose(np.abs(y), np.abs(ref.transform(x)), atol=1e-3)
