@@ -80,7 +80,7 @@ def run_scenario(name: str, img_dir: Path, out: Path, max_steps: int) -> dict:
     res = {"scenario": name, "threads": torch.get_num_threads()}
     if name == "worst":
         from napari_vitseg import run
-        from napari_vitseg.backbones.sinder import prepare_images, repair_job
+        from napari_vitseg.backbones.sinder import iter_repair, prepare_images
         from napari_vitseg.cli._weights import read_repair_images
 
         t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def run_scenario(name: str, img_dir: Path, out: Path, max_steps: int) -> dict:
         images = prepare_images(arrays, size=224)
         d = defect_directions(b, n_samples=20000)
         d[:-1] = 0  # only the last block can be flagged
-        result = run(repair_job(b, images, max_steps=max_steps, sigma=2.0, directions=d, image_names=names))
+        result = run(iter_repair(b, images, max_steps=max_steps, sigma=2.0, directions=d, image_names=names))
         res["wall_s"] = time.perf_counter() - t0
         res.update(steps=result.steps, steps_with_defect=result.metadata["steps_with_defect"],
                    converged=result.converged, layers=len(result.metadata["layers"]),

@@ -25,8 +25,8 @@ from .sinder import (
     apply_repair,
     defect_directions,
     detect_defective_tokens,
+    iter_repair,
     load_repair,
-    repair_job,
     save_repair,
 )
 from .weights import (
@@ -60,7 +60,7 @@ __all__ = [
     "alibi_bias",
     "defect_directions",
     "detect_defective_tokens",
-    "repair_job",
+    "iter_repair",
     "save_repair",
     "load_repair",
     "apply_repair",

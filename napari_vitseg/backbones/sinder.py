@@ -9,7 +9,7 @@ network's linearised blocks. This module
   (:func:`defect_directions`), for ``fc1 -> GELU -> fc2`` (ViT-S/B/L) and SwiGLU (ViT-g) MLPs;
 * flags the tokens of an image that are aligned with it (:func:`detect_defective_tokens`);
 * repairs a backbone by training only offsets ``eps`` of the singular values of its linear
-  layers so that defective tokens look like their neighbours (:func:`repair_job`, a generator
+  layers so that defective tokens look like their neighbours (:func:`iter_repair`, a generator
   that yields :class:`~napari_vitseg._progress.Progress`), saves the offsets as a small
   safetensors file with JSON metadata (:func:`save_repair`) and applies them to the base
   weights when a ``sinder_<base>`` backbone is loaded (:func:`apply_repair`).
@@ -54,7 +54,7 @@ __all__ = [
     "neighbourhood_target",
     "prepare_images",
     "RepairResult",
-    "repair_job",
+    "iter_repair",
     "save_repair",
     "load_repair",
     "is_repair_file",
@@ -479,7 +479,7 @@ def _eps_key(layer: str, value_only: bool) -> str:
 
 @dataclass
 class RepairResult:
-    """Outcome of :func:`repair_job`.
+    """Outcome of :func:`iter_repair`.
 
     Attributes
     ----------
@@ -520,7 +520,7 @@ def _patch_grid(x: torch.Tensor, p: int, gh: int, gw: int) -> torch.Tensor:
     return x[0, p:].T.reshape(-1, gh, gw)
 
 
-def repair_job(backbone: ViTBackbone, images: Sequence[torch.Tensor], *, max_steps: int = 150,
+def iter_repair(backbone: ViTBackbone, images: Sequence[torch.Tensor], *, max_steps: int = 150,
                lr: float = 5e-3, momentum: float = 0.9, tau: float = 0.1, sigma: float = 4.0,
                min_tokens: int = 3, layer_window: int | None = None, stop_fraction: float = 0.75,
                stop_window: int | None = None, directions: torch.Tensor | None = None,

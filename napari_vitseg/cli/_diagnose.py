@@ -124,7 +124,7 @@ def cmd_diagnose(args, *, defaults: dict | None = None) -> int:
     defaults : dict, optional
         The parser's defaults of :data:`_REPORTED_OPTIONS` (for the report's command line).
     """
-    from ..diagnostics import diagnose
+    from ..diagnostics import iter_diagnose
     from ..diagnostics.report import write_report
 
     if args.max_side is not None and args.max_side <= 0:
@@ -146,7 +146,7 @@ def cmd_diagnose(args, *, defaults: dict | None = None) -> int:
             if not backbones:
                 raise VitsegError("no backbone weights are on this machine; add some (see `vitseg weights "
                                   "list`) or name backbones with --backbone.")
-        job = diagnose(backbones, images, names=names, channel_axis=channel_axis, max_side=args.max_side,
+        job = iter_diagnose(backbones, images, names=names, channel_axis=channel_axis, max_side=args.max_side,
                        layers=args.layers, repeats=args.repeats, train_fraction=args.train_fraction,
                        alpha=args.alpha, seed=args.seed, rel_threshold=args.threshold,
                        directions=None if args.no_defect_directions else "auto",

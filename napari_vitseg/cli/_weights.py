@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import VitsegError
-from ..backbones.sinder import prepare_images, repair_job
+from ..backbones.sinder import iter_repair, prepare_images
 from ._common import library_default, run_job
 
 __all__ = [
@@ -151,7 +151,7 @@ def cmd_repair(args) -> int:
         print(f"repairing {cfg.name} on {len(images)} image(s) of up to {args.size} px "
               f"(at most {args.max_steps} steps)", file=sys.stderr)
     torch.manual_seed(args.seed)
-    job = repair_job(backbone, images, max_steps=args.max_steps, lr=args.lr, sigma=args.sigma,
+    job = iter_repair(backbone, images, max_steps=args.max_steps, lr=args.lr, sigma=args.sigma,
                      layer_window=args.layer_window, seed=args.seed, image_names=names,
                      n_samples=args.fit_samples,
                      max_time_s=None if args.max_minutes is None else 60.0 * args.max_minutes)
@@ -210,21 +210,21 @@ def add_subcommands(subparsers) -> None:
     r.add_argument("--images", required=True, help="folder of images (TIFF, PNG, JPEG) or one file")
     r.add_argument("-o", "--output", default=None,
                    help="repair file (.safetensors); default: sinder_<backbone>.safetensors in the weights folder")
-    r.add_argument("--max-steps", type=int, default=library_default(repair_job, "max_steps"),
+    r.add_argument("--max-steps", type=int, default=library_default(iter_repair, "max_steps"),
                    help="step cap, one image per step (default %(default)s)")
     r.add_argument("--max-minutes", type=float, default=None,
                    help="also stop after this many minutes (default: no time limit)")
     r.add_argument("--size", type=int, default=library_default(prepare_images, "size"),
                    help="centre-crop side in px (default %(default)s)")
     r.add_argument("--max-images", type=int, default=None, help="use at most N images / planes")
-    r.add_argument("--lr", type=float, default=library_default(repair_job, "lr"),
+    r.add_argument("--lr", type=float, default=library_default(iter_repair, "lr"),
                    help="SGD learning rate (default %(default)s)")
     r.add_argument("--layer-window", type=int, default=None, help="blocks that get gradients (default depth/4)")
-    r.add_argument("--sigma", type=float, default=library_default(repair_job, "sigma"),
+    r.add_argument("--sigma", type=float, default=library_default(iter_repair, "sigma"),
                    help="defect threshold in standard deviations (default %(default)s, as in SINDER)")
-    r.add_argument("--fit-samples", type=int, default=library_default(repair_job, "n_samples"),
+    r.add_argument("--fit-samples", type=int, default=library_default(iter_repair, "n_samples"),
                    help="Gaussian samples for each MLP linearisation of the defect directions (default %(default)s)")
-    r.add_argument("--seed", type=int, default=library_default(repair_job, "seed"))
+    r.add_argument("--seed", type=int, default=library_default(iter_repair, "seed"))
     r.add_argument("--weights", default=None, help="explicit base weights file")
     r.add_argument("--device", default=None, help="torch device (default cpu)")
     r.add_argument("--force", action="store_true", help="replace an existing output file")

@@ -3,13 +3,13 @@ feature PCA.
 
 Public API
 ----------
-positional_probe, ProbeResult, probe_targets, linear_probe_r2, channel_probe_r2
+iter_positional_probe, ProbeResult, probe_targets, linear_probe_r2, channel_probe_r2
     The positional-bias linear probe (Pawlowsky et al. 2026, arXiv 2603.16840).
-token_norms, flag_high_norm, norm_histogram, angle_map, sinder_defects, token_norm_diagnostics, NormResult
+token_norms, flag_high_norm, norm_histogram, angle_map, sinder_defects, iter_token_norms, NormResult
     High-norm tokens (Darcet et al., ICLR 2024) and SINDER defect angles (Wang et al., ECCV 2024).
 pca_rgb
     PCA-RGB views of patch features (basis: :class:`napari_vitseg.features.vit.PCAReducer`).
-diagnose, DiagnosticsResult
+iter_diagnose, DiagnosticsResult
     Everything above for several backbones and images in one job (CLI and widget).
 prepare_image
     Image -> RGB in [0, 1] cropped to whole patches.
@@ -26,7 +26,7 @@ from ._common import (
     make_backbone,
     prepare_image,
 )
-from .diagnose import BackboneDiagnostics, DiagnosticsResult, diagnose
+from .diagnose import BackboneDiagnostics, DiagnosticsResult, iter_diagnose
 from .norms import (
     NormResult,
     angle_between,
@@ -35,9 +35,9 @@ from .norms import (
     defect_directions_or_none,
     empirical_direction,
     flag_high_norm,
+    iter_token_norms,
     norm_histogram,
     sinder_defects,
-    token_norm_diagnostics,
     token_norms,
 )
 from .pca import pca_rgb
@@ -45,8 +45,8 @@ from .positional import (
     TARGETS,
     ProbeResult,
     channel_probe_r2,
+    iter_positional_probe,
     linear_probe_r2,
-    positional_probe,
     probe_targets,
     split_tokens,
 )
@@ -64,7 +64,7 @@ __all__ = [
     "block_token_norms",
     "channel_probe_r2",
     "defect_directions_or_none",
-    "diagnose",
+    "iter_diagnose",
     "empirical_direction",
     "extract_tokens",
     "flag_high_norm",
@@ -73,11 +73,11 @@ __all__ = [
     "make_backbone",
     "norm_histogram",
     "pca_rgb",
-    "positional_probe",
+    "iter_positional_probe",
     "prepare_image",
     "probe_targets",
     "sinder_defects",
     "split_tokens",
-    "token_norm_diagnostics",
+    "iter_token_norms",
     "token_norms",
 ]

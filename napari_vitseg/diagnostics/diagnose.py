@@ -3,7 +3,7 @@
 Each image goes through each backbone once; the same forward pass feeds the positional probe
 (every block and the final features), the token norms / defect angles (blocks before the final
 LayerNorm) and the PCA-RGB view (final features). The CLI (``vitseg diagnose``) and the napari
-Diagnostics widget both run :func:`diagnose`.
+Diagnostics widget both run :func:`iter_diagnose`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .positional import (
     select_maps,
 )
 
-__all__ = ["BackboneDiagnostics", "DiagnosticsResult", "diagnose"]
+__all__ = ["BackboneDiagnostics", "DiagnosticsResult", "iter_diagnose"]
 
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS — not a pretrained model"
 
@@ -65,7 +65,7 @@ class BackboneDiagnostics:
 
 @dataclass
 class DiagnosticsResult:
-    """Result of :func:`diagnose`.
+    """Result of :func:`iter_diagnose`.
 
     Attributes
     ----------
@@ -105,7 +105,7 @@ class DiagnosticsResult:
         return out
 
 
-def diagnose(backbones: Sequence, images, *, names: Sequence[str] | None = None,
+def iter_diagnose(backbones: Sequence, images, *, names: Sequence[str] | None = None,
              channel_axis: int | None = None, max_side: int | None = None, layers: str = "all",
              per_channel: bool = True, repeats: int = 3, train_fraction: float = 1 / 36,
              alpha: float | str = 1.0, seed: int = 0, rel_threshold: float = 3.0,
@@ -128,7 +128,7 @@ def diagnose(backbones: Sequence, images, *, names: Sequence[str] | None = None,
     layers : {'all', 'final'}
         Probe every block plus the final features (the fingerprint), or the final features only.
     per_channel, repeats, train_fraction, alpha, seed :
-        See :func:`~.positional.positional_probe`.
+        See :func:`~.positional.iter_positional_probe`.
     rel_threshold : float
         High-norm flag threshold (x layer median).
     directions : 'auto' or None

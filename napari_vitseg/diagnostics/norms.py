@@ -40,7 +40,7 @@ __all__ = [
     "angle_between",
     "defect_directions_or_none",
     "analyse_tokens",
-    "token_norm_diagnostics",
+    "iter_token_norms",
 ]
 
 def _np(a) -> np.ndarray:
@@ -336,7 +336,7 @@ def analyse_tokens(tokens: TokenMaps, *, rel_threshold: float = 3.0, directions=
 
 @dataclass
 class NormResult:
-    """Result of :func:`token_norm_diagnostics` for one backbone.
+    """Result of :func:`iter_token_norms` for one backbone.
 
     Attributes
     ----------
@@ -421,7 +421,7 @@ def norm_result_from(backbone_name: str, pretrained: bool, n_blocks: int, analys
                        "sinder_rule": "-|cos| < mean - 4 std over interior tokens; >= 3 per layer"})
 
 
-def token_norm_diagnostics(backbone, images, *, rel_threshold: float = 3.0, directions="auto",
+def iter_token_norms(backbone, images, *, rel_threshold: float = 3.0, directions="auto",
                            bins: int = 60, channel_axis: int | None = None, max_side: int | None = None,
                            names: Sequence[str] | None = None):
     """Token-norm and defect diagnostics of a backbone on one or more images (a job generator).

@@ -42,7 +42,7 @@ __all__ = [
     "linear_probe_r2",
     "channel_probe_r2",
     "probe_token_maps",
-    "positional_probe",
+    "iter_positional_probe",
     "layer_labels",
 ]
 
@@ -291,7 +291,7 @@ def probe_token_maps(maps: Sequence, *, repeats: int = 3, train_fraction: float 
 
 @dataclass
 class ProbeResult:
-    """Result of :func:`positional_probe` for one backbone.
+    """Result of :func:`iter_positional_probe` for one backbone.
 
     Attributes
     ----------
@@ -439,7 +439,7 @@ def select_maps(tokens: TokenMaps, layers: str) -> list:
     return list(tokens.blocks) + [tokens.final]
 
 
-def positional_probe(backbone, images, *, layers: str = "final", per_channel: bool = True,
+def iter_positional_probe(backbone, images, *, layers: str = "final", per_channel: bool = True,
                      repeats: int = 3, train_fraction: float = 1 / 36, alpha: float | str = 1.0,
                      seed: int = 0, channel_axis: int | None = None, max_side: int | None = None,
                      names: Sequence[str] | None = None):
@@ -489,7 +489,7 @@ def positional_probe(backbone, images, *, layers: str = "final", per_channel: bo
     >>> from napari_vitseg._progress import run
     >>> from napari_vitseg.backbones import create_backbone
     >>> bb = create_backbone("dinov2_vits14", pretrained=False, init_values=1.0)
-    >>> res = run(positional_probe(bb, np.random.default_rng(0).random((84, 84)), repeats=1))
+    >>> res = run(iter_positional_probe(bb, np.random.default_rng(0).random((84, 84)), repeats=1))
     >>> res.r2.shape  # targets, layers, images, repeats
     (6, 1, 1, 1)
     """

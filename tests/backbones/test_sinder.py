@@ -32,11 +32,11 @@ from napari_vitseg.backbones.sinder import (
     defect_directions,
     detect_defective_tokens,
     is_repair_file,
+    iter_repair,
     load_repair,
     mlp_linearisation,
     neighbourhood_target,
     prepare_images,
-    repair_job,
     save_repair,
 )
 from napari_vitseg.backbones.weights import file_sha256
@@ -64,7 +64,7 @@ def planted_dirs(planted):
 @pytest.fixture(scope="module")
 def planted_repair(planted, planted_dirs):
     steps = []
-    job = repair_job(planted.backbone(), planted.images, max_steps=80, directions=planted_dirs)
+    job = iter_repair(planted.backbone(), planted.images, max_steps=80, directions=planted_dirs)
     result = run(job, steps.append)
     return result, steps
 
@@ -268,13 +268,13 @@ def test_zero_offsets_change_nothing(planted):
 
 def test_repair_without_defects_does_nothing(planted, planted_dirs):
     clean = [Planted.image(20 + i, []) for i in range(2)]
-    result = run(repair_job(planted.backbone(), clean, max_steps=20, directions=planted_dirs))
+    result = run(iter_repair(planted.backbone(), clean, max_steps=20, directions=planted_dirs))
     assert result.converged and result.epsilons == {} and result.steps == 4  # stop window of 4
     assert result.metadata["steps_with_defect"] == 0
 
 
 def test_repair_time_limit(planted, planted_dirs):
-    result = run(repair_job(planted.backbone(), planted.images, max_steps=50, max_time_s=0.0,
+    result = run(iter_repair(planted.backbone(), planted.images, max_steps=50, max_time_s=0.0,
                             directions=planted_dirs))
     assert result.steps == 1 and not result.converged and result.metadata["stopped"] == "time_limit"
 
@@ -282,9 +282,9 @@ def test_repair_time_limit(planted, planted_dirs):
 def test_repair_input_checks(planted):
     bb = planted.backbone()
     with pytest.raises(VitsegError, match="at least one image"):
-        run(repair_job(bb, []))
+        run(iter_repair(bb, []))
     with pytest.raises(VitsegError, match="multiples of 14"):
-        run(repair_job(bb, [torch.zeros(3, 50, 56)]))
+        run(iter_repair(bb, [torch.zeros(3, 50, 56)]))
 
 
 def test_vits_repair_job_smoke(vits_reg, vits_reg_dirs):
@@ -292,7 +292,7 @@ def test_vits_repair_job_smoke(vits_reg, vits_reg_dirs):
     imgs = prepare_images([torch.rand(70, 84).numpy(), (torch.rand(60, 60, 3) * 255).byte().numpy()],
                           size=224)
     assert [tuple(i.shape) for i in imgs] == [(3, 70, 84), (3, 56, 56)]
-    result = run(repair_job(vits_reg, imgs, max_steps=3, directions=vits_reg_dirs, stop_window=10))
+    result = run(iter_repair(vits_reg, imgs, max_steps=3, directions=vits_reg_dirs, stop_window=10))
     assert result.steps == 3 and result.directions.shape == (12, 384)
     assert result.metadata["base"] == "dinov2_vits14_reg" and result.metadata["settings"]["layer_window"] == 3
 

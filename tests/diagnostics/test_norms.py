@@ -16,10 +16,10 @@ from napari_vitseg.diagnostics import (
     angle_map,
     empirical_direction,
     flag_high_norm,
+    iter_token_norms,
     norm_histogram,
     prepare_image,
     sinder_defects,
-    token_norm_diagnostics,
     token_norms,
 )
 
@@ -131,7 +131,7 @@ def test_norm_histogram():
 def test_token_norm_diagnostics_job_with_given_directions(vits):
     rng = np.random.default_rng(3)
     dirs = rng.normal(size=(12, 384)).astype(np.float32)
-    res = run(token_norm_diagnostics(vits, [noise_image(SIDE), noise_image(112, 1)], directions=dirs,
+    res = run(iter_token_norms(vits, [noise_image(SIDE), noise_image(112, 1)], directions=dirs,
                                      rel_threshold=2.5, names=["a", "b"]))
     assert res.layers[0] == "block0" and len(res.layers) == 12
     assert res.share.shape == (2, 12) and res.max.shape == (2, 12)
@@ -142,14 +142,14 @@ def test_token_norm_diagnostics_job_with_given_directions(vits):
     d = json.loads(json.dumps(res.to_dict()))
     assert d["rel_threshold"] == 2.5 and len(d["per_image"]) == 2 and "min_angle_deg" in d["per_image"][0]
     # without directions
-    res2 = run(token_norm_diagnostics(vits, noise_image(SIDE), directions=None))
+    res2 = run(iter_token_norms(vits, noise_image(SIDE), directions=None))
     assert not res2.has_directions and res2.per_image[0]["angles"] is None
 
 
 @pytest.mark.slow
 def test_sinder_directions_are_used_when_available(vits):
     pytest.importorskip("napari_vitseg.backbones.sinder")
-    res = run(token_norm_diagnostics(vits, prepare_image(noise_image(SIDE))))
+    res = run(iter_token_norms(vits, prepare_image(noise_image(SIDE))))
     assert res.has_directions
     a = res.per_image[0]["angles"]
     assert a.shape == (12, 10, 10) and np.isfinite(a).all()

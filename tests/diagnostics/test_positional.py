@@ -20,8 +20,8 @@ from napari_vitseg.diagnostics import (
     TARGETS,
     channel_probe_r2,
     extract_tokens,
+    iter_positional_probe,
     linear_probe_r2,
-    positional_probe,
     prepare_image,
     probe_targets,
     split_tokens,
@@ -162,7 +162,7 @@ def test_random_target_carries_no_information(noise_tokens):
 def test_positional_probe_job_fingerprint_and_json():
     bb = seeded("dinov2_vits14", 1)
     img = noise_image(112, seed=1)
-    job = positional_probe(bb, [img, img[:98, :84]], layers="all", repeats=2, names=["a", "b"])
+    job = iter_positional_probe(bb, [img, img[:98, :84]], layers="all", repeats=2, names=["a", "b"])
     steps = []
     res = run(job, steps.append)
     assert steps and all(isinstance(s, Progress) for s in steps) and steps[-1].done == steps[-1].total
@@ -177,7 +177,7 @@ def test_positional_probe_job_fingerprint_and_json():
     assert len(d["fingerprint_lr+ud"]["values"]) == 384
     assert set(d["r2_final"]) == set(TARGETS)
     # final-only probe, no per-channel
-    r = run(positional_probe(bb, img, repeats=1, per_channel=False))
+    r = run(iter_positional_probe(bb, img, repeats=1, per_channel=False))
     assert r.layers == ("final",) and r.fingerprint is None and r.r2.shape == (6, 1, 1, 1)
 
 
@@ -197,10 +197,10 @@ def test_final_layer_equals_forward_features():
 def test_positional_probe_errors():
     bb = seeded("dinov2_vits14", 1)
     with pytest.raises(VitsegError, match="layers"):
-        run(positional_probe(bb, noise_image(56), layers="some"))
+        run(iter_positional_probe(bb, noise_image(56), layers="some"))
     with pytest.raises(VitsegError, match="pick a plane"):
-        run(positional_probe(bb, np.zeros((2, 56, 56))))
+        run(iter_positional_probe(bb, np.zeros((2, 56, 56))))
     with pytest.raises(VitsegError, match="at least 28 x 28"):
-        run(positional_probe(bb, np.zeros((20, 56))))
+        run(iter_positional_probe(bb, np.zeros((20, 56))))
     with pytest.raises(VitsegError, match="repeats"):
-        run(positional_probe(bb, noise_image(56), repeats=0))
+        run(iter_positional_probe(bb, noise_image(56), repeats=0))

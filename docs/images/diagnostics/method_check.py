@@ -16,7 +16,7 @@ from _diag_helpers import noise_image, same_blocks_as_smooth, smooth_pe_backbone
 
 from napari_vitseg._progress import run_with_tqdm  # noqa: E402
 from napari_vitseg.backbones import ViTBackbone  # noqa: E402
-from napari_vitseg.diagnostics import diagnose  # noqa: E402
+from napari_vitseg.diagnostics import iter_diagnose  # noqa: E402
 from napari_vitseg.diagnostics.report import write_report  # noqa: E402
 
 
@@ -31,6 +31,6 @@ models = [
 ]
 shared = os.environ.get("VITSEG_SHARED_DATA", "../shared/data")  # the project's shared test data
 images = [noise_image(), tifffile.imread(os.path.join(shared, "sem_phases", "2_phase.tif"))]
-res = run_with_tqdm(diagnose(models, images, names=["noise_518", "2_phase"], directions=None))
+res = run_with_tqdm(iter_diagnose(models, images, names=["noise_518", "2_phase"], directions=None))
 write_report(res, sys.argv[1], title="Method check: learned PE vs ALiBi vs NoPE (random weights)",
              command="python " + " ".join(sys.argv), image_maps=False)
