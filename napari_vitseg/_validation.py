@@ -15,7 +15,6 @@ __all__ = [
     "check_ndim",
     "check_channel_axis",
     "as_float32",
-    "check_labels",
     "check_finite",
     "check_option",
 ]
@@ -158,49 +157,3 @@ def as_float32(array, name: str = "image") -> np.ndarray:
     check_dtype(array, name)
     check_finite(array, name)
     return array.astype(np.float32, copy=False)
-
-
-def check_labels(labels, spatial_shape: tuple[int, ...], name: str = "scribbles") -> np.ndarray:
-    """Validate a scribble (Labels) array: integer, same spatial shape, >= 2 classes.
-
-    Parameters
-    ----------
-    labels : array-like of int, shape ``spatial_shape``
-        0 = unlabelled, 1..K = classes (napari Labels convention).
-    spatial_shape : tuple of int
-        The image's spatial shape (channel axis removed).
-
-    Returns
-    -------
-    numpy.ndarray
-        The labels as a numpy array (dtype kept).
-
-    Raises
-    ------
-    VitsegError
-        Wrong dtype or shape, negative values, no labels, or a single class.
-    """
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "biu":
-        if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
-            labels = labels.astype(np.int64)
-        else:
-            raise VitsegError(
-                f"{name} must hold integer class ids (0 = unlabelled, 1..K = classes); got dtype {labels.dtype}."
-            )
-    if tuple(labels.shape) != tuple(spatial_shape):
-        raise VitsegError(
-            f"{name} has shape {tuple(labels.shape)} but the image's spatial shape is "
-            f"{tuple(spatial_shape)}; paint the scribbles on the same image (same shape, channel axis excluded)."
-        )
-    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
-        raise VitsegError(f"{name} contains negative values; use 0 for unlabelled and 1..K for classes.")
-    classes = np.unique(labels)
-    classes = classes[classes != 0]
-    if classes.size == 0:
-        raise VitsegError(f"{name} contain no labelled pixels; paint at least one stroke for each of two classes.")
-    if classes.size == 1:
-        raise VitsegError(
-            f"{name} contain a single class ({int(classes[0])}); paint strokes for at least two classes."
-        )
-    return labels

@@ -59,9 +59,15 @@ def two_region_image():
     return image, scribbles
 
 
-def shared_data(name: str) -> Path:
-    """Path of a data set in ../shared/data (CI has it beside the checkout)."""
-    p = Path(os.environ.get("VITSEG_SHARED_DATA", SHARED)) / name
-    if not p.exists():
-        pytest.fail(f"shared data {p} is missing: CI must run with ../shared beside the repository")
-    return p
+@pytest.fixture(scope="session")
+def shared_data():
+    """``shared_data(name)``: the folder of a data set in ../shared/data (CI has it beside the checkout;
+    ``VITSEG_SHARED_DATA`` overrides the location)."""
+
+    def get(name: str) -> Path:
+        p = Path(os.environ.get("VITSEG_SHARED_DATA", SHARED)) / name
+        if not p.exists():
+            pytest.fail(f"shared data {p} is missing: CI must run with ../shared beside the repository")
+        return p
+
+    return get

@@ -27,14 +27,25 @@ def _check_output_folder(path: Path) -> None:
 
 def cmd_train(args) -> int:
     """Train a classifier from an image and its scribbles and save it."""
-    from ..backbones import create_backbone
-    from ..io import read_image
-    from ..pipeline import Segmenter
+    from contextlib import ExitStack
+
+    from ..io import open_image
 
     out = Path(args.output)
     _check_output_folder(out)
-    image = read_image(args.image)
-    scribbles = read_image(args.scribbles)
+    with ExitStack() as files:
+        # both read lazily: the scribbles are indexed plane by plane and only the image planes
+        # that hold scribbles are read
+        image = files.enter_context(open_image(args.image))
+        scribbles = files.enter_context(open_image(args.scribbles))
+        channel_axis = args.channel_axis if args.channel_axis is not None else image.channel_axis
+        return _train(args, out, image.data, scribbles.data, channel_axis)
+
+
+def _train(args, out: Path, image, scribbles, channel_axis) -> int:
+    from ..backbones import create_backbone
+    from ..pipeline import Segmenter
+
     backbone_name = resolve_backbone_name(args.backbone)
     cfg_kwargs = dict(backbone=backbone_name, upsample=args.upsample, vit_pca=args.vit_pca or None,
                       classical=not args.no_classical)
@@ -49,7 +60,7 @@ def cmd_train(args) -> int:
     params = {k: v for k, v in (("n_estimators", args.n_estimators), ("max_depth", args.max_depth)) if v is not None}
     names = args.class_names.split(",") if args.class_names else None
     seg = Segmenter(config, args.classifier, params, class_names=names, backbone=backbone, device=args.device)
-    run_job(seg.iter_fit(image, scribbles, channel_axis=args.channel_axis), desc="train", quiet=args.quiet)
+    run_job(seg.iter_fit(image, scribbles, channel_axis=channel_axis), desc="train", quiet=args.quiet)
     seg.save(out)
     if not args.quiet:
         counts = seg.training_stats_["labelled_pixels"]
@@ -113,7 +124,8 @@ def add_subcommands(subparsers) -> None:
     t.add_argument("--n-estimators", type=int, default=None,
                    help=f"trees / boosting rounds (default {rf.n_estimators})")
     t.add_argument("--max-depth", type=int, default=None, help="maximum tree depth (default: the classifier's)")
-    t.add_argument("--channel-axis", type=int, default=None, help="channel axis of the image (e.g. -1 for RGB)")
+    t.add_argument("--channel-axis", type=int, default=None,
+                   help="channel axis of the image (default: the TIFF's samples / channel axis, e.g. RGB)")
     t.add_argument("--vit-channels", type=ints, default=None, help="1 or 3 channels fed to the ViT, e.g. 0,1,2")
     t.add_argument("--sigmas", type=floats, default=None,
                    help="classical filter scales in px (default "

@@ -45,7 +45,6 @@ from .._validation import (
     check_channel_axis,
     check_dtype,
     check_finite,
-    check_labels,
     check_ndim,
     check_option,
 )
@@ -53,6 +52,7 @@ from ..classifiers import CLASSIFIERS, make_classifier
 from ..features.cache import FeatureCache, content_digest
 from ..features.config import FeatureConfig
 from ..features.stack import Featurizer
+from .scribbles import ScribbleIndex
 
 __all__ = [
     "DEFAULT_COLORS",
@@ -378,8 +378,10 @@ class Segmenter:
         Parameters
         ----------
         image : array-like, (Y, X) or (Z, Y, X), optional channel axis
-        scribbles : array-like of int, the image's spatial shape
-            0 = unlabelled, 1..K = classes.
+        scribbles : array-like of int, the image's spatial shape, or ScribbleIndex
+            0 = unlabelled, 1..K = classes (K <= 255). An array (numpy, dask, zarr) is indexed
+            plane by plane (:class:`~napari_vitseg.pipeline.scribbles.ScribbleIndex`); only the
+            image planes that hold scribbles are read.
         channel_axis : int, optional
 
         Yields
@@ -398,23 +400,29 @@ class Segmenter:
         """
         image, nsp, nc = as_channels_last(image, channel_axis)
         spatial = tuple(image.shape[: nsp])
-        labels = check_labels(scribbles, spatial, "scribbles")
-        if labels.max() > 255:
-            raise VitsegError(f"scribbles use class id {int(labels.max())}; at most 255 classes are supported.")
-        planes = [None] if nsp == 2 else [z for z in range(spatial[0]) if np.any(labels[z])]
+        if isinstance(scribbles, ScribbleIndex):
+            index = scribbles
+            if index.shape != spatial:
+                raise VitsegError(
+                    f"The scribbles have shape {index.shape} but the image's spatial shape is {spatial}; paint "
+                    "the scribbles on the same image (same shape, channel axis excluded)."
+                )
+        else:
+            index = ScribbleIndex.from_array(scribbles, spatial)
+        index.check_trainable()
+        planes = index.planes
         total = len(planes) + 1
         xs, ys = [], []
         # the ViT PCA basis (if any) is fitted on the first training plane and then kept, so that
-        # retraining after more strokes reuses cached features
+        # retraining after more strokes reuses cached features; only planes with scribbles are read
         for i, z in enumerate(planes):
-            yield Progress(i, total, f"features of plane {z if z is not None else 0}")
+            yield Progress(i, total, f"features of plane {z}")
             plane = plane_of(image, nsp, z)
             check_finite(plane, "image")
-            lab = labels if z is None else labels[z]
+            rows, cols, lab = index.plane(z)
             feats = self.plane_features(plane)
-            mask = lab != 0
-            xs.append(feats[mask])
-            ys.append(lab[mask])
+            xs.append(feats[rows, cols])
+            ys.append(lab)
         X = np.concatenate(xs)
         y = np.concatenate(ys)
         yield Progress(total - 1, total, f"training {self.classifier} on {len(y)} labelled pixels")

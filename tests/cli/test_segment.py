@@ -167,3 +167,20 @@ def test_unknown_backbone(tmp_path, capsys):
     code = main(["train", str(NANO / "image.tif"), "--scribbles", str(NANO / "scribbles.tif"), "-o",
                  str(tmp_path / "m.vitseg"), "--backbone", "resnet50", "--quiet"])
     assert code == 2 and "Unknown backbone" in capsys.readouterr().err
+
+
+def test_train_and_apply_rgb_tiff_without_a_channel_flag(tmp_path, capsys, shared_data):
+    """An RGB TIFF (axes YXS) trains and applies with no --channel-axis (the TIFF says where the
+    channels are); real brightfield histology from ../shared/data."""
+    d = shared_data("dsb2018_histology")
+    model = tmp_path / "rgb.vitseg"
+    assert main(["train", str(d / "image.tif"), "--scribbles", str(d / "scribbles.tif"), "-o", str(model),
+                 "--backbone", "none", "--sigmas", "1,2,4", "--n-estimators", "20", "--quiet"]) == 0
+    meta_out = capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    assert json.loads(capsys.readouterr().out)["n_channels"] == 3, meta_out
+    out = tmp_path / "seg.tif"
+    assert main(["apply", str(model), str(d / "image.tif"), "-o", str(out), "--quiet"]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (256, 320)
+    assert mean_iou(labels, tifffile.imread(d / "ground_truth.tif")) > 0.6

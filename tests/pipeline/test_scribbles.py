@@ -1,0 +1,103 @@
+"""pipeline.scribbles.ScribbleIndex, and training that reads only the planes holding scribbles."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from napari_vitseg._validation import VitsegError
+from napari_vitseg.features import FeatureConfig
+from napari_vitseg.pipeline import Segmenter
+from napari_vitseg.pipeline.scribbles import ScribbleIndex
+
+
+class LazyStack:
+    """A (Z, Y, X) float32 stack made plane by plane on access (nothing held), counting reads."""
+
+    def __init__(self, nz, ny=64, nx=64):
+        self.shape, self.ndim, self.dtype = (nz, ny, nx), 3, np.dtype(np.float32)
+        self.reads: list[int] = []
+
+    def __getitem__(self, z):
+        if not isinstance(z, (int, np.integer)):
+            raise AssertionError(f"only whole planes may be read, got {z!r}")
+        self.reads.append(int(z))
+        rng = np.random.default_rng(int(z))
+        plane = rng.normal(size=self.shape[1:]).astype(np.float32)
+        plane[:, self.shape[2] // 2:] += 4
+        return plane
+
+
+def _scribbles(shape, planes):
+    s = np.zeros(shape, np.uint8)
+    for z in planes:
+        s[z, 10:50, 5:10] = 1
+        s[z, 10:50, 50:55] = 2
+    return s
+
+
+def test_index_matches_the_dense_scribbles_and_updates_in_place():
+    rng = np.random.default_rng(0)
+    dense = (rng.random((4, 30, 40)) < 0.05) * rng.integers(1, 4, (4, 30, 40))
+    index = ScribbleIndex.from_array(dense.astype(np.uint16))
+    np.testing.assert_array_equal(index.to_array(), dense)
+    ids, counts = np.unique(dense[dense > 0], return_counts=True)
+    assert index.class_counts() == dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    r, c, lab = index.plane(2)
+    np.testing.assert_array_equal(lab, dense[2][dense[2] > 0])  # row-major order, as dense[mask]
+    # brush strokes and erasing, region by region, keep index == dense
+    for _ in range(30):
+        z, y, x = rng.integers(0, 4), rng.integers(0, 25), rng.integers(0, 35)
+        h, w = rng.integers(1, 6, 2)
+        new = rng.integers(0, 4, (h, w))
+        dense[z, y:y + h, x:x + w] = new
+        index.update((int(z), slice(y, y + h), slice(x, x + w)), new)
+        np.testing.assert_array_equal(index.to_array(), dense)
+    assert index.digest() == ScribbleIndex.from_array(dense.astype(np.uint8)).digest()
+    dense[:] = 0
+    index.update((slice(None), slice(None), slice(None)), dense)
+    assert index.planes == [] and index.class_counts() == {}
+
+
+def test_index_errors():
+    with pytest.raises(VitsegError, match="class ids must be 1..255"):
+        ScribbleIndex.from_array(np.full((3, 3), 300, np.uint16))
+    with pytest.raises(VitsegError, match="negative"):
+        ScribbleIndex.from_array(-np.ones((3, 3), np.int8))
+    with pytest.raises(VitsegError, match="integer class ids"):
+        ScribbleIndex.from_array(np.full((3, 3), 0.5))
+    with pytest.raises(VitsegError, match="spatial shape"):
+        ScribbleIndex.from_array(np.zeros((3, 3), np.uint8), (4, 4))
+    with pytest.raises(VitsegError, match="single class"):
+        ScribbleIndex.from_array(np.ones((3, 3), np.uint8)).check_trainable()
+
+
+def test_fit_reads_only_scribbled_planes_of_a_lazy_stack():
+    stack = LazyStack(200)
+    index = ScribbleIndex.from_array(_scribbles(stack.shape, [3, 150]))
+    seg = Segmenter(FeatureConfig(sigmas=(1, 2)), "rf", {"n_estimators": 5}).fit(stack, index)
+    assert sorted(set(stack.reads)) == [3, 150]
+    assert seg.training_stats_["n_training_planes"] == 2
+    assert seg.training_stats_["labelled_pixels"] == {"1": 400, "2": 400}
+
+
+def test_fit_on_an_index_equals_fit_on_the_array():
+    stack = LazyStack(6)
+    dense = _scribbles(stack.shape, [1, 4])
+    planes = np.stack([stack[z] for z in range(6)])
+    a = Segmenter(FeatureConfig(sigmas=(1,)), "rf", {"n_estimators": 5}).fit(planes, dense)
+    b = Segmenter(FeatureConfig(sigmas=(1,)), "rf", {"n_estimators": 5}).fit(stack, ScribbleIndex.from_array(dense))
+    np.testing.assert_array_equal(a.predict_plane(planes[2]), b.predict_plane(planes[2]))
+
+
+def test_fit_peak_memory_does_not_grow_with_the_number_of_planes():
+    peaks = {}
+    for nz in (20, 400):
+        stack = LazyStack(nz)
+        index = ScribbleIndex.from_array(_scribbles(stack.shape, [2, 7]))
+        seg = Segmenter(FeatureConfig(sigmas=(1,)), "rf", {"n_estimators": 3, "n_jobs": 1})
+        tracemalloc.start()
+        seg.fit(stack, index)
+        peaks[nz] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[400] < 1.2 * peaks[20], peaks
