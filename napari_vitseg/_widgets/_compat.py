@@ -27,7 +27,9 @@ def avoid_triton_crash() -> bool:
     in any thread. triton only serves ``torch.compile`` on GPUs, which napari-vitseg does not use,
     so it is marked as absent (``sys.modules['triton'] = None``; ``import triton`` then raises
     ImportError, which torch handles) when there is no CUDA device, or when a system libLLVM is
-    already loaded. Call it before a ViT backbone is first built in napari (both widgets do).
+    already loaded. Call it before a ViT backbone is first built in napari (the job runner,
+    ``_jobs.JobRunner``, does for jobs that may use torch; the diagnostics widget before it imports
+    timm).
 
     Returns
     -------
@@ -37,10 +39,8 @@ def avoid_triton_crash() -> bool:
     if "triton" in sys.modules:
         return False
     if not _system_llvm_loaded():
-        try:
-            import torch
-        except ImportError:
-            return False
+        import torch  # a dependency; triton is the optional package
+
         if torch.cuda.is_available():
             return False
     sys.modules["triton"] = None

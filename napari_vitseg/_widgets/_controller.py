@@ -216,8 +216,8 @@ class SegmentationController:
                 old = self._featurizer
                 if self.random_weights:
                     backbone = self._backbone(config.backbone)
-                elif old is not None and old.config.backbone == config.backbone and old._backbone is not None:
-                    backbone = old._backbone
+                elif old is not None and old.config.backbone == config.backbone and old.built_backbone is not None:
+                    backbone = old.built_backbone  # reuse the ViT already built (never build it here)
             if config.backbone is not None and config.vit_pca:
                 self.cache.clear()  # cached features depend on the PCA basis, which is refitted
             self._featurizer = Featurizer(config, backbone=backbone)

@@ -1,7 +1,7 @@
 """The Diagnostics dock widget: what a ViT backbone does to *your* images.
 
 Pick one or more backbones and image layers and press *Run*. In a worker thread the widget runs
-:func:`napari_vitseg.diagnostics.diagnose` (positional-bias linear probe, per-block token norms,
+:func:`napari_vitseg.diagnostics.iter_diagnose` (positional-bias linear probe, per-block token norms,
 SINDER defect angles, PCA-RGB) and then shows
 
 - plots: R² per probe target with the backbones side by side, R² through the blocks, the
@@ -10,12 +10,11 @@ SINDER defect angles, PCA-RGB) and then shows
   the angle to the SINDER defect direction and the PCA-RGB of the final features. The norm,
   flag and angle layers show one block (the *block* box; the last one by default).
 
-The widget is thin: all numbers come from :mod:`napari_vitseg.diagnostics`.
+The widget is thin: all numbers come from :mod:`napari_vitseg.diagnostics`, run by the
+widgets' job runner (:mod:`napari_vitseg._widgets._jobs`).
 """
 
 from __future__ import annotations
-
-import traceback
 
 import numpy as np
 from qtpy.QtCore import Qt
@@ -39,38 +38,18 @@ from qtpy.QtWidgets import (
 )
 
 from .._validation import VitsegError
+from ..backbones import NO_WEIGHTS_NOTICE, available_backbones, get_backbone_cfg, list_backbones
+from . import _notify
 from ._compat import avoid_triton_crash
+from ._controller import random_weights_allowed
+from ._jobs import Job, JobRunner, JobTexts
 
 __all__ = ["DiagnosticsWidget", "RANDOM_LABEL"]
 
 RANDOM_LABEL = "random weights (testing)"
-_HUGE = {"dinov2_vitg14", "sinder_dinov2_vitg14"}  # > 1 B parameters: not offered with random weights
-
-
-
-
-def _notifications():
-    from napari.utils import notifications
-
-    return notifications
-
-
-def show_error(msg: str) -> None:
-    _notifications().show_error(msg)
-
-
-def show_warning(msg: str) -> None:
-    _notifications().show_warning(msg)
-
-
-def _random_allowed() -> bool:
-    try:
-        from ._controller import random_weights_allowed
-    except ImportError:  # pragma: no cover - the segmentation widget's module is absent
-        import os
-
-        return os.environ.get("VITSEG_ALLOW_RANDOM_WEIGHTS", "") == "1"
-    return random_weights_allowed()
+#: Status texts of the diagnostics job.
+TEXTS = JobTexts(started="starting…", progress="{msg}", cancelling="cancelling…", cancelled="cancelled",
+                 busy="Diagnostics are already running; press Cancel first.")
 
 
 class _Canvas(QWidget):
@@ -104,7 +83,6 @@ class DiagnosticsWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.result = None          # DiagnosticsResult of the last run
-        self._worker = None
         self._layers: dict[tuple[str, str, str], object] = {}   # (image, backbone, kind) -> layer
         self._sources: list = []    # image layers of the last run, in result order
 
@@ -126,7 +104,7 @@ class DiagnosticsWidget(QWidget):
         self.random_check = QCheckBox(RANDOM_LABEL)
         self.random_check.setToolTip("Random weights with LayerScale 1: for tests and method checks only, "
                                      "never a statement about a real backbone.")
-        self.random_check.setVisible(_random_allowed())
+        self.random_check.setVisible(random_weights_allowed())
         self.random_check.toggled.connect(self._refresh_backbones)
         v.addWidget(self.random_check)
         root.addWidget(gb)
@@ -192,6 +170,8 @@ class DiagnosticsWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         root.addWidget(self.status)
+        self.jobs = JobRunner(set_status=self._set_status, progress_bar=self.progress, cancel_button=self.cancel_btn,
+                              texts=TEXTS, on_busy_changed=lambda busy: self.run_btn.setEnabled(not busy))
 
         # -- results ------------------------------------------------------------------------
         row2 = QHBoxLayout()
@@ -226,18 +206,13 @@ class DiagnosticsWidget(QWidget):
 
     # -- lists ------------------------------------------------------------------------------------
     def _refresh_backbones(self, *_):
-        from ..backbones import available_backbones, get_backbone_cfg, list_backbones
-
         checked = set(self.selected_backbones())
         random = self.random_check.isChecked()
-        try:
-            have = set(available_backbones())
-        except Exception:  # noqa: BLE001 - a broken weights folder must not break the widget
-            have = set()
+        have = set(available_backbones())
         self.backbone_list.clear()
         for name in list_backbones():
-            if random and name in _HUGE:
-                continue
+            if random and get_backbone_cfg(name).heavy:
+                continue  # > 1 B parameters: not offered with random weights
             ok = random or name in have
             label = name + ("" if name in have else "  (no weights)")
             item = QListWidgetItem(label)
@@ -248,7 +223,7 @@ class DiagnosticsWidget(QWidget):
             item.setCheckState(Qt.CheckState.Checked if (name in checked and ok) else Qt.CheckState.Unchecked)
             self.backbone_list.addItem(item)
         if not have and not random:
-            self.status.setText("No backbone weights found on this machine: see `vitseg weights list`.")
+            self.status.setText(NO_WEIGHTS_NOTICE)
 
     def _refresh_images(self, *_):
         from napari.layers import Image
@@ -296,9 +271,13 @@ class DiagnosticsWidget(QWidget):
     # -- running ------------------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        return self._worker is not None
+        """Whether the diagnostics are running."""
+        return self.jobs.busy
 
-    def _plane(self, layer):
+    def _set_status(self, msg: str, error: bool = False) -> None:
+        self.status.setText(f"error: {msg.splitlines()[0] if msg else ''}" if error else msg)
+
+    def plane_of(self, layer):
         """The layer's 2-D plane at the current viewer position, and its channel axis."""
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         n_sp = data.ndim - (1 if layer.rgb else 0)
@@ -308,37 +287,35 @@ class DiagnosticsWidget(QWidget):
             data = data[idx]
         return np.asarray(data), (-1 if layer.rgb else None)
 
-    def run(self):
-        """Start the diagnostics for the checked backbones and images (returns the worker)."""
+    def run(self) -> Job | None:
+        """Start the diagnostics for the checked backbones and images (returns the job)."""
         if self.busy:
-            _notifications().show_info("Diagnostics are already running; press Cancel first.")
+            _notify.show_info(TEXTS.busy)
             return None
         backbones = self.selected_backbones()
         names = self.selected_images()
         if not backbones:
-            show_error("Choose at least one backbone (one with weights, or tick random weights for testing).")
+            _notify.show_error("Choose at least one backbone (one with weights, or tick random weights for testing).")
             return None
         if not names:
-            show_error("Choose at least one image layer.")
+            _notify.show_error("Choose at least one image layer.")
             return None
         try:
             layers = [self.viewer.layers[n] for n in names]
-            planes = [self._plane(layer) for layer in layers]
+            planes = [self.plane_of(layer) for layer in layers]
             cas = {ca for _, ca in planes}
             if len(cas) > 1:  # mix of RGB and greyscale: make all RGB
                 planes = [(np.repeat(p[..., None], 3, -1) if ca is None else p, -1) for p, ca in planes]
             images, ca = [p for p, _ in planes], planes[0][1]
         except (VitsegError, KeyError, ValueError) as e:
-            show_error(str(e))
+            _notify.show_error(str(e))
             return None
-        from napari.qt.threading import create_worker
-
         # import timm (and through it torchvision, torch._dynamo, maybe triton) on the main
         # thread: a first import inside a worker thread can crash the interpreter
         avoid_triton_crash()
         import timm  # noqa: F401
 
-        from ..diagnostics import diagnose
+        from ..diagnostics import iter_diagnose
 
         kwargs = dict(names=names, channel_axis=ca, max_side=self.max_side_spin.value(),
                       layers=self.layers_combo.currentData(), repeats=self.repeats_spin.value(),
@@ -347,72 +324,27 @@ class DiagnosticsWidget(QWidget):
                       pca_shared=self.shared_pca_check.isChecked(),
                       random_weights=self.random_check.isChecked())
 
-        def job():
-            return (yield from diagnose(backbones, images, **kwargs))
-
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)  # errors -> _on_error
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda res, srcs=layers: self._on_returned(res, srcs))
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self.run_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        self.progress.setRange(0, 0)
-        self.status.setText("starting…")
-        worker.start()
-        return worker
+        return self.jobs.request("diagnostics", lambda: iter_diagnose(backbones, images, **kwargs),
+                                 on_returned=lambda job, result, srcs=layers: self._on_returned(result, srcs))
 
     def cancel(self) -> None:
         """Stop the running job at its next step."""
-        if self._worker is not None:
-            self._worker.quit()
-            self.status.setText("cancelling…")
+        self.jobs.cancel()
 
-    def _on_progress(self, p) -> None:
-        from .._progress import Progress
-
-        if isinstance(p, Progress):
-            if p.total:
-                self.progress.setRange(0, p.total)
-                self.progress.setValue(min(p.done, p.total))
-            if p.msg:
-                self.status.setText(p.msg)
-
-    def _on_error(self, exc) -> None:
-        msg = str(exc) if isinstance(exc, VitsegError) else f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, VitsegError):
-            print("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        self.status.setText(f"error: {msg.splitlines()[0] if msg else ''}")
-        show_error(msg)
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self.run_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1 if self.result is not None else 0)
-        if self.status.text() in ("cancelling…",):
-            self.status.setText("cancelled")
-
-    def _on_returned(self, result, sources) -> None:
-        if isinstance(result, Exception):  # superqt may return instead of emitting errored
-            return self._on_error(result)
+    def _on_returned(self, result, sources) -> str:
+        """Draw the result; returns the final status (a drawing error is reported by the runner)."""
         self.result = result
         self._sources = list(sources)
-        try:
-            self._show(result)
-        except Exception as e:  # noqa: BLE001 - drawing must never crash napari
-            self._on_error(e)
-            return
+        self._show(result)
         msg = "done"
         if result.random_weights:
             msg += " — RANDOM WEIGHTS, not a pretrained model"
         if result.missing:
             missing = ", ".join(result.missing)
             msg += f"; not run (no weights): {missing}"
-            show_warning(f"Diagnostics skipped {missing}: " + next(iter(result.missing.values())).splitlines()[0])
-        self.status.setText(msg)
+            _notify.show_warning(f"Diagnostics skipped {missing}: "
+                                 + next(iter(result.missing.values())).splitlines()[0])
+        return msg
 
     # -- drawing ------------------------------------------------------------------------------------
     def _show(self, result) -> None:

@@ -15,12 +15,12 @@ TIMEOUT = 180_000
 @pytest.fixture
 def notes(monkeypatch):
     """Record error / warning notifications instead of showing them."""
-    import napari.utils.notifications as nt
+    from napari_vitseg._widgets import _notify
 
     seen: dict[str, list[str]] = {"error": [], "warning": []}
-    monkeypatch.setattr(nt, "show_error", lambda msg: seen["error"].append(str(msg)))
-    monkeypatch.setattr(nt, "show_warning", lambda msg: seen["warning"].append(str(msg)))
-    monkeypatch.setattr(nt, "show_info", lambda msg: None)
+    monkeypatch.setattr(_notify, "show_error", lambda msg: seen["error"].append(str(msg)))
+    monkeypatch.setattr(_notify, "show_warning", lambda msg: seen["warning"].append(str(msg)))
+    monkeypatch.setattr(_notify, "show_info", lambda msg: None)
     return seen
 
 
@@ -47,8 +47,8 @@ def test_widget_runs_and_adds_aligned_layers(make_napari_viewer, qtbot, notes, a
     assert w.selected_backbones() == ["dinov2_vits14_reg"]
     w.repeats_spin.setValue(1)
     w.angles_check.setChecked(False)
-    worker = w.run()
-    assert worker is not None and w.busy
+    job = w.run()
+    assert job is not None and w.busy
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
     assert not notes["error"], notes["error"]
     assert w.result is not None and w.result.random_weights
@@ -124,8 +124,8 @@ def test_widget_takes_the_current_plane_of_a_stack(make_napari_viewer, notes):
     w = DiagnosticsWidget(viewer)
     assert w.image_list.count() == 2
     viewer.dims.set_current_step(0, 2)
-    plane, ca = w._plane(layer)
+    plane, ca = w.plane_of(layer)
     np.testing.assert_array_equal(plane, stack[2])
     assert ca is None
-    plane, ca = w._plane(rgb)
+    plane, ca = w.plane_of(rgb)
     assert plane.shape == (40, 40, 3) and ca == -1

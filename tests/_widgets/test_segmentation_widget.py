@@ -15,16 +15,13 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_vitseg.backbones import NO_WEIGHTS_NOTICE
 from napari_vitseg.metrics import mean_iou
 
 pytest.importorskip("napari")
 
-from napari_vitseg._widgets._segmentation import (  # noqa: E402
-    NO_BACKBONE,
-    NO_WEIGHTS_NOTICE,
-    RANDOM_SUFFIX,
-    SegmentationWidget,
-)
+from napari_vitseg._widgets._sections import NO_BACKBONE, RANDOM_SUFFIX  # noqa: E402
+from napari_vitseg._widgets._segmentation import SegmentationWidget  # noqa: E402
 
 TIMEOUT = 180_000
 SHARED = Path(os.environ.get("VITSEG_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
@@ -41,11 +38,11 @@ def shared_data(name: str) -> Path:
 @pytest.fixture
 def errors(monkeypatch):
     """Record error notifications instead of showing them."""
-    import napari.utils.notifications as nt
+    from napari_vitseg._widgets import _notify
 
     seen: list[str] = []
-    monkeypatch.setattr(nt, "show_error", lambda msg: seen.append(str(msg)))
-    monkeypatch.setattr(nt, "show_info", lambda msg: None)
+    monkeypatch.setattr(_notify, "show_error", lambda msg: seen.append(str(msg)))
+    monkeypatch.setattr(_notify, "show_info", lambda msg: None)
     return seen
 
 
@@ -206,14 +203,14 @@ def test_stack_current_plane_first_then_cancel_apply(qtbot, make_napari_viewer, 
 
     # Apply to stack: cancel after the first plane arrives; the job stops early without a result
     shown = []
-    show = widget._show
+    show = widget.outputs.show
 
     def spy(upd):
-        if widget._job is not None and widget._job.kind == "apply":
+        if widget.current_job is not None and widget.current_job.kind == "apply":
             shown.append(upd.z)
         show(upd)
 
-    widget._show = spy
+    monkeypatch.setattr(widget.outputs, "show", spy)
     job = widget.apply_to_stack()
     assert job is not None and job.kind == "apply"
     qtbot.waitUntil(lambda: len(shown) >= 1, timeout=TIMEOUT)
@@ -249,7 +246,7 @@ def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles,
     np.testing.assert_allclose(proba.sum(0), 1, atol=1e-5)
 
     path = tmp_path / "nano.vitseg"
-    monkeypatch.setattr(widget, "_ask_save_path", lambda: str(path))
+    monkeypatch.setattr(widget, "ask_save_path", lambda: str(path))
     widget.save_classifier()
     wait_idle(qtbot, widget)
     assert path.exists() and errors == []
@@ -262,7 +259,7 @@ def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles,
     widget.controller.model = None
     viewer.layers["segmentation"].data[:] = 0
     viewer.layers["probabilities"].data[:] = 0
-    monkeypatch.setattr(widget, "_ask_open_path", lambda: str(path))
+    monkeypatch.setattr(widget, "ask_open_path", lambda: str(path))
     widget.load_classifier()
     wait_idle(qtbot, widget)
     assert errors == []
@@ -277,8 +274,8 @@ def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles,
     src = tmp_path / "in"
     src.mkdir()
     tifffile.imwrite(src / "a.tif", image)
-    monkeypatch.setattr(widget, "_ask_input_paths", lambda kind: [str(src)])
-    monkeypatch.setattr(widget, "_ask_output_dir", lambda: str(tmp_path / "out"))
+    monkeypatch.setattr(widget, "ask_input_paths", lambda kind: [str(src)])
+    monkeypatch.setattr(widget, "ask_output_dir", lambda: str(tmp_path / "out"))
     widget.apply_to_files(kind="folder")
     wait_idle(qtbot, widget)
     assert errors == []
@@ -308,7 +305,7 @@ def test_bad_inputs_show_notifications(qtbot, make_napari_viewer, nanoparticles,
     # a pickle handed to Load is refused with a notification
     bad = tmp_path / "evil.vitseg"
     bad.write_bytes(pickle.dumps({"a": 1}))
-    monkeypatch.setattr(widget, "_ask_open_path", lambda: str(bad))
+    monkeypatch.setattr(widget, "ask_open_path", lambda: str(bad))
     widget.load_classifier()
     wait_idle(qtbot, widget)
     assert len(errors) == n + 2
@@ -366,8 +363,8 @@ def test_cancel_apply_to_files_leaves_no_partial_output(qtbot, make_napari_viewe
     for i in range(4):
         tifffile.imwrite(src / f"f{i}.tif", np.stack([image] * 3), photometric="minisblack")  # 3-plane stacks
     out = tmp_path / "out"
-    monkeypatch.setattr(widget, "_ask_input_paths", lambda kind: [str(src / f"f{i}.tif") for i in range(4)])
-    monkeypatch.setattr(widget, "_ask_output_dir", lambda: str(out))
+    monkeypatch.setattr(widget, "ask_input_paths", lambda kind: [str(src / f"f{i}.tif") for i in range(4)])
+    monkeypatch.setattr(widget, "ask_output_dir", lambda: str(out))
     job = widget.apply_to_files()
     assert job is not None
     qtbot.waitUntil(lambda: widget.progress.maximum() == 1000 and widget.progress.value() > 0, timeout=TIMEOUT)
@@ -418,7 +415,7 @@ def test_classes_table_and_rgb(qtbot, make_napari_viewer, errors):
     viewer = make_napari_viewer()
     viewer.add_image(rgb, name="alloy", rgb=True)
     widget = dock(viewer)
-    assert widget._channel_axis() == 2 and not widget.channel_spin.isEnabled()
+    assert widget.channel_axis() == 2 and not widget.channel_spin.isEnabled()
     layer = widget.new_scribbles_layer()
     assert layer.data.shape == rgb.shape[:2]
     widget.add_class()
@@ -446,12 +443,12 @@ def test_live_job_superseded_by_new_stroke(qtbot, nano_viewer, errors):
     widget = dock(viewer)
     layer = widget.new_scribbles_layer()
     layer.data = scribbles.copy()
-    widget._debounce.setInterval(0)
+    widget.live_debounce_ms = 0
     widget.live_check.setChecked(True)
-    qtbot.waitUntil(lambda: widget._job is not None, timeout=10_000)
-    first = widget._job
+    qtbot.waitUntil(lambda: widget.current_job is not None, timeout=10_000)
+    first = widget.current_job
     brush_stroke(layer, [(200, x) for x in range(50, 80, 3)], 1)
-    qtbot.waitUntil(lambda: widget._job is not first and widget._job is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: widget.current_job is not first and widget.current_job is not None, timeout=TIMEOUT)
     assert first.cancelled
     wait_idle(qtbot, widget)
     assert errors == []
@@ -485,13 +482,13 @@ def test_random_weights_backbone_train_save_load(qtbot, make_napari_viewer, nano
     n_feat = widget.controller.model.segmenter.featurizer.n_features(1)
     assert n_feat == 40 + widget.controller.feature_config.vit_pca
     path = tmp_path / "vit.vitseg"
-    monkeypatch.setattr(widget, "_ask_save_path", lambda: str(path))
+    monkeypatch.setattr(widget, "ask_save_path", lambda: str(path))
     widget.save_classifier()
     wait_idle(qtbot, widget)
     widget.controller.model = None
     combo.setCurrentIndex(0)
     viewer.layers["segmentation"].data[:] = 0
-    monkeypatch.setattr(widget, "_ask_open_path", lambda: str(path))
+    monkeypatch.setattr(widget, "ask_open_path", lambda: str(path))
     widget.load_classifier()
     wait_idle(qtbot, widget)
     assert errors == []

@@ -1,0 +1,735 @@
+"""The sections of the segmentation dock widget (Qt views; no computation).
+
+- :class:`InputSection`: image, channel axis and scribbles layer; the scribbles' edit events;
+  the geometry of the image and the inputs of a job, read from these layers;
+- :class:`ClassesSection`: the class table (names, colours) and *Add class*;
+- :class:`FeaturesSection`: backbone, upsampling, classical filters, scales, ViT PCA -> the
+  controller's :class:`~napari_vitseg.features.config.FeatureConfig`;
+- :class:`ClassifierSection`: classifier kind, trees, depth, fast live model -> the controller's
+  classifier parameters;
+- :class:`ActionsSection`: the Train / Live / Cancel / Save / Load / Apply buttons and the
+  *probabilities layer* box.
+
+:class:`~napari_vitseg._widgets._segmentation.SegmentationWidget` composes them and connects
+their signals to its actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QColorDialog,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMenu,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._sample_data import class_colormap
+from .._validation import VitsegError
+from ..backbones import NO_WEIGHTS_NOTICE, available_backbones, list_backbones
+from ..features.config import FeatureConfig
+from ..pipeline import DEFAULT_COLORS
+from ._controller import LIVE_PARAMS, RANDOM_WEIGHTS_ENV, JobInputs, random_weights_allowed
+from ._layers import hex_color, layer_data
+
+__all__ = [
+    "NO_BACKBONE",
+    "RANDOM_SUFFIX",
+    "ActionsSection",
+    "ClassesSection",
+    "ClassifierSection",
+    "FeaturesSection",
+    "InputSection",
+]
+
+NO_BACKBONE = "none (classical features)"
+RANDOM_SUFFIX = " [random weights — testing only]"
+#: Scribbles up to this size are copied when a job starts (larger ones are read in place).
+SNAPSHOT_BYTES = 64 * 2**20
+
+
+def parse_sigmas(text: str) -> tuple[float, ...]:
+    """Scales typed as ``'1, 2, 4'`` (commas, semicolons or spaces).
+
+    Raises
+    ------
+    VitsegError
+        Not numbers, or not positive.
+    """
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p.strip()]
+    try:
+        sig = tuple(float(p) for p in parts)
+    except ValueError:
+        raise VitsegError(f"Classical scales must be numbers separated by commas (e.g. '1, 2, 4, 8'); got {text!r}.") from None
+    if any(s <= 0 for s in sig):
+        raise VitsegError(f"Classical scales must be positive pixel sizes; got {text!r}.")
+    return sig
+
+
+def _disconnect(pairs) -> None:
+    for ev, cb in pairs:
+        try:
+            ev.disconnect(cb)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+
+
+class InputSection(QGroupBox):
+    """Image, channel axis and scribbles layer (the *Input* box), and what jobs read from them.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    is_output : callable ``(layer) -> bool``
+        Layers that the widget writes (never offered as inputs).
+
+    Signals
+    -------
+    image_changed
+        Another image layer or channel axis: the shown predictions are stale.
+    scribbles_changed(layer or None)
+        Another scribbles layer was chosen.
+    scribbles_edited
+        A brush stroke ended (napari fires ``paint`` on mouse release), the data was replaced,
+        or undo / redo moved the layer's history.
+    """
+
+    image_changed = Signal()
+    scribbles_changed = Signal(object)
+    scribbles_edited = Signal()
+
+    def __init__(self, viewer, is_output: Callable[[object], bool], parent=None):
+        super().__init__("Input", parent)
+        self.viewer = viewer
+        self._is_output = is_output
+        self._image = None
+        self._scribbles = None
+        self._history_len: tuple | None = None
+        self.form = QFormLayout(self)
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The image (or stack) to segment.")
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.form.addRow("Image", self.image_combo)
+        self.channel_spin = QSpinBox()
+        self.channel_spin.setRange(-1, 8)
+        self.channel_spin.setSpecialValueText("none")
+        self.channel_spin.setValue(-1)
+        self.channel_spin.setToolTip("Axis of the image that holds channels ('none' for a grey image; RGB is detected).")
+        self.channel_spin.valueChanged.connect(lambda *_: self.image_changed.emit())
+        self.form.addRow("Channel axis", self.channel_spin)
+        row = QHBoxLayout()
+        self.scribbles_combo = QComboBox()
+        self.scribbles_combo.setToolTip("Labels layer with your brush strokes: 0 = unlabelled, 1..K = classes.")
+        self.scribbles_combo.currentIndexChanged.connect(self._on_scribbles_changed)
+        row.addWidget(self.scribbles_combo, 1)
+        self.new_scribbles_btn = QPushButton("New")
+        self.new_scribbles_btn.setToolTip("Create an empty scribbles layer matching the image.")
+        row.addWidget(self.new_scribbles_btn)
+        self.form.addRow("Scribbles", row)
+
+    @property
+    def image_layer(self):
+        return self.image_combo.currentData()
+
+    @property
+    def scribbles_layer(self):
+        return self.scribbles_combo.currentData()
+
+    # -- layer lists ----------------------------------------------------------------------
+    def _layers_of(self, kind: str) -> list:
+        from napari.layers import Image, Labels
+
+        cls = {"image": Image, "labels": Labels}[kind]
+        return [lay for lay in self.viewer.layers if isinstance(lay, cls) and not self._is_output(lay)]
+
+    def refresh(self) -> None:
+        """Fill the combos from the viewer's layers (keeping the current choices)."""
+        for combo, kind, cur in ((self.image_combo, "image", self._image),
+                                 (self.scribbles_combo, "labels", self._scribbles)):
+            layers = self._layers_of(kind)
+            combo.blockSignals(True)
+            combo.clear()
+            for layer in layers:
+                combo.addItem(layer.name, layer)
+            if cur in layers:
+                combo.setCurrentIndex(layers.index(cur))
+            elif layers:
+                combo.setCurrentIndex(0 if kind == "image" else self._best_scribbles_index(layers))
+            combo.blockSignals(False)
+        self._on_image_changed()
+
+    def _best_scribbles_index(self, layers) -> int:
+        shape = self.spatial_shape()
+        for i, layer in enumerate(layers):
+            if shape is not None and tuple(layer.data.shape) == shape:
+                return i
+        return 0
+
+    def _on_image_changed(self, *_):
+        layer = self.image_layer
+        if layer is not self._image:
+            self._image = layer
+            if layer is not None:
+                spin = self.channel_spin
+                spin.blockSignals(True)
+                if layer.rgb:
+                    spin.setEnabled(False)
+                    spin.setValue(-1)
+                    spin.setSpecialValueText("RGB (last)")
+                else:
+                    spin.setEnabled(True)
+                    spin.setSpecialValueText("none")
+                    spin.setRange(-1, max(0, layer_data(layer).ndim - 1))
+                    ca = (layer.metadata or {}).get("channel_axis")
+                    spin.setValue(ca if isinstance(ca, int) else -1)
+                spin.blockSignals(False)
+            self.image_changed.emit()
+        self._on_scribbles_changed()
+
+    # -- scribbles and their events ---------------------------------------------------------
+    def _on_scribbles_changed(self, *_):
+        layer = self.scribbles_layer
+        if layer is self._scribbles:
+            return
+        if self._scribbles is not None:
+            self._disconnect_scribbles(self._scribbles)
+        self._scribbles = layer
+        if layer is not None:
+            layer.events.paint.connect(self._on_paint)
+            layer.events.data.connect(self._on_paint)  # the data was replaced (``layer.data = ...``)
+            layer.events.set_data.connect(self._on_set_data)
+            self._history_len = self._history_state(layer)
+        self.scribbles_changed.emit(layer)
+
+    def _disconnect_scribbles(self, layer) -> None:
+        _disconnect(((layer.events.paint, self._on_paint), (layer.events.data, self._on_paint),
+                     (layer.events.set_data, self._on_set_data)))
+
+    def disconnect_layers(self) -> None:
+        """Stop listening to the scribbles layer (the widget closes)."""
+        if self._scribbles is not None:
+            self._disconnect_scribbles(self._scribbles)
+
+    @staticmethod
+    def _history_state(layer):
+        # napari has no public API for the Labels undo history, and undo / redo fire no paint
+        # event: its private history lengths tell whether undo / redo changed the scribbles
+        if layer is None:
+            return None
+        return (len(getattr(layer, "_undo_history", ())), len(getattr(layer, "_redo_history", ())))
+
+    def _on_paint(self, event=None) -> None:
+        self._history_len = self._history_state(self._scribbles)
+        self.scribbles_edited.emit()
+
+    def _on_set_data(self, event=None) -> None:
+        """Undo / redo only refresh the layer: an edit when the history moved."""
+        state = self._history_state(self._scribbles)
+        if state != self._history_len:
+            self._history_len = state
+            self.scribbles_edited.emit()
+
+    # -- geometry ----------------------------------------------------------------------------
+    def channel_axis(self) -> int | None:
+        """The image's channel axis (the last one for RGB), or ``None``."""
+        layer = self.image_layer
+        if layer is None:
+            return None
+        if layer.rgb:
+            return layer_data(layer).ndim - 1
+        v = self.channel_spin.value()
+        return None if v < 0 else v
+
+    def spatial_shape(self) -> tuple | None:
+        """The image's shape without the channel axis, or ``None`` without an image."""
+        layer = self.image_layer
+        if layer is None:
+            return None
+        shape = list(layer_data(layer).shape)
+        ca = self.channel_axis()
+        if ca is not None and ca < len(shape):
+            del shape[ca]
+        return tuple(shape)
+
+    def spatial_transform(self) -> dict:
+        """``scale`` and ``translate`` of the image without the channel axis (for new layers)."""
+        layer = self.image_layer
+        if layer is None:
+            return {}
+        scale, translate = list(layer.scale), list(layer.translate)
+        ca = self.channel_axis()
+        if ca is not None and not layer.rgb and ca < len(scale):
+            del scale[ca]
+            del translate[ca]
+        return {"scale": scale, "translate": translate}
+
+    def current_z(self) -> int | None:
+        """The plane of a stack in view, ``None`` for a 2D image."""
+        shape = self.spatial_shape()
+        if shape is None or len(shape) != 3:
+            return None
+        scr = self._scribbles
+        if scr is not None and tuple(scr.data.shape) == shape:
+            z = scr.world_to_data(self.viewer.dims.point)[0]
+        else:
+            img = self.image_layer
+            pos = list(img.world_to_data(self.viewer.dims.point))
+            ca = self.channel_axis()
+            if ca is not None and not img.rgb:
+                del pos[ca]
+            z = pos[0]
+        return int(np.clip(round(float(z)), 0, shape[0] - 1))
+
+    def job_inputs(self, *, need_scribbles: bool, need_image: bool = True,
+                   probabilities: bool = False) -> JobInputs:
+        """What a job needs from the layers, captured on the UI thread (scribbles are copied).
+
+        Raises
+        ------
+        VitsegError
+            Missing image, scribbles of another shape.
+        """
+        image = self.image_layer
+        if image is None:
+            if need_image:
+                raise VitsegError("There is no image layer: open an image (File > Open) or a sample "
+                                  "(File > Open Sample > napari-vitseg).")
+            return JobInputs()
+        shape = self.spatial_shape()
+        if len(shape) not in (2, 3):
+            raise VitsegError(f"The image {image.name!r} has spatial shape {shape}; napari-vitseg segments "
+                              "2D images and 3D stacks. Set the channel axis if one axis holds channels.")
+        scr = self.scribbles_layer
+        scribbles = None
+        if scr is not None:
+            if tuple(scr.data.shape) != shape:
+                if need_scribbles:
+                    raise VitsegError(
+                        f"The scribbles layer {scr.name!r} has shape {tuple(scr.data.shape)} but the image "
+                        f"{image.name!r} has spatial shape {shape}; pick the matching layer or press 'New'."
+                    )
+            elif scr.data.nbytes <= SNAPSHOT_BYTES:
+                scribbles = np.array(scr.data, copy=True)  # strokes painted meanwhile don't leak in
+            else:
+                scribbles = np.asarray(scr.data)  # huge stacks: no per-stroke copy on the UI thread
+        elif need_scribbles:
+            raise VitsegError("There is no scribbles layer: press 'New' next to Scribbles and paint some strokes.")
+        return JobInputs(image=layer_data(image), channel_axis=self.channel_axis(), scribbles=scribbles,
+                         z=self.current_z(), probabilities=probabilities)
+
+    def new_scribbles_layer(self, names, colors):
+        """Add an empty uint8 scribbles layer matching the image, choose it and return it.
+
+        Raises
+        ------
+        VitsegError
+            There is no image layer.
+        """
+        shape = self.spatial_shape()
+        if shape is None:
+            raise VitsegError("Open an image first: the scribbles layer takes its shape from the image layer.")
+        layer = self.viewer.add_labels(
+            np.zeros(shape, np.uint8), name="scribbles", colormap=class_colormap(len(names), colors),
+            metadata={"class_names": list(names)}, **self.spatial_transform(),
+        )
+        layer.brush_size = 8
+        layer.mode = "paint"
+        layer.selected_label = 1
+        idx = self.scribbles_combo.findData(layer)
+        if idx >= 0:
+            self.scribbles_combo.setCurrentIndex(idx)
+        return layer
+
+
+class ClassesSection(QWidget):
+    """The class table (colour and name of labels 1..K) and *Add class*.
+
+    Signals
+    -------
+    changed
+        Names or colours changed (edited, picked, added, or all rows replaced).
+    label_chosen(int)
+        A row was clicked: paint with this label.
+    """
+
+    changed = Signal()
+    label_chosen = Signal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._colors: list[str] = []
+        self._updating = False
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.class_table = QTableWidget(0, 2)
+        self.class_table.setHorizontalHeaderLabels(["", "class name (click to paint)"])
+        self.class_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
+        self.class_table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
+        self.class_table.verticalHeader().setVisible(True)
+        self.class_table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.class_table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.class_table.setMaximumHeight(130)
+        self.class_table.itemChanged.connect(self._on_item_changed)
+        self.class_table.cellClicked.connect(lambda row, col: self.label_chosen.emit(row + 1))
+        self.class_table.cellDoubleClicked.connect(self._on_double_clicked)
+        lay.addWidget(self.class_table)
+        self.add_class_btn = QPushButton("Add class")
+        self.add_class_btn.clicked.connect(self.add_class)
+        lay.addWidget(self.add_class_btn)
+
+    def names(self) -> list[str]:
+        """Class names 1..K as shown in the table."""
+        return [self.class_table.item(i, 1).text() for i in range(self.class_table.rowCount())]
+
+    def colors(self) -> list[str]:
+        """Hex colours of classes 1..K."""
+        return list(self._colors)
+
+    def set_classes(self, names, colors) -> None:
+        """Show these classes (missing colours get the default ones)."""
+        names = list(names)
+        colors = list(colors)[: len(names)]
+        colors += [DEFAULT_COLORS[k % len(DEFAULT_COLORS)] for k in range(len(colors), len(names))]
+        self._updating = True
+        try:
+            self.class_table.setRowCount(len(names))
+            for i, (name, color) in enumerate(zip(names, colors, strict=True)):
+                sw = QTableWidgetItem("")
+                sw.setBackground(QColor(color))
+                sw.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)
+                sw.setToolTip("Double-click to change the colour.")
+                self.class_table.setItem(i, 0, sw)
+                it = QTableWidgetItem(name)
+                it.setToolTip(f"label {i + 1}; double-click to rename")
+                self.class_table.setItem(i, 1, it)
+            self.class_table.setVerticalHeaderLabels([str(i + 1) for i in range(len(names))])
+        finally:
+            self._updating = False
+        self._colors = colors
+        self.changed.emit()
+
+    def load_from_layer(self, layer) -> None:
+        """Show the classes of a scribbles layer: names from its metadata, colours from its colormap."""
+        names = list((layer.metadata or {}).get("class_names") or [])
+        n = max(len(names), 2)
+        try:
+            cmap_keys = [k for k in layer.colormap.color_dict if isinstance(k, (int, np.integer)) and k > 0]
+            n = max(n, max(cmap_keys, default=0)) if len(cmap_keys) < 50 else n
+        except AttributeError:
+            pass
+        names += [f"class {k}" for k in range(len(names) + 1, n + 1)]
+        self.set_classes(names, [hex_color(layer.get_color(k)) for k in range(1, n + 1)])
+
+    def set_color(self, label: int, color: str) -> None:
+        """Set the colour of class ``label`` (1-based)."""
+        colors = self.colors()
+        colors[label - 1] = color
+        self.set_classes(self.names(), colors)
+
+    def add_class(self) -> None:
+        """Append a class (next label, next default colour) and choose it for painting."""
+        names = self.names() + [f"class {self.class_table.rowCount() + 1}"]
+        n = len(names)
+        self.set_classes(names, self.colors() + [DEFAULT_COLORS[(n - 1) % len(DEFAULT_COLORS)]])
+        self.class_table.selectRow(n - 1)
+        self.label_chosen.emit(n)
+
+    def _on_item_changed(self, item) -> None:
+        if not self._updating and item.column() == 1:
+            self.changed.emit()
+
+    def _on_double_clicked(self, row: int, col: int) -> None:
+        if col != 0:
+            return
+        color = self.ask_color(self._colors[row])
+        if color:
+            self.set_color(row + 1, color)
+
+    def ask_color(self, current: str) -> str | None:
+        """Colour dialog (a method so that tests can replace it)."""
+        c = QColorDialog.getColor(QColor(current), self, "Class colour")
+        return c.name() if c.isValid() else None
+
+
+class FeaturesSection(QGroupBox):
+    """Backbone, upsampling, classical filters, scales and ViT PCA (the *Features* box).
+
+    Writes the controller's ``feature_config`` and ``random_weights`` when a field changes.
+
+    Signals
+    -------
+    changed
+        The controller's feature configuration changed.
+    invalid(str)
+        The fields do not describe a valid configuration (the message; also in :attr:`error`).
+    """
+
+    changed = Signal()
+    invalid = Signal(str)
+
+    def __init__(self, controller, parent=None):
+        super().__init__("Features", parent)
+        self.controller = controller
+        self.error: str | None = None
+        form = QFormLayout(self)
+        self.backbone_combo = QComboBox()
+        self.backbone_combo.setToolTip("ViT backbone for the features; classical filters are always available.")
+        self.fill_backbones()
+        self.backbone_combo.currentIndexChanged.connect(self.apply)
+        form.addRow("Backbone", self.backbone_combo)
+        self.weights_notice = QLabel("")
+        self.weights_notice.setWordWrap(True)
+        self.weights_notice.setStyleSheet("color: #e0a030;")
+        # wrap to the dock's width rather than widen the dock to fit the long notice
+        self.weights_notice.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        form.addRow(self.weights_notice)
+        self.update_weights_notice()
+        self.upsample_combo = QComboBox()
+        self.upsample_combo.addItems(["guided", "bilinear"])
+        self.upsample_combo.setToolTip("How ViT patch features are brought to the pixel grid.")
+        self.upsample_combo.currentIndexChanged.connect(self.apply)
+        form.addRow("Upsampling", self.upsample_combo)
+        self.classical_check = QCheckBox("classical filters")
+        self.classical_check.setChecked(True)
+        self.classical_check.toggled.connect(self.apply)
+        form.addRow(self.classical_check)
+        self.sigmas_edit = QLineEdit("1, 2, 4, 8, 16")
+        self.sigmas_edit.setToolTip("Gaussian scales (pixels) of the classical filters.")
+        self.sigmas_edit.editingFinished.connect(self.apply)
+        form.addRow("Scales (px)", self.sigmas_edit)
+        self.pca_spin = QSpinBox()
+        self.pca_spin.setRange(0, 1024)
+        self.pca_spin.setSpecialValueText("off")
+        self.pca_spin.setValue(FeatureConfig().vit_pca or 0)
+        self.pca_spin.setToolTip("Reduce the ViT channels to this many principal components (off: keep all).")
+        self.pca_spin.valueChanged.connect(self.apply)
+        form.addRow("ViT PCA", self.pca_spin)
+
+    def _fields(self) -> tuple:
+        return (self.backbone_combo, self.upsample_combo, self.classical_check, self.sigmas_edit, self.pca_spin)
+
+    def fill_backbones(self) -> None:
+        """List every registered backbone; those without weights are disabled (or offered with
+        random weights when ``VITSEG_ALLOW_RANDOM_WEIGHTS=1``)."""
+        self._allow_random = random_weights_allowed()
+        self._available = set(available_backbones())
+        combo = self.backbone_combo
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(NO_BACKBONE, (None, False))
+        for name in list_backbones():
+            if name in self._available:
+                combo.addItem(name, (name, False))
+            else:
+                combo.addItem(f"{name} (weights missing)", (name, False))
+                combo.model().item(combo.count() - 1).setEnabled(False)
+                if self._allow_random:
+                    combo.addItem(name + RANDOM_SUFFIX, (name, True))
+        combo.setCurrentIndex(0)
+        combo.blockSignals(False)
+
+    def update_weights_notice(self) -> None:
+        if self._available:
+            self.weights_notice.setText("")
+            self.weights_notice.setVisible(False)
+            return
+        text = NO_WEIGHTS_NOTICE
+        if self._allow_random:
+            text += f"\n{RANDOM_SUFFIX.strip(' []')} backbones enabled by {RANDOM_WEIGHTS_ENV}=1."
+        self.weights_notice.setText(text)
+        self.weights_notice.setVisible(True)
+
+    def apply(self, *_) -> None:
+        """Write the fields to the controller (or report why they are invalid)."""
+        name, random = self.backbone_combo.currentData() or (None, False)
+        vit = name is not None
+        self.upsample_combo.setEnabled(vit)
+        self.pca_spin.setEnabled(vit)
+        try:
+            cfg = FeatureConfig(
+                backbone=name, classical=self.classical_check.isChecked(),
+                sigmas=parse_sigmas(self.sigmas_edit.text()), upsample=self.upsample_combo.currentText(),
+                vit_pca=self.pca_spin.value() or None,
+            )
+        except VitsegError as e:
+            self.error = str(e)
+            self.invalid.emit(self.error)
+            return
+        self.error = None
+        c = self.controller
+        if cfg != c.feature_config or random != c.random_weights:
+            c.feature_config = cfg
+            c.random_weights = bool(random)
+            self.changed.emit()
+
+    def show_config(self, cfg: FeatureConfig, random: bool) -> None:
+        """Show a loaded classifier's feature configuration (the controller already has it)."""
+        for w in self._fields():
+            w.blockSignals(True)
+        try:
+            want = (cfg.backbone, bool(random and cfg.backbone))
+            combo = self.backbone_combo
+            idx = next((i for i in range(combo.count()) if tuple(combo.itemData(i)) == want), -1)
+            if idx >= 0:
+                combo.setCurrentIndex(idx)
+            self.upsample_combo.setCurrentText(cfg.upsample)
+            self.classical_check.setChecked(cfg.classical)
+            self.sigmas_edit.setText(", ".join(f"{s:g}" for s in cfg.sigmas))
+            self.pca_spin.setValue(cfg.vit_pca or 0)
+        finally:
+            for w in self._fields():
+                w.blockSignals(False)
+        self.error = None
+
+
+class ClassifierSection(QGroupBox):
+    """Classifier kind, trees, depth and the fast live model (the *Classifier* box).
+
+    Writes the controller's ``classifier``, ``classifier_params`` and ``live_fast`` when a
+    field changes.
+    """
+
+    def __init__(self, controller, parent=None):
+        super().__init__("Classifier", parent)
+        self.controller = controller
+        form = QFormLayout(self)
+        self.clf_combo = QComboBox()
+        self.clf_combo.addItem("random forest", "rf")
+        self.clf_combo.addItem("XGBoost", "xgb")
+        self.clf_combo.currentIndexChanged.connect(self._on_kind_changed)
+        form.addRow("Classifier", self.clf_combo)
+        self.trees_spin = QSpinBox()
+        self.trees_spin.setRange(1, 5000)
+        self.trees_spin.setValue(100)
+        self.trees_spin.valueChanged.connect(self.apply)
+        form.addRow("Trees", self.trees_spin)
+        self.depth_spin = QSpinBox()
+        self.depth_spin.setRange(0, 64)
+        self.depth_spin.setSpecialValueText("unlimited")
+        self.depth_spin.setValue(0)
+        self.depth_spin.valueChanged.connect(self.apply)
+        form.addRow("Max depth", self.depth_spin)
+        self.live_fast_check = QCheckBox("fast live model")
+        self.live_fast_check.setChecked(True)
+        self.live_fast_check.toggled.connect(self.apply)
+        form.addRow(self.live_fast_check)
+
+    def _set_depth_mode(self, kind: str) -> None:
+        """XGBoost needs a depth >= 1; a random forest may grow unlimited (0)."""
+        if kind == "xgb":
+            self.depth_spin.setSpecialValueText("")
+            self.depth_spin.setMinimum(1)
+        else:
+            self.depth_spin.setMinimum(0)
+            self.depth_spin.setSpecialValueText("unlimited")
+
+    def _on_kind_changed(self, *_):
+        kind = self.clf_combo.currentData()
+        self.depth_spin.blockSignals(True)
+        self._set_depth_mode(kind)
+        self.depth_spin.setValue(6 if kind == "xgb" else 0)
+        self.depth_spin.blockSignals(False)
+        self.apply()
+
+    def apply(self, *_) -> None:
+        """Write the fields to the controller."""
+        c = self.controller
+        c.classifier = self.clf_combo.currentData()
+        depth = self.depth_spin.value()
+        c.classifier_params = {"n_estimators": self.trees_spin.value(),
+                               "max_depth": (depth or None) if c.classifier == "rf" else depth}
+        c.live_fast = self.live_fast_check.isChecked()
+        lp = LIVE_PARAMS[c.classifier]
+        self.live_fast_check.setToolTip(
+            f"Live mode trains a small model ({lp['n_estimators']} trees, depth <= {lp['max_depth']}, "
+            f"<= {lp['max_samples_per_class']} pixels per class) so the overlay follows your strokes "
+            "within about a second; Train, Save and Apply use the full model above."
+        )
+
+    def show_model(self, classifier: str, params: dict) -> None:
+        """Show a loaded classifier's kind and parameters (the controller already has them)."""
+        fields = (self.clf_combo, self.trees_spin, self.depth_spin)
+        for w in fields:
+            w.blockSignals(True)
+        try:
+            self.clf_combo.setCurrentIndex(self.clf_combo.findData(classifier))
+            self.trees_spin.setValue(int(params.get("n_estimators", 100)))
+            self._set_depth_mode(classifier)
+            self.depth_spin.setValue(int(params.get("max_depth") or 0))
+        finally:
+            for w in fields:
+                w.blockSignals(False)
+
+
+class ActionsSection(QGroupBox):
+    """Train, Live, Cancel, Save, Load, Apply to stack / files and *probabilities layer*.
+
+    Parameters
+    ----------
+    debounce_ms : int
+        Live-mode delay after a stroke (for the tooltip).
+
+    Signals
+    -------
+    apply_files_requested(str)
+        ``'files'`` or ``'folder'`` was chosen in the *Apply to files…* menu.
+    """
+
+    apply_files_requested = Signal(str)
+
+    def __init__(self, debounce_ms: int, parent=None):
+        super().__init__("Actions", parent)
+        v = QVBoxLayout(self)
+        row = QHBoxLayout()
+        self.train_btn = QPushButton("Train")
+        self.train_btn.setToolTip("Train the full-quality classifier on the scribbles and segment the current plane.")
+        row.addWidget(self.train_btn)
+        self.live_check = QCheckBox("Live")
+        self.live_check.setToolTip(f"Retrain after every brush stroke ({debounce_ms} ms after release) "
+                                   "and segment the current plane.")
+        row.addWidget(self.live_check)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        row.addWidget(self.cancel_btn)
+        v.addLayout(row)
+        row = QHBoxLayout()
+        self.save_btn = QPushButton("Save…")
+        row.addWidget(self.save_btn)
+        self.load_btn = QPushButton("Load…")
+        row.addWidget(self.load_btn)
+        v.addLayout(row)
+        row = QHBoxLayout()
+        self.apply_stack_btn = QPushButton("Apply to stack")
+        self.apply_stack_btn.setToolTip("Segment every plane of the image layer.")
+        row.addWidget(self.apply_stack_btn)
+        self.apply_files_btn = QToolButton()
+        self.apply_files_btn.setText("Apply to files…")
+        self.apply_files_btn.setPopupMode(QToolButton.InstantPopup)
+        menu = QMenu(self.apply_files_btn)
+        menu.addAction("TIFF files…", lambda: self.apply_files_requested.emit("files"))
+        menu.addAction("Folder of TIFFs…", lambda: self.apply_files_requested.emit("folder"))
+        self.apply_files_btn.setMenu(menu)
+        row.addWidget(self.apply_files_btn)
+        v.addLayout(row)
+        self.proba_check = QCheckBox("probabilities layer")
+        self.proba_check.setToolTip("Also show per-class probabilities (K channels) as a layer.")
+        v.addWidget(self.proba_check)
