@@ -111,13 +111,12 @@ def child(spec: dict) -> dict:
 
         def run(img):
             t0, c0 = time.perf_counter(), time.process_time()
-            tok = vit_patch_features(img, bb, tile_size=tile, tile_overlap=overlap, batch_size=4)
+            tok = vit_patch_features(img, bb, tile_size=tile, tile_overlap=overlap, batch_size=4)  # (gh, gw, D)
             t1, c1 = time.perf_counter(), time.process_time()
             if up == "bilinear":
-                out = upsample_bilinear(tok.transpose(1, 2, 0), img.shape, patch_size=14)
+                out = upsample_bilinear(tok, img.shape, patch_size=14)
             else:
-                out = upsample_guided(tok.transpose(1, 2, 0), to_rgb01(img)[..., 0], radius=8, eps=1e-3,
-                                      patch_size=14)
+                out = upsample_guided(tok, to_rgb01(img)[..., 0], radius=8, eps=1e-3, patch_size=14)
             t2, c2 = time.perf_counter(), time.process_time()
             return out, (t1 - t0, t2 - t1, c1 - c0, c2 - c1)
 
@@ -133,7 +132,7 @@ def child(spec: dict) -> dict:
         d, size, how = spec["channels"], spec["size"], spec["how"]
         g = -(-size // 14)
         rng = np.random.default_rng(0)
-        tok = rng.standard_normal((d, g, g)).astype(np.float32).transpose(1, 2, 0)  # (h, w, D) view
+        tok = rng.standard_normal((g, g, d)).astype(np.float32)  # (h, w, D), as vit_patch_features returns
         guide = load_plane(size).astype(np.float32) / 255
         if how == "guided_colour":
             guide = np.repeat(guide[..., None], 3, axis=2)

@@ -149,9 +149,11 @@ class Featurizer:
 
         Returns
         -------
-        ndarray, (D', ceil(Y/p), ceil(X/p)) float32
+        ndarray, (ceil(Y/p), ceil(X/p), D') float32
+            Channels last, C-contiguous; D' is ``config.vit_pca`` or the backbone's
+            ``embed_dim``.
         """
-        from .vit import vit_patch_features
+        from .vit import _project_tokens, vit_patch_features
 
         if key is not None and key == self._tokens_key:
             tokens = self._tokens
@@ -171,15 +173,40 @@ class Featurizer:
         if self.config.vit_pca:
             if self.pca_ is None:
                 self.fit_pca(tokens)
-            tokens = self.pca_.transform_tokens(tokens)
+            tokens = _project_tokens(self.pca_, tokens)
         return np.ascontiguousarray(tokens, dtype=np.float32)
 
     def fit_pca(self, tokens: np.ndarray) -> None:
-        """Fit the ViT PCA basis on tokens (D, gh, gw) of the training plane(s)."""
-        from .vit import PCAReducer
+        """Fit the ViT PCA basis on raw tokens of the training plane(s), channels last:
+        (gh, gw, D) as :func:`~napari_vitseg.features.vit.vit_patch_features` returns them,
+        or (N, D), with D the backbone's ``embed_dim``.
 
-        d = tokens.shape[0]
-        self.pca_ = PCAReducer(n_components=self.config.vit_pca).fit(tokens.reshape(d, -1).T)
+        Raises
+        ------
+        VitsegError
+            Tokens of another shape (e.g. channels first, (D, gh, gw)).
+        """
+        from .vit import PCAReducer, _token_rows
+
+        tokens = np.asarray(tokens)
+        d = self._embed_dim()
+        if tokens.ndim not in (2, 3) or (d is not None and tokens.shape[-1] != d):
+            raise VitsegError(
+                f"fit_pca takes raw ViT tokens channels last, (gh, gw, {d or 'D'}) or (N, {d or 'D'}); "
+                f"got shape {tokens.shape}."
+            )
+        # rows in the memory layout of earlier releases (bit-identical bases)
+        self.pca_ = PCAReducer(n_components=self.config.vit_pca).fit(_token_rows(tokens))
+
+    def _embed_dim(self) -> int | None:
+        """The backbone's token width, without building the backbone (``None`` without one)."""
+        if self._backbone is not None:
+            return int(self._backbone.embed_dim)
+        if self.config.backbone is None:
+            return None
+        from ..backbones import get_backbone_cfg
+
+        return int(get_backbone_cfg(self.config.backbone).embed_dim)
 
     # -- features -----------------------------------------------------------------
     def _classical_halo(self) -> int:
@@ -285,14 +312,14 @@ class Featurizer:
         cfg = self.config
         p = self.backbone.patch_size
         tokens = self.vit_tokens(plane, key=key, progress=progress)
-        _, gh, gw = tokens.shape
+        gh, gw, _ = tokens.shape
         ny, nx = plane.shape[:2]
         m = self._vit_margin_tokens(p)
         t0, t1 = max(0, y0 // p - m), min(gh, -(-y1 // p) + m)
         py0, py1 = t0 * p, min(ny, t1 * p)
         # tokens span [p*t0, p*t1) exactly; crop to the image so that borders are treated as
         # in vit_features (guided filter reflecting at the true image edge)
-        band = upsample_bilinear(tokens[:, t0:t1].transpose(1, 2, 0), ((t1 - t0) * p, gw * p))[: py1 - py0, :nx]
+        band = upsample_bilinear(tokens[t0:t1], ((t1 - t0) * p, gw * p))[: py1 - py0, :nx]
         if cfg.upsample == "guided":
             guide = self._guide(plane, key)
             band = upsample_guided(band, guide[py0:py1], radius=cfg.guided_radius, eps=cfg.guided_eps,

@@ -9,8 +9,8 @@ Pipeline of :func:`vit_features` for one (Y, X) plane:
 3. :func:`vit_patch_features` - windows of ``tile_size`` pixels with ``tile_overlap``,
    run in batches through ``backbone.forward_features`` under ``torch.inference_mode()``
    (bf16 autocast on CUDA), blended in the token grid with linear ramps, giving
-   (D, ceil(Y/p), ceil(X/p)) float32 tokens: token ``(i, j)`` describes pixels
-   ``[p*i, p*i + p) x [p*j, p*j + p)``.
+   (ceil(Y/p), ceil(X/p), D) float32 tokens, channels last: token ``(i, j)`` describes
+   pixels ``[p*i, p*i + p) x [p*j, p*j + p)``.
 4. Optionally a :class:`PCAReducer` projection of the tokens (exactly equivalent to
    projecting the upsampled features, because both upsamplers are linear and keep
    constants, but D / n_components times cheaper).
@@ -266,7 +266,7 @@ def _check_tiling(tile_size, tile_overlap, batch_size, p: int) -> tuple[int, int
 
 def _patch_features_rgb01(rgb: np.ndarray, backbone, *, tile_size, tile_overlap, batch_size,
                           device, autocast, progress) -> np.ndarray:
-    """Tokens (D, gh, gw) float32 of an RGB [0, 1] (Y, X, 3) float32 plane."""
+    """Tokens (gh, gw, D) float32, C-contiguous, of an RGB [0, 1] (Y, X, 3) float32 plane."""
     p = int(backbone.patch_size)
     t_tok, o_tok, batch_size = _check_tiling(tile_size, tile_overlap, batch_size, p)
     dev = _resolve_device(backbone, device)
@@ -284,7 +284,7 @@ def _patch_features_rgb01(rgb: np.ndarray, backbone, *, tile_size, tile_overlap,
 
     tiles = _tile_layout(gh, gw, t_tok, o_tok)
     d = int(backbone.embed_dim)
-    acc = np.zeros((d, gh, gw), np.float32)
+    acc = np.zeros((gh, gw, d), np.float32)  # channels last
     wsum = np.zeros((gh, gw), np.float32)
     total = len(tiles)
     if progress is not None:
@@ -301,12 +301,30 @@ def _patch_features_rgb01(rgb: np.ndarray, backbone, *, tile_size, tile_overlap,
                     f"backbone.forward_features returned {feats.shape[1:]}, expected {(d, batch[0][2], batch[0][3])}"
                 )
             for f, (y0, x0, th, tw, w) in zip(feats, batch, strict=True):
-                acc[:, y0:y0 + th, x0:x0 + tw] += f * w
+                acc[y0:y0 + th, x0:x0 + tw] += f.transpose(1, 2, 0) * w[..., None]  # (D, th, tw) -> (th, tw, D)
                 wsum[y0:y0 + th, x0:x0 + tw] += w
             if progress is not None:
                 progress(min(b0 + batch_size, total), total)
-    acc /= wsum
+    acc /= wsum[..., None]
     return acc
+
+
+def _token_rows(tokens: np.ndarray) -> np.ndarray:
+    """(gh, gw, D) tokens as (gh * gw, D) rows stored column-major (a copy of the token size).
+
+    The operand layout in which tokens always reached :class:`PCAReducer` (up to 0.1.x, a
+    transposed view of channels-first tokens). BLAS may round a small product differently
+    when an operand is stored the other way, so fitting and projecting tokens in this layout
+    keeps PCA-reduced features bit-identical to earlier releases.
+    """
+    return np.asfortranarray(tokens.reshape(-1, tokens.shape[-1]))
+
+
+def _project_tokens(pca: PCAReducer, tokens: np.ndarray) -> np.ndarray:
+    """(gh, gw, D) tokens -> (gh, gw, n_components) float32 C-contiguous, via :func:`_token_rows`."""
+    if tokens.ndim != 3:
+        raise VitsegError(f"tokens must be (gh, gw, D); got shape {tokens.shape}.")
+    return pca.transform(_token_rows(tokens)).reshape(tokens.shape[:2] + (-1,))
 
 
 def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: int = 112,
@@ -346,13 +364,13 @@ def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: i
 
     Returns
     -------
-    (D, gh, gw) ndarray of float32
-        Channels first (the layout of ``backbone.forward_features``; the upsamplers of
-        :mod:`~napari_vitseg.features.upsample` take the channels-last view
-        ``tokens.transpose(1, 2, 0)``). ``gh = ceil(Y / p)``,
-        ``gw = ceil(X / p)``; token ``(i, j)`` describes the pixels
-        ``[p*i, p*i + p) x [p*j, p*j + p)`` of the image, reflection-padded at the bottom
-        and right edges.
+    (gh, gw, D) ndarray of float32
+        Channels last and C-contiguous, as the upsamplers of
+        :mod:`~napari_vitseg.features.upsample` and :meth:`PCAReducer.transform` take them
+        (``backbone.forward_features`` itself returns channels first, (B, D, h, w)).
+        ``gh = ceil(Y / p)``, ``gw = ceil(X / p)``; token ``(i, j)``, i.e. ``tokens[i, j]``,
+        describes the pixels ``[p*i, p*i + p) x [p*j, p*j + p)`` of the image,
+        reflection-padded at the bottom and right edges.
 
     Raises
     ------
@@ -368,11 +386,21 @@ def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: i
     (``ov`` = actual overlap in tokens) to 1, and stays 1 at image borders; overlapping
     outputs are averaged with these weights (two windows: weights sum to 1). An image
     that fits in one window gives exactly ``backbone.forward_features`` of the padded
-    image. DINOv2's features depend on the position in the window (learned position
-    embedding), so tiled and untiled features differ slightly; the ramps hide the seams.
+    image, transposed to channels last. DINOv2's features depend on the position in the
+    window (learned position embedding), so tiled and untiled features differ slightly;
+    the ramps hide the seams.
 
     Memory: the normalised, padded image (3 x float32 per pixel), one batch of windows and
-    the float32 (D, gh, gw) accumulator, i.e. about ``4 * D / p**2`` bytes per pixel.
+    the float32 (gh, gw, D) accumulator, i.e. about ``4 * D / p**2`` bytes per pixel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_vitseg.backbones import create_backbone
+    >>> bb = create_backbone("dinov2_vits14_reg", pretrained=False)  # random weights
+    >>> tokens = vit_patch_features(np.zeros((30, 40), np.uint8), bb)  # 14 px patches
+    >>> tokens.shape, tokens.dtype, tokens.flags.c_contiguous
+    ((3, 3, 384), dtype('float32'), True)
     """
     rgb = to_rgb01(image, channel_axis, intensity_range=intensity_range)
     return _patch_features_rgb01(rgb, backbone, tile_size=tile_size, tile_overlap=tile_overlap,
@@ -448,9 +476,9 @@ def vit_features(image, backbone, *, upsample: str = "guided", tile_size: int = 
     del arr
     tokens = _patch_features_rgb01(rgb, backbone, tile_size=tile_size, tile_overlap=tile_overlap,
                                    batch_size=batch_size, device=device, autocast=autocast,
-                                   progress=progress).transpose(1, 2, 0)  # (gh, gw, D) view
+                                   progress=progress)  # (gh, gw, D)
     if pca is not None:
-        tokens = pca.transform(tokens)
+        tokens = _project_tokens(pca, tokens)
     p = int(backbone.patch_size)
     if upsample == "bilinear":
         return upsample_bilinear(tokens, rgb.shape[:2], patch_size=p)
@@ -518,7 +546,7 @@ class PCAReducer:
 
     Notes
     -----
-    Fit on tokens (:func:`vit_patch_features`) of the training image and store
+    Fit on tokens (:func:`vit_patch_features`, (gh, gw, D)) of the training image and store
     :meth:`to_dict` with the classifier; pass the reducer to :func:`vit_features` as
     ``pca`` so that new images are projected the same way. Solved by an eigendecomposition
     of the float64 covariance (D x D).
@@ -612,22 +640,6 @@ class PCAReducer:
         out = arr.reshape(-1, arr.shape[-1]) @ w
         out -= shift
         return out.reshape(arr.shape[:-1] + (w.shape[1],))
-
-    def transform_tokens(self, tokens) -> np.ndarray:
-        """Project channels-first tokens (D, h, w) to (n_components, h, w) float32.
-
-        The layout :func:`vit_patch_features` returns (for channels-last (h, w, D) tokens,
-        as the upsamplers take them, use :meth:`transform`).
-
-        Raises
-        ------
-        VitsegError
-            Not fitted, not 3-D, or not ``n_features_in_`` channels.
-        """
-        arr = np.asarray(tokens)
-        if arr.ndim != 3:
-            raise VitsegError(f"tokens must be (D, h, w); got shape {arr.shape}.")
-        return np.ascontiguousarray(self.transform(np.moveaxis(arr, 0, -1)).transpose(2, 0, 1))
 
     def to_dict(self) -> dict:
         """Plain-JSON dictionary (lists of floats) with parameters and fitted state."""

@@ -196,8 +196,8 @@ def test_already_upsampled_and_radius_zero(rng):
 
 
 def test_channels_first_views_give_the_same_result(rng):
-    """Any strides: a channels-last view of channels-first tokens is as good as a copy."""
-    cf = rng.standard_normal((6, 3, 4)).astype(np.float32)      # (D, h, w), e.g. vit_patch_features
+    """Any strides: a channels-last view of channels-first data is as good as a copy."""
+    cf = rng.standard_normal((6, 3, 4)).astype(np.float32)      # (D, h, w), e.g. one window of forward_features
     view, copy = cf.transpose(1, 2, 0), np.ascontiguousarray(cf.transpose(1, 2, 0))
     guide = rng.random((40, 50), np.float32)
     np.testing.assert_array_equal(upsample_bilinear(view, guide.shape, patch_size=P),

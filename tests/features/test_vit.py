@@ -199,7 +199,7 @@ def test_tiled_equals_untiled_for_position_independent_backbone(fake, shape, til
     ref = vit_patch_features(img, fake, tile_size=10_000, tile_overlap=0)
     got = vit_patch_features(img, fake, tile_size=tile_size, tile_overlap=overlap, batch_size=3)
     gh, gw = -(-shape[0] // 14), -(-shape[1] // 14)
-    assert got.shape == (8, gh, gw) and got.dtype == np.float32
+    assert got.shape == (gh, gw, 8) and got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
@@ -207,7 +207,7 @@ def test_single_tile_is_exactly_forward_features(fake):
     img = _image((100, 130))
     got = vit_patch_features(img, fake)
     with torch.inference_mode():
-        want = fake.forward_features(_normalised_padded(img))[0].numpy()
+        want = fake.forward_features(_normalised_padded(img))[0].numpy().transpose(1, 2, 0)  # channels last
     np.testing.assert_array_equal(got, want)
     assert fake.calls[0] == (1, 3, 112, 140) and len(fake.calls) == 2  # ours, then the reference
 
@@ -246,7 +246,7 @@ def test_blending_weights_favour_window_interiors():
             return torch.full((x.shape[0], self.embed_dim, x.shape[2] // 14, x.shape[3] // 14), float(n))
 
     bb = Counter(dim=1)
-    tok = vit_patch_features(_image((14, 14 * 20)), bb, tile_size=14 * 12, tile_overlap=14 * 4, batch_size=1)[0, 0]
+    tok = vit_patch_features(_image((14, 14 * 20)), bb, tile_size=14 * 12, tile_overlap=14 * 4, batch_size=1)[0, :, 0]
     # windows start at tokens 0 and 8 (12 wide): overlap tokens 8..11 ramp 0 -> 1 linearly
     np.testing.assert_allclose(tok[:8], 0.0)
     np.testing.assert_allclose(tok[8:12], [0.2, 0.4, 0.6, 0.8], atol=1e-6)
@@ -257,7 +257,7 @@ def test_blending_weights_favour_window_interiors():
 def test_tiny_and_thin_images(fake, shape):
     img = _image(shape)
     tok = vit_patch_features(img, fake)
-    assert tok.shape == (8, -(-shape[0] // 14), -(-shape[1] // 14))
+    assert tok.shape == (-(-shape[0] // 14), -(-shape[1] // 14), 8)
     for up in ("bilinear", "guided"):
         f = vit_features(img, fake, upsample=up)
         assert f.shape == shape + (8,) and np.isfinite(f).all()
@@ -291,12 +291,12 @@ def test_vit_features_pixel_grid(fake):
     bil = vit_features(img, fake, upsample="bilinear")
     assert bil.shape == (60, 75, 8) and bil.dtype == np.float32
     # tokens live on the padded (70, 84) grid, token (i, j) centred at (14 i + 6.5, 14 j + 6.5)
-    np.testing.assert_array_equal(bil, upsample_bilinear(tok.transpose(1, 2, 0), (60, 75), patch_size=14))
-    np.testing.assert_allclose(bil[0, 0], tok[:, 0, 0], atol=1e-6)        # corner: edge value kept
+    np.testing.assert_array_equal(bil, upsample_bilinear(tok, (60, 75), patch_size=14))
+    np.testing.assert_allclose(bil[0, 0], tok[0, 0], atol=1e-6)           # corner: edge value kept
     # pixel (34, 35) sits 0.5 px from token (2, 2)'s centre (34.5, 34.5): weights 13.5/14 and 0.5/14
     wy = np.array([0.5, 13.5]) / 14                                        # tokens 1, 2 along rows
     wx = np.array([13.5, 0.5]) / 14                                        # tokens 2, 3 along columns
-    want = np.einsum("i,j,dij->d", wy, wx, tok[:, 1:3, 2:4])
+    want = np.einsum("i,j,ijd->d", wy, wx, tok[1:3, 2:4])
     np.testing.assert_allclose(bil[34, 35], want, atol=1e-5)
     gui = vit_features(img, fake, upsample="guided", guided_radius=4)
     assert gui.shape == bil.shape and np.isfinite(gui).all()
@@ -306,7 +306,7 @@ def test_vit_features_pixel_grid(fake):
 @pytest.mark.parametrize("upsample", ["bilinear", "guided"])
 def test_pca_on_tokens_equals_pca_on_pixels(fake, upsample):
     img = _image((70, 84))
-    pca = PCAReducer(3).fit(vit_patch_features(img, fake).reshape(8, -1).T)
+    pca = PCAReducer(3).fit(vit_patch_features(img, fake).reshape(-1, 8))
     full = vit_features(img, fake, upsample=upsample)
     reduced = vit_features(img, fake, upsample=upsample, pca=pca)
     assert reduced.shape == (70, 84, 3)
@@ -326,8 +326,8 @@ def test_dinov2_single_tile_exact_and_multi_tile(dinov2):
     small = _image((100, 130))
     tok = vit_patch_features(small, dinov2)
     with torch.inference_mode():
-        want = dinov2.forward_features(_normalised_padded(small))[0].numpy()
-    assert tok.shape == (384, 8, 10)
+        want = dinov2.forward_features(_normalised_padded(small))[0].numpy().transpose(1, 2, 0)
+    assert tok.shape == (8, 10, 384) and tok.flags.c_contiguous
     np.testing.assert_array_equal(tok, want)
 
     # several windows (smaller than the default 518 px to keep the test quick on a CPU)
@@ -335,14 +335,37 @@ def test_dinov2_single_tile_exact_and_multi_tile(dinov2):
     calls = []
     tok = vit_patch_features(big, dinov2, tile_size=224, tile_overlap=56, batch_size=2,
                              progress=lambda d, t: calls.append((d, t)))
-    assert tok.shape == (384, 22, 24) and tok.dtype == np.float32 and np.isfinite(tok).all()
+    assert tok.shape == (22, 24, 384) and tok.dtype == np.float32 and np.isfinite(tok).all()
     assert calls[-1] == (4, 4)      # starts (0, 6) x (0, 8) in windows of 16 tokens
     untiled = vit_patch_features(big, dinov2, tile_size=10_000)
     # DINOv2's position embedding makes windows differ from the whole image, a little
-    cos = (tok * untiled).sum(0) / np.linalg.norm(tok, axis=0) / np.linalg.norm(untiled, axis=0)
+    cos = (tok * untiled).sum(-1) / np.linalg.norm(tok, axis=-1) / np.linalg.norm(untiled, axis=-1)
     assert cos.mean() > 0.9, cos.mean()
     feats = vit_features(small, dinov2, upsample="guided")
     assert feats.shape == (100, 130, 384) and feats.dtype == np.float32 and np.isfinite(feats).all()
+
+
+def test_featurizer_tokens_are_channels_last(dinov2):
+    """Featurizer.vit_tokens and fit_pca use the (gh, gw, D) layout of vit_patch_features."""
+    from napari_vitseg.features.config import FeatureConfig
+    from napari_vitseg.features.stack import Featurizer
+
+    img = _image((60, 75))
+    cfg = FeatureConfig(backbone="dinov2_vits14_reg", classical=False, vit_pca=4, upsample="bilinear")
+    fz = Featurizer(cfg, backbone=dinov2, device="cpu")
+    raw = vit_patch_features(img, dinov2, tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap)
+    tok = fz.vit_tokens(img)
+    assert tok.shape == (5, 6, 4) and tok.dtype == np.float32 and tok.flags.c_contiguous
+    # BLAS may round the projection of differently stored rows differently: close, not equal
+    np.testing.assert_allclose(tok, fz.pca_.transform(raw), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(fz.compute(img), vit_features(img, dinov2, upsample="bilinear", pca=fz.pca_))
+    basis = fz.pca_.to_arrays()
+    fz.fit_pca(raw.reshape(-1, 384))  # (N, D) rows: the same basis
+    for k, v in fz.pca_.to_arrays().items():
+        np.testing.assert_array_equal(v, basis[k])
+    for bad in (np.ascontiguousarray(raw.transpose(2, 0, 1)), raw[..., :5], raw[None]):
+        with pytest.raises(VitsegError, match="channels last"):
+            fz.fit_pca(bad)
 
 
 # -- PCA -------------------------------------------------------------------------------------
@@ -365,8 +388,8 @@ def test_pca_matches_sklearn_and_round_trips():
     np.testing.assert_array_equal(back.transform(x), y)
     arrs = PCAReducer.from_arrays({**ours.to_arrays(), "other": np.zeros(1)})
     np.testing.assert_array_equal(arrs.transform(x), y)
-    tokens = x[:30].T.reshape(10, 5, 6)
-    np.testing.assert_allclose(ours.transform_tokens(tokens), y[:30].T.reshape(4, 5, 6), atol=1e-5)
+    tokens = x[:30].reshape(5, 6, 10)  # a (h, w, D) token grid, as vit_patch_features returns
+    np.testing.assert_allclose(ours.transform(tokens), y[:30].reshape(5, 6, 4), atol=1e-5)
 
 
 def test_pca_subsample_is_seeded():

@@ -153,7 +153,7 @@ def test_vit_pca_basis_kept_and_in_cache_key(nanoparticles):
     assert seg.cache.misses == misses  # second training: features from the cache
     for k, v in seg.featurizer.pca_.to_arrays().items():
         np.testing.assert_array_equal(v, basis[k])
-    seg.featurizer.fit_pca(np.random.default_rng(0).normal(size=(384, 5, 5)).astype(np.float32))
+    seg.featurizer.fit_pca(np.random.default_rng(0).normal(size=(5, 5, 384)).astype(np.float32))
     assert seg.featurizer.state_key != key
 
 
