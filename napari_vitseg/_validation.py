@@ -17,6 +17,7 @@ __all__ = [
     "as_float32",
     "check_finite",
     "check_option",
+    "check_number",
 ]
 
 
@@ -157,3 +158,57 @@ def as_float32(array, name: str = "image") -> np.ndarray:
     check_dtype(array, name)
     check_finite(array, name)
     return array.astype(np.float32, copy=False)
+
+
+def check_number(value, name: str, *, kind: str = "int", low=None, high=None, allow_none: bool = False,
+                 owner: str | None = None):
+    """Check a numeric parameter against a closed range (scikit-learn's message style).
+
+    Parameters
+    ----------
+    value : object
+    name : str
+        Parameter name, for the message.
+    kind : {'int', 'float'}
+        ``'int'`` accepts Python / numpy integers (not bool); ``'float'`` any finite real number.
+    low, high : number, optional
+        Inclusive bounds.
+    allow_none : bool
+        Whether ``None`` is allowed.
+    owner : str, optional
+        Class or function the parameter belongs to, for the message.
+
+    Returns
+    -------
+    int, float or None
+        The value as a Python number.
+
+    Raises
+    ------
+    VitsegError
+        "The 'name' parameter of Owner must be an int in the range [low, high]; got ... instead."
+
+    Examples
+    --------
+    >>> check_number(5, "n_estimators", low=1)
+    5
+    >>> check_number(0, "n_estimators", low=1, owner="RandomForest")
+    Traceback (most recent call last):
+    ...
+    napari_vitseg._validation.VitsegError: The 'n_estimators' parameter of RandomForest must be an int in the range [1, inf]; got 0 instead.
+    """
+    if value is None and allow_none:
+        return None
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    is_real = is_int or (isinstance(value, (float, np.floating)) and np.isfinite(value))
+    ok = is_int if kind == "int" else is_real
+    if ok:
+        v = int(value) if kind == "int" else float(value)
+        ok = (low is None or v >= low) and (high is None or v <= high)
+        if ok:
+            return v
+    rng = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+    what = f"{'an int' if kind == 'int' else 'a number'} in the range {rng}" + (" or None" if allow_none else "")
+    of = f" of {owner}" if owner else ""
+    raise VitsegError(f"The {name!r} parameter{of} must be {what}; got {value!r} instead.")
+

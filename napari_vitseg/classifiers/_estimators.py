@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import check_is_fitted
 
-from .._validation import VitsegError
+from .._validation import VitsegError, check_number, check_option
 
 __all__ = ["RandomForestPixelClassifier", "XGBoostPixelClassifier", "make_classifier", "CLASSIFIERS"]
 
@@ -48,6 +48,23 @@ def _prepare_xy(X, y, max_samples_per_class, random_state):
 
 class _PixelClassifierMixin:
     feature_names_in_: np.ndarray
+    #: name -> (kind, low, high, allow_none) for numeric parameters
+    _numeric_params: dict = {}
+
+    def validate_params(self) -> None:
+        """Check every parameter against its declared range (called by ``fit`` and on loading).
+
+        Raises
+        ------
+        VitsegError
+            Names the parameter, the allowed values and the value received.
+        """
+        owner = type(self).__name__
+        for name, (kind, low, high, allow_none) in self._numeric_params.items():
+            check_number(getattr(self, name), name, kind=kind, low=low, high=high, allow_none=allow_none,
+                         owner=owner)
+        if self.n_jobs == 0:
+            raise VitsegError(f"The 'n_jobs' parameter of {owner} must be -1 (all cores) or >= 1; got 0 instead.")
 
     def _set_feature_names(self, feature_names, n_features):
         if feature_names is not None:
@@ -103,6 +120,22 @@ class RandomForestPixelClassifier(_PixelClassifierMixin, ClassifierMixin, BaseEs
     """
 
     kind = "rf"
+    _numeric_params = {
+        "n_estimators": ("int", 1, 10_000, False),
+        "max_depth": ("int", 1, 1000, True),
+        "min_samples_leaf": ("int", 1, 10**9, False),
+        "max_samples_per_class": ("int", 1, 10**9, True),
+        "n_jobs": ("int", -1, 1024, False),
+        "random_state": ("int", 0, 2**32 - 1, True),
+    }
+
+    def validate_params(self) -> None:
+        super().validate_params()
+        mf = self.max_features
+        if isinstance(mf, str):
+            check_option(mf, ("sqrt", "log2"), "max_features")
+        else:
+            check_number(mf, "max_features", kind="float", low=1e-9, high=1.0, owner=type(self).__name__)
 
     def __init__(self, n_estimators=100, max_depth=None, min_samples_leaf=1, max_features="sqrt",
                  max_samples_per_class=20_000, n_jobs=-1, random_state=0):
@@ -135,6 +168,7 @@ class RandomForestPixelClassifier(_PixelClassifierMixin, ClassifierMixin, BaseEs
         """
         from sklearn.ensemble import RandomForestClassifier
 
+        self.validate_params()
         X, y, classes = _prepare_xy(X, y, self.max_samples_per_class, self.random_state)
         est = RandomForestClassifier(
             n_estimators=self.n_estimators, max_depth=self.max_depth,
@@ -183,6 +217,20 @@ class XGBoostPixelClassifier(_PixelClassifierMixin, ClassifierMixin, BaseEstimat
     """
 
     kind = "xgb"
+    _numeric_params = {
+        "n_estimators": ("int", 1, 10_000, False),
+        "max_depth": ("int", 1, 64, False),
+        "learning_rate": ("float", 1e-6, 10.0, False),
+        "max_samples_per_class": ("int", 1, 10**9, True),
+        "n_jobs": ("int", -1, 1024, False),
+        "random_state": ("int", 0, 2**31 - 1, False),
+    }
+
+    def validate_params(self) -> None:
+        super().validate_params()
+        if not isinstance(self.device, str) or not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
+            raise VitsegError(f"The 'device' parameter of XGBoostPixelClassifier must be 'cpu' or 'cuda[:N]'; "
+                              f"got {self.device!r} instead.")
 
     def __init__(self, n_estimators=100, max_depth=6, learning_rate=0.3, max_samples_per_class=20_000,
                  n_jobs=-1, random_state=0, device="cpu"):
@@ -210,6 +258,7 @@ class XGBoostPixelClassifier(_PixelClassifierMixin, ClassifierMixin, BaseEstimat
         """Fit on labelled pixels; same contract as :meth:`RandomForestPixelClassifier.fit`."""
         import xgboost as xgb
 
+        self.validate_params()
         X, y, classes = _prepare_xy(X, y, self.max_samples_per_class, self.random_state)
         y_idx = np.searchsorted(classes, y)
         w = compute_sample_weight("balanced", y_idx)
@@ -247,12 +296,14 @@ def make_classifier(kind: str = "rf", **params):
     Raises
     ------
     VitsegError
-        Unknown kind or parameter.
+        Unknown kind or parameter, or a parameter out of its range.
     """
     if kind not in CLASSIFIERS:
         raise VitsegError(f"The 'classifier' parameter must be one of {sorted(CLASSIFIERS)}; got {kind!r} instead.")
     cls = CLASSIFIERS[kind]
     try:
-        return cls(**params)
+        est = cls(**params)
     except TypeError as e:
         raise VitsegError(f"Bad parameter for classifier {kind!r}: {e}") from None
+    est.validate_params()
+    return est

@@ -26,6 +26,7 @@ import numpy as np
 
 from .._validation import VitsegError
 from ._estimators import CLASSIFIERS, RandomForestPixelClassifier, XGBoostPixelClassifier
+from ._schema import LIMITS, validate_metadata
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_classifier_file", "load_classifier_file", "read_metadata"]
 
@@ -95,11 +96,37 @@ def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = 
     return path
 
 
+def _check_members(zf: zipfile.ZipFile, path: Path, limits: dict[str, int], max_members: int, what: str) -> None:
+    """Refuse a zip whose directory declares too many, too large or too compressed members
+    (checked before anything is decompressed)."""
+    infos = zf.infolist()
+    if len(infos) > max_members:
+        raise VitsegError(f"{what} of {str(path)!r} has {len(infos)} members (at most {max_members}); it was not "
+                          "written by napari-vitseg.")
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        raise VitsegError(f"{what} of {str(path)!r} holds duplicate members; it was not written by napari-vitseg.")
+    total = 0
+    for info in infos:
+        limit = limits.get(info.filename, limits.get("*", 0))
+        total += info.file_size
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > limit or (info.file_size > 2**20 and ratio > LIMITS["compression_ratio"]):
+            raise VitsegError(
+                f"{what} of {str(path)!r} declares a member {info.filename[:80]!r} of {info.file_size} bytes "
+                f"(compressed {info.compress_size}); refusing to unpack it."
+            )
+    if total > limits.get("total", sum(limits.values())):
+        raise VitsegError(f"{what} of {str(path)!r} declares {total} bytes in all; refusing to unpack it.")
+
+
 def _open_zip(path: Path) -> zipfile.ZipFile:
     if not path.exists():
         raise VitsegError(f"Classifier file {str(path)!r} does not exist.")
     if path.is_dir():
         raise VitsegError(f"{str(path)!r} is a folder, not a classifier file.")
+    if not path.is_file():
+        raise VitsegError(f"{str(path)!r} is not a regular file (a device, pipe or socket); give a classifier file.")
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:1] == b"\x80" or head[:2] in (b"(d", b"(l", b"cc"):
@@ -111,42 +138,150 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise VitsegError(f"{str(path)!r} is not a napari-vitseg classifier file (not a zip archive).")
     try:
         zf = zipfile.ZipFile(path)
-        bad = zf.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         raise VitsegError(f"Classifier file {str(path)!r} is damaged or truncated ({e}); save it again.") from None
-    if bad is not None:
-        raise VitsegError(f"Classifier file {str(path)!r} is damaged (bad member {bad!r}); save it again.")
+    try:
+        _check_members(zf, path, {"metadata.json": LIMITS["metadata_bytes"], "model.skops": LIMITS["model_bytes"],
+                                  "model.ubj": LIMITS["model_bytes"], "arrays.npz": LIMITS["arrays_bytes"],
+                                  "*": 0, "total": LIMITS["model_bytes"] + LIMITS["arrays_bytes"]
+                                  + LIMITS["metadata_bytes"]},
+                       LIMITS["members"], "The zip")
+    except BaseException:
+        zf.close()
+        raise
     return zf
 
 
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """One member's bytes (its declared size was checked); CRC and truncation errors -> VitsegError."""
+    try:
+        return zf.read(name)
+    except KeyError:
+        raise VitsegError(f"{str(path)!r} lacks its member {name!r}; save the classifier again.") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as e:
+        raise VitsegError(f"Classifier file {str(path)!r} is damaged ({name}: {e}); save it again.") from None
+
+
 def read_metadata(path) -> dict:
-    """Read only the JSON metadata of a classifier file.
+    """Read and validate only the JSON metadata of a classifier file.
+
+    Returns
+    -------
+    dict
+        Checked by :func:`~napari_vitseg.classifiers._schema.validate_metadata`.
 
     Raises
     ------
     VitsegError
-        Missing file, pickle, not a zip, truncated, or not a napari-vitseg classifier.
+        Missing file, not a regular file, pickle, not a zip, truncated, over the size limits,
+        invalid metadata, or a format newer than this napari-vitseg.
     """
     path = Path(path)
     with _open_zip(path) as zf:
-        try:
-            meta = json.loads(zf.read("metadata.json"))
-        except KeyError:
-            raise VitsegError(f"{str(path)!r} has no metadata.json: not a napari-vitseg classifier.") from None
-        except json.JSONDecodeError as e:
-            raise VitsegError(f"The metadata of {str(path)!r} is not valid JSON ({e}).") from None
-    if meta.get("format") != FORMAT_NAME:
-        raise VitsegError(f"{str(path)!r} is not a napari-vitseg classifier (format {meta.get('format')!r}).")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+        if "metadata.json" not in zf.namelist():
+            raise VitsegError(f"{str(path)!r} has no metadata.json: not a napari-vitseg classifier.")
+        raw = _read_member(zf, "metadata.json", path)
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise VitsegError(f"The metadata of {str(path)!r} is not valid JSON ({str(e)[:100]}).") from None
+    if isinstance(meta, dict) and isinstance(meta.get("format_version"), int) and meta["format_version"] > FORMAT_VERSION:
         raise VitsegError(
             f"{str(path)!r} uses classifier format {meta['format_version']}, newer than this napari-vitseg "
             f"supports ({FORMAT_VERSION}); upgrade napari-vitseg."
         )
-    return meta
+    return validate_metadata(meta, path)
+
+
+def _read_npz(data: bytes, path: Path) -> dict[str, np.ndarray]:
+    """Numeric arrays of ``arrays.npz``; declared shapes are checked before any array is read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as inner:
+            _check_members(inner, path, {"*": LIMITS["arrays_bytes"], "total": LIMITS["arrays_bytes"]}, 64,
+                           "arrays.npz")
+            out = {}
+            for info in inner.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise VitsegError(f"arrays.npz of {str(path)!r} holds {info.filename[:80]!r}, not an array.")
+                with inner.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read_header is None:
+                        raise VitsegError(f"arrays.npz of {str(path)!r} uses .npy format {version}; refusing it.")
+                    shape, fortran, dtype = read_header(f)  # the header only: shape and dtype
+                    if dtype.hasobject or dtype.kind not in "biuf":
+                        raise VitsegError(f"arrays.npz of {str(path)!r} holds a non-numeric array; refusing it.")
+                    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if nbytes > info.file_size:
+                        raise VitsegError(f"arrays.npz of {str(path)!r} declares an array larger than its data.")
+                    data = f.read(nbytes)
+                    if len(data) != nbytes:
+                        raise VitsegError(f"arrays.npz of {str(path)!r} is truncated; save the classifier again.")
+                    arr = np.frombuffer(data, dtype=dtype).copy()
+                    out[info.filename[:-4]] = (arr.reshape(shape[::-1]).transpose() if fortran
+                                               else arr.reshape(shape))
+            return out
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+        if isinstance(e, VitsegError):
+            raise
+        raise VitsegError(f"arrays.npz of {str(path)!r} is damaged ({str(e)[:100]}); save the classifier again.") from None
+
+
+def _check_forest(model, n_features: int, classes: np.ndarray, path: Path) -> None:
+    """Check every tree of a loaded random forest before it is used.
+
+    scikit-learn's prediction trusts the tree arrays: a child index outside the tree or a
+    feature index >= n_features reads outside memory (a crash, not an exception). A valid tree
+    built by scikit-learn numbers nodes depth-first, so each internal node's children come after
+    it; leaves have both children -1.
+    """
+    from sklearn.tree import DecisionTreeClassifier
+
+    k = len(classes)
+    estimators = getattr(model, "estimators_", None)
+    if not isinstance(estimators, list) or not estimators or len(estimators) > 10_000:
+        raise VitsegError(f"The random forest in {str(path)!r} has no valid list of trees.")
+    if getattr(model, "n_features_in_", None) != n_features or getattr(model, "n_outputs_", None) != 1:
+        raise VitsegError(f"The random forest in {str(path)!r} does not take {n_features} features; refusing it.")
+    if not np.array_equal(np.asarray(getattr(model, "classes_", [])), classes):
+        raise VitsegError(f"The random forest in {str(path)!r} predicts other classes than its metadata says.")
+    for t, est in enumerate(estimators):
+        bad = f"Tree {t} of the random forest in {str(path)!r}"
+        if type(est) is not DecisionTreeClassifier or getattr(est, "n_outputs_", None) != 1:
+            raise VitsegError(f"{bad} is not a single-output decision tree; refusing the file.")
+        if getattr(est, "n_classes_", None) != k or getattr(est, "n_features_in_", None) != n_features:
+            raise VitsegError(f"{bad} does not match the forest's classes or features; refusing the file.")
+        tree = est.tree_
+        n = int(tree.node_count)
+        left, right = np.asarray(tree.children_left), np.asarray(tree.children_right)
+        feature, threshold = np.asarray(tree.feature), np.asarray(tree.threshold)
+        value = np.asarray(tree.value)
+        if (n < 1 or tree.n_features != n_features or tree.n_outputs != 1 or list(tree.n_classes) != [k]
+                or left.shape != (n,) or right.shape != (n,) or feature.shape != (n,) or threshold.shape != (n,)
+                or value.shape != (n, 1, k)):
+            raise VitsegError(f"{bad} has arrays of inconsistent shapes; refusing the file.")
+        idx = np.arange(n)
+        leaf = left == -1
+        internal = ~leaf
+        if (np.any(right[leaf] != -1) or np.any(left[internal] <= idx[internal])
+                or np.any(right[internal] <= idx[internal]) or np.any(left[internal] >= n)
+                or np.any(right[internal] >= n)):
+            raise VitsegError(f"{bad} has child indices outside the tree; refusing the file.")
+        if np.any(feature[internal] < 0) or np.any(feature[internal] >= n_features):
+            raise VitsegError(f"{bad} splits on features outside 0..{n_features - 1}; refusing the file.")
+        if not np.all(np.isfinite(threshold[internal])) or not np.all(np.isfinite(value)):
+            raise VitsegError(f"{bad} holds non-finite thresholds or values; refusing the file.")
 
 
 def load_classifier_file(path):
     """Load a classifier file without executing code from it.
+
+    Everything is checked before use: the zip directory's declared sizes (before any member is
+    decompressed), the metadata schema, the classifier's parameters, the types inside the skops
+    model (scikit-learn trees and numpy arrays only), every tree's arrays (children and
+    features in range, finite thresholds, value shapes matching the classes), XGBoost's feature
+    and class counts, and the shapes of ``arrays.npz``.
 
     Returns
     -------
@@ -157,58 +292,80 @@ def load_classifier_file(path):
     Raises
     ------
     VitsegError
-        Missing, pickled, truncated or foreign files; untrusted types inside the skops model.
+        Missing, pickled, truncated, oversized or foreign files; invalid metadata; untrusted
+        types or out-of-range trees inside the model.
     """
     path = Path(path)
     meta = read_metadata(path)
-    c = meta.get("classifier") or {}
-    kind = c.get("kind")
-    if kind not in CLASSIFIERS:
-        raise VitsegError(f"{str(path)!r} holds an unknown classifier kind {kind!r}.")
+    c = meta["classifier"]
+    kind = c["kind"]
     with _open_zip(path) as zf:
-        try:
-            blob = zf.read(c["model_file"])
-        except KeyError:
-            raise VitsegError(f"{str(path)!r} lacks its model member {c.get('model_file')!r}; save it again.") from None
-        arrays = {}
-        if "arrays.npz" in zf.namelist():
-            with np.load(io.BytesIO(zf.read("arrays.npz")), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-    est = CLASSIFIERS[kind](**c.get("params", {}))
+        blob = _read_member(zf, c["model_file"], path)
+        arrays = _read_npz(_read_member(zf, "arrays.npz", path), path) if "arrays.npz" in zf.namelist() else {}
+    try:
+        est = CLASSIFIERS[kind](**c.get("params", {}))
+        est.validate_params()
+    except TypeError as e:
+        raise VitsegError(f"{str(path)!r} holds unknown classifier parameters ({e}); save it again.") from None
+    except VitsegError as e:
+        raise VitsegError(f"{str(path)!r} holds invalid classifier parameters: {e}") from None
+    classes = np.asarray(c["classes"], dtype=np.int64)
+    n_features = int(c["n_features_in"])
     if kind == "rf":
-        import skops.io as sio
-
-        untrusted = [t for t in sio.get_untrusted_types(data=blob) if t not in _TRUSTED_SKOPS_TYPES]
-        if untrusted:
-            raise VitsegError(f"{str(path)!r} contains untrusted types {untrusted}; refusing to load it.")
-        try:
-            model = sio.loads(blob, trusted=_TRUSTED_SKOPS_TYPES)
-        except Exception as e:  # skops raises several types for malformed or untrusted content
-            raise VitsegError(f"The model in {str(path)!r} cannot be loaded safely ({e}).") from None
-        from sklearn.ensemble import RandomForestClassifier
-
-        if type(model) is not RandomForestClassifier:
-            raise VitsegError(
-                f"{str(path)!r} holds a {type(model).__name__}, not a random forest; refusing to use it."
-            )
+        model = _load_skops(blob, path)
+        _check_forest(model, n_features, classes, path)
+        model.n_jobs, model.verbose = est.n_jobs, 0  # never the file's thread count
         est.estimator_ = model
     else:
-        import xgboost as xgb
-
-        booster = xgb.Booster()
-        try:
-            booster.load_model(bytearray(blob))
-        except xgb.core.XGBoostError as e:
-            raise VitsegError(f"The XGBoost model in {str(path)!r} cannot be read ({e}).") from None
-        est.booster_ = booster
-    est.classes_ = np.asarray(c["classes"], dtype=np.int64)
-    est.n_features_in_ = int(c["n_features_in"])
-    names = meta.get("feature_names")
-    if names is not None:
-        if len(names) != est.n_features_in_:
-            raise VitsegError(
-                f"{str(path)!r} is inconsistent: {len(names)} feature names for a classifier of "
-                f"{est.n_features_in_} features."
-            )
-        est.feature_names_in_ = np.asarray(names, dtype=object)
+        est.booster_ = _load_xgboost(blob, path, n_features, len(classes))
+    est.classes_ = classes
+    est.n_features_in_ = n_features
+    if meta.get("feature_names") is not None:
+        est.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
     return est, meta, arrays
+
+
+def _load_skops(blob: bytes, path: Path):
+    import skops.io as sio
+    from sklearn.ensemble import RandomForestClassifier
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as inner:
+            _check_members(inner, path, {"*": LIMITS["model_bytes"], "total": LIMITS["model_bytes"]},
+                           LIMITS["skops_members"], "The skops model")
+        untrusted = [t for t in sio.get_untrusted_types(data=blob) if t not in _TRUSTED_SKOPS_TYPES]
+    except VitsegError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a pickle or garbage instead of a skops zip
+        raise VitsegError(f"The model in {str(path)!r} is not a skops file ({type(e).__name__}); refusing it.") from None
+    if untrusted:
+        raise VitsegError(f"{str(path)!r} contains untrusted types {untrusted[:5]}; refusing to load it.")
+    try:
+        model = sio.loads(blob, trusted=_TRUSTED_SKOPS_TYPES)
+    except Exception as e:  # noqa: BLE001 - skops raises several types for malformed or untrusted content
+        raise VitsegError(f"The model in {str(path)!r} cannot be loaded safely ({type(e).__name__}: "
+                          f"{str(e)[:100]}).") from None
+    if type(model) is not RandomForestClassifier:
+        raise VitsegError(f"{str(path)!r} holds a {type(model).__name__}, not a random forest; refusing to use it.")
+    return model
+
+
+def _load_xgboost(blob: bytes, path: Path, n_features: int, n_classes: int):
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(blob))
+    except xgb.core.XGBoostError as e:
+        raise VitsegError(f"The XGBoost model in {str(path)!r} cannot be read ({str(e).splitlines()[0][:100]}).") from None
+    if booster.num_features() != n_features:
+        raise VitsegError(f"The XGBoost model in {str(path)!r} takes {booster.num_features()} features, its metadata "
+                          f"says {n_features}; refusing the file.")
+    try:
+        n_out = int(json.loads(booster.save_config())["learner"]["learner_model_param"]["num_class"])
+    except (KeyError, ValueError, TypeError):
+        raise VitsegError(f"The XGBoost model in {str(path)!r} has no readable class count; refusing it.") from None
+    if (n_classes == 2 and n_out not in (0, 1)) or (n_classes > 2 and n_out != n_classes):
+        raise VitsegError(f"The XGBoost model in {str(path)!r} predicts {n_out} classes, its metadata says "
+                          f"{n_classes}; refusing the file.")
+    return booster

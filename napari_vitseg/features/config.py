@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from .._validation import VitsegError, check_option
+from .._validation import VitsegError, check_number, check_option
 
 __all__ = ["FeatureConfig", "CLASSICAL_FAMILIES", "UPSAMPLERS"]
 
@@ -13,6 +13,9 @@ __all__ = ["FeatureConfig", "CLASSICAL_FAMILIES", "UPSAMPLERS"]
 CLASSICAL_FAMILIES = ("gaussian", "gradient", "laplacian", "hessian", "structure", "dog")
 #: ViT feature upsampling methods (see :mod:`napari_vitseg.features.upsample`).
 UPSAMPLERS = ("bilinear", "guided")
+#: Largest Gaussian scale (px) and number of scales of the classical filters.
+MAX_SIGMA = 256.0
+MAX_SIGMAS = 16
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ class FeatureConfig:
     _version: int = field(default=1, repr=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
+        try:
+            object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
+        except (TypeError, ValueError):
+            raise VitsegError(f"sigmas must be numbers (pixels); got {self.sigmas!r}.") from None
         object.__setattr__(self, "families", tuple(self.families))
         if self.vit_channels is not None:
             object.__setattr__(self, "vit_channels", tuple(int(c) for c in self.vit_channels))
@@ -83,14 +89,21 @@ class FeatureConfig:
         for fam in self.families:
             check_option(fam, CLASSICAL_FAMILIES, "families")
         check_option(self.upsample, UPSAMPLERS, "upsample")
-        if any(s <= 0 for s in self.sigmas):
-            raise VitsegError(f"sigmas must be positive (pixels); got {self.sigmas}.")
+        if len(self.sigmas) > MAX_SIGMAS or any(not (0 < s <= MAX_SIGMA) for s in self.sigmas):
+            raise VitsegError(
+                f"sigmas must be at most {MAX_SIGMAS} scales in (0, {MAX_SIGMA:g}] pixels; got {self.sigmas}."
+            )
         if self.backbone is None and not self.classical:
             raise VitsegError("The feature config has no features: enable classical features or pick a backbone.")
         if self.classical and not (self.sigmas or self.include_intensity):
             raise VitsegError("Classical features need at least one sigma or include_intensity=True.")
         if self.vit_pca is not None and self.vit_pca < 1:
             raise VitsegError(f"vit_pca must be a positive number of components or None; got {self.vit_pca}.")
+        for name, low, high in (("tile_size", 28, 4096), ("tile_overlap", 0, 4095), ("batch_size", 1, 256),
+                                ("guided_radius", 0, 256)):
+            check_number(getattr(self, name), name, low=low, high=high, owner="FeatureConfig")
+        check_number(self.guided_eps, "guided_eps", kind="float", low=1e-12, high=1e6, owner="FeatureConfig")
+        check_number(self.vit_pca, "vit_pca", low=1, high=4096, allow_none=True, owner="FeatureConfig")
         if self.tile_size < 28 or self.tile_overlap < 0 or self.tile_overlap >= self.tile_size:
             raise VitsegError(
                 f"tile_size must be >= 28 px and 0 <= tile_overlap < tile_size; got {self.tile_size}, {self.tile_overlap}."

@@ -85,8 +85,11 @@ def config_from_metadata(meta: dict, estimator, path) -> SegmenterConfig:
     """
     try:
         features = FeatureConfig.from_dict(meta["feature_config"])
-    except (KeyError, TypeError) as e:
-        raise VitsegError(f"{str(path)!r} has no valid feature config ({e}).") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, VitsegError):
+            raise VitsegError(f"{str(path)!r}: {e}") from None
+        raise VitsegError(f"{str(path)!r} has no valid feature config ({type(e).__name__}: {str(e)[:100]}); "
+                          "save the classifier again.") from None
     table = {c["id"]: c for c in meta.get("classes", [])}
     n = max(table, default=0)
     names = tuple(table[i]["name"] if i in table else default_class_name(i) for i in range(1, n + 1))

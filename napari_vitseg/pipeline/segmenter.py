@@ -96,12 +96,14 @@ class SegmenterConfig:
     class_names : tuple of str or None
         Names of classes 1..K (default ``'class k'``).
     class_colors : tuple of str or None
-        Hex colours of classes 1..K (default :data:`DEFAULT_COLORS`).
+        Colours of classes 1..K, stored as ``'#rrggbb'`` (any matplotlib colour is accepted;
+        default :data:`DEFAULT_COLORS`).
 
     Raises
     ------
     VitsegError
-        Unknown classifier kind or parameter.
+        Unknown classifier kind or parameter, a parameter out of range, names longer than 200
+        characters, colours that are not colours.
 
     Examples
     --------
@@ -123,10 +125,19 @@ class SegmenterConfig:
             raise VitsegError(f"features must be a FeatureConfig; got {type(self.features).__name__}.")
         check_option(self.classifier, CLASSIFIERS, "classifier")
         object.__setattr__(self, "classifier_params", dict(self.classifier_params or {}))
-        for name in ("class_names", "class_colors"):
-            v = getattr(self, name)
-            if v is not None:
-                object.__setattr__(self, name, tuple(str(x) for x in v))
+        if self.class_names is not None:
+            names = tuple(str(x) for x in self.class_names)
+            if len(names) > 255 or any(len(n) > 200 for n in names):
+                raise VitsegError("Give at most 255 class names of at most 200 characters each.")
+            object.__setattr__(self, "class_names", names)
+        if self.class_colors is not None:
+            from matplotlib.colors import to_hex
+
+            try:
+                colors = tuple(to_hex(c) for c in self.class_colors)
+            except ValueError as e:
+                raise VitsegError(f"Class colours must be colour names or '#rrggbb' ({e}).") from None
+            object.__setattr__(self, "class_colors", colors)
         make_classifier(self.classifier, **self.classifier_params)  # unknown parameters fail here
 
     def replace(self, **changes) -> SegmenterConfig:
