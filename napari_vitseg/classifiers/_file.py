@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from .._validation import VitsegError
+from ..io._atomic import atomic_write
 from ._estimators import CLASSIFIERS, RandomForestPixelClassifier, XGBoostPixelClassifier
 from ._schema import LIMITS, validate_metadata
 
@@ -54,8 +55,9 @@ def _estimator_bytes(estimator) -> tuple[str, bytes]:
     raise VitsegError(f"Cannot save a classifier of type {type(estimator).__name__}.")
 
 
-def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = None) -> Path:
-    """Write a classifier file atomically (temporary name, then rename).
+def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = None, *,
+                         inputs: Iterable = ()) -> Path:
+    """Write a classifier file atomically (a unique temporary name, then rename).
 
     Parameters
     ----------
@@ -67,10 +69,17 @@ def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = 
         JSON-serialisable metadata; the format name/version and classifier section are added.
     arrays : dict of str to ndarray, optional
         Extra numeric state, stored in ``arrays.npz``.
+    inputs : iterable of path, optional
+        Files the caller read (image, scribbles): the classifier file must be none of them.
 
     Returns
     -------
     pathlib.Path
+
+    Raises
+    ------
+    VitsegError
+        ``path`` is an input, a folder or a non-regular file, or its folder is missing.
     """
     path = Path(path)
     name, blob = _estimator_bytes(estimator)
@@ -84,15 +93,14 @@ def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = 
         "n_features_in": int(estimator.n_features_in_),
         "model_file": name,
     }
-    tmp = path.with_name(path.name + ".part")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("metadata.json", json.dumps(meta, indent=2, sort_keys=True))
-        zf.writestr(name, blob)
-        if arrays:
-            buf = io.BytesIO()
-            np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-            zf.writestr("arrays.npz", buf.getvalue())
-    os.replace(tmp, path)
+    with atomic_write(path, inputs=inputs, what="classifier file") as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("metadata.json", json.dumps(meta, indent=2, sort_keys=True))
+            zf.writestr(name, blob)
+            if arrays:
+                buf = io.BytesIO()
+                np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+                zf.writestr("arrays.npz", buf.getvalue())
     return path
 
 

@@ -9,6 +9,7 @@ repair) and :mod:`._diagnose`; each registers itself with ``add_subcommands``.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .. import __version__
@@ -53,17 +54,41 @@ def main(argv=None) -> int:
     Returns
     -------
     int
-        0 on success, 2 on bad input (one line on stderr; the traceback with ``--debug``).
+        0 on success, 2 on bad input or any other error (one line on stderr; the traceback with
+        ``--debug``). SIGTERM is handled like Ctrl+C: the running job cleans up and the command
+        exits with 2.
     """
     args = build_parser().parse_args(argv)
+    previous = _terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except VitsegError as e:
         if args.debug:
             raise
         return fail(str(e) or type(e).__name__)
-    except KeyboardInterrupt:
-        return fail("interrupted")
+    except KeyboardInterrupt as e:
+        return fail(f"interrupted{f' ({e})' if str(e) else ''}; finished outputs are kept, nothing is left "
+                    "half-written under its final name")
+    except (Exception, MemoryError, RecursionError) as e:  # noqa: BLE001 - the CLI's one-line promise
+        if args.debug:
+            raise
+        return fail(f"{type(e).__name__}: {e} (unexpected; rerun with --debug for the traceback and report it)")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM (kill, SLURM's time limit, docker stop) clean up like Ctrl+C; returns the old handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,7 +52,7 @@ def segmenter_metadata(seg: Segmenter) -> dict:
     }
 
 
-def save_segmenter(seg: Segmenter, path) -> Path:
+def save_segmenter(seg: Segmenter, path, *, inputs=()) -> Path:
     """Save a fitted segmenter as one classifier file (zip of JSON metadata + skops / XGBoost model).
 
     Written under a temporary name and renamed when complete.
@@ -63,6 +63,8 @@ def save_segmenter(seg: Segmenter, path) -> Path:
         Fitted.
     path : str or pathlib.Path
         Destination, conventionally ``*.vitseg``.
+    inputs : iterable of path, optional
+        Files the classifier was trained from: never overwritten.
 
     Returns
     -------
@@ -70,7 +72,7 @@ def save_segmenter(seg: Segmenter, path) -> Path:
     """
     meta = segmenter_metadata(seg)
     arrays = seg.featurizer.pca_.to_arrays() if seg.featurizer.pca_ is not None else None
-    return save_classifier_file(path, seg.classifier_, meta, arrays=arrays)
+    return save_classifier_file(path, seg.classifier_, meta, arrays=arrays, inputs=inputs)
 
 
 def config_from_metadata(meta: dict, estimator, path) -> SegmenterConfig:

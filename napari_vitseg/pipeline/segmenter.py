@@ -601,7 +601,7 @@ class Segmenter:
         return [{"id": int(c), "name": self._config.class_name(c), "color": self._config.class_color(c)}
                 for c in self.classes_]
 
-    def save(self, path):
+    def save(self, path, *, inputs=()):
         """Save as one classifier file; see :func:`napari_vitseg.pipeline._persist.save_segmenter`.
 
         Returns
@@ -610,7 +610,7 @@ class Segmenter:
         """
         from ._persist import save_segmenter
 
-        return save_segmenter(self, path)
+        return save_segmenter(self, path, inputs=inputs)
 
     @classmethod
     def load(cls, path, **kwargs) -> Segmenter:
