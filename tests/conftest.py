@@ -13,6 +13,16 @@ SAMPLES = REPO / "sample_data"
 SHARED = REPO.parent / "shared" / "data"
 
 
+def pytest_configure(config):
+    # Importing timm after napari created its OpenGL canvas loads triton's LLVM next to the GL
+    # driver's and segfaults the process (see napari_vitseg._widgets._compat); without CUDA,
+    # triton is useless, so hide it for the whole suite: viewer tests (widgets, reader, samples)
+    # and ViT tests run in one process, in any order.
+    from napari_vitseg._widgets._compat import avoid_triton_crash
+
+    avoid_triton_crash()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_weights(tmp_path_factory, monkeypatch):
     """Never touch the user's weights folder, Hugging Face cache or the network in tests."""

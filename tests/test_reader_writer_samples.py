@@ -1,8 +1,7 @@
-"""npe2 contributions: the manifest, the TIFF reader, the labels writer and the sample data."""
+"""npe2 contributions: the manifest, the TIFF / zarr reader, the labels writer and the sample data."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,6 @@ from napari_vitseg import _reader, _sample_data, _writer
 from napari_vitseg._validation import VitsegError
 
 MANIFEST = Path(_reader.__file__).parent / "napari.yaml"
-SHARED = Path(os.environ.get("VITSEG_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-
-
-def shared_data(name: str) -> Path:
-    """A data set of ../shared/data (CI has it beside the checkout)."""
-    p = SHARED / name
-    if not p.exists():
-        pytest.fail(f"shared data {p} is missing: CI must run with ../shared beside the repository")
-    return p
 
 
 def test_manifest_is_valid_and_points_at_these_functions():
@@ -39,6 +29,8 @@ def test_manifest_is_valid_and_points_at_these_functions():
         assert callable(getattr(importlib.import_module(module), attr)), ids[cid]
     r = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+    (reader,) = pm.contributions.readers
+    assert reader.accepts_directories and {"*.tif", "*.tiff", "*.zarr"} <= set(reader.filename_patterns)
 
 
 def test_npe2_contributions_import_no_qt():
@@ -69,9 +61,91 @@ def test_reader_declines_what_it_cannot_read(tmp_path):
     upper = tmp_path / "G.TIFF"
     tifffile.imwrite(upper, np.zeros((4, 4), np.uint8))
     assert _reader.napari_get_reader(str(upper)) is _reader.read_tiff
+    # folders: only zarr stores holding one image we can place
+    (tmp_path / "plain").mkdir()
+    assert _reader.napari_get_reader(str(tmp_path / "plain")) is None
+    assert _reader.napari_get_reader(str(tmp_path / "missing.zarr")) is None
+    (tmp_path / "empty.zarr").mkdir()
+    assert _reader.napari_get_reader(str(tmp_path / "empty.zarr")) is None
+    zarr = pytest.importorskip("zarr")
+    zarr.open_group(tmp_path / "group.zarr", mode="w").create_array("a", shape=(4, 4), dtype=np.uint8)
+    assert _reader.napari_get_reader(str(tmp_path / "group.zarr")) is None  # left to other readers
+    _write_ome_zarr(tmp_path / "t3.ome.zarr", np.zeros((3, 8, 8), np.uint8), "tyx", levels=1)
+    assert _reader.napari_get_reader(str(tmp_path / "t3.ome.zarr")) is None  # a time series
+    assert _reader.napari_get_reader(str(tmp_path / "nothing*.tif")) is None
+    zarr.create_array(tmp_path / "raw.zarr", shape=(2, 4, 4), dtype=np.uint8)
+    assert _reader.napari_get_reader(str(tmp_path / "raw.zarr")) is _reader.read_zarr
+    assert _reader.napari_get_reader(tmp_path / "raw.zarr") is _reader.read_zarr
 
 
-def test_reader_real_images(samples):
+def _write_ome_zarr(path, data, axes, *, levels=3):
+    from ome_zarr.writer import write_image
+
+    write_image(data, str(path), axes=axes, scale_factors=tuple(2 ** i for i in range(1, levels)), method="nearest")
+
+
+def _write_pyramidal_tiff(path, data, n_levels=3):
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(data, subifds=n_levels - 1, metadata={"axes": "ZYX"}, tile=(16, 16))
+        for i in range(1, n_levels):
+            tw.write(data[:, :: 2 ** i, :: 2 ** i], subfiletype=1, tile=(16, 16))
+
+
+def _pyramid_inputs(tmp_path):
+    a = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
+    _write_ome_zarr(tmp_path / "pyr.ome.zarr", a, "zyx")
+    _write_pyramidal_tiff(tmp_path / "pyr.ome.tif", a)
+    return a, [(3, 64, 64), (3, 32, 32), (3, 16, 16)]
+
+
+def test_reader_gives_multiscale_layers_for_pyramids(tmp_path):
+    import dask.array as da
+
+    a, shapes = _pyramid_inputs(tmp_path)
+    for name, reader in (("pyr.ome.zarr", _reader.read_zarr), ("pyr.ome.tif", _reader.read_tiff)):
+        path = str(tmp_path / name)
+        assert _reader.napari_get_reader(path) is reader
+        (data, meta, kind), = reader(path)
+        assert kind == "image" and meta["multiscale"] is True and meta["rgb"] is False and meta["name"] == "pyr"
+        assert meta["metadata"] == {"axes": "ZYX", "channel_axis": None, "path": path, "lazy": True}
+        assert isinstance(data, list) and all(isinstance(d, da.Array) for d in data)
+        assert [d.shape for d in data] == shapes and data[0].chunksize == (1, 64, 64)
+        np.testing.assert_array_equal(np.asarray(data[0][1]), a[1])
+
+
+def test_reader_zarr_without_levels_and_tiff_slices(tmp_path):
+    import dask.array as da
+
+    zarr = pytest.importorskip("zarr")
+    c = np.arange(2 * 3 * 8 * 8, dtype=np.uint16).reshape(2, 3, 8, 8)
+    zarr.create_array(tmp_path / "c.zarr", data=c, dimension_names=["c", "z", "y", "x"])
+    (data, meta, _), = _reader.read_zarr(tmp_path / "c.zarr")
+    assert isinstance(data, da.Array) and data.shape == c.shape and meta["multiscale"] is False
+    assert meta["metadata"]["axes"] == "CZYX" and meta["metadata"]["channel_axis"] == 0
+    (tmp_path / "slices").mkdir()
+    for i in range(4):
+        tifffile.imwrite(tmp_path / "slices" / f"s{i}.tif", np.full((5, 6), i, np.uint8))
+    pattern = str(tmp_path / "slices" / "*.tif")
+    assert _reader.napari_get_reader(pattern) is _reader.read_tiff
+    (data, meta, _), = _reader.read_tiff(pattern)
+    assert isinstance(data, da.Array) and data.shape == (4, 5, 6) and data.chunks[0] == (1,) * 4
+    assert meta["name"] == "slices" and meta["metadata"]["lazy"] is True and meta["metadata"]["axes"] == "ZYX"
+
+
+def test_pyramids_open_as_multiscale_layers_in_napari(make_napari_viewer, tmp_path):
+    a, shapes = _pyramid_inputs(tmp_path)
+    viewer = make_napari_viewer()
+    for name in ("pyr.ome.zarr", "pyr.ome.tif"):
+        layers = viewer.open(str(tmp_path / name), plugin="napari-vitseg")
+        (layer,) = layers
+        assert layer.multiscale and [tuple(d.shape) for d in layer.data] == shapes
+        assert layer.metadata["axes"] == "ZYX" and layer.metadata["lazy"] is True
+        viewer.dims.set_point(0, 2)
+        np.testing.assert_array_equal(np.asarray(layer.data[0][2]), a[2])
+    assert [lay.name for lay in viewer.layers] == ["pyr", "pyr [1]"]
+
+
+def test_reader_real_images(samples, shared_data):
     (data, meta, kind), = _reader.read_tiff(samples / "tem_nanoparticles" / "image.tif")
     assert kind == "image" and isinstance(data, np.ndarray) and data.shape == (518, 518)
     assert meta["name"] == "image" and meta["rgb"] is False and meta["multiscale"] is False

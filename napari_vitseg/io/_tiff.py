@@ -1,17 +1,32 @@
-"""Lazy TIFF reading and atomic, plane-by-plane TIFF writing (tifffile + zarr + dask)."""
+"""Lazy image reading and atomic, plane-by-plane TIFF writing (tifffile + zarr + dask).
+
+:func:`open_image` is the one way to open an image lazily: a TIFF / BigTIFF / OME-TIFF file
+(pyramidal ones with all their levels), a stack of 2D TIFF slices named by a glob pattern,
+or a zarr array / OME-Zarr image (:mod:`napari_vitseg.io._zarr`). Nothing reads pixels until
+they are asked for, and then one plane at a time.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .._validation import VitsegError
-from ._paths import IMAGE_SUFFIXES, is_tiff
+from ._paths import IMAGE_SUFFIXES, is_pattern, is_tiff, is_zarr, pattern_files
 
-__all__ = ["LazyImage", "TiffSeries", "tiff_series", "open_image", "read_image", "TiffPlaneWriter", "write_tiff"]
+__all__ = [
+    "LazyImage",
+    "TiffSeries",
+    "tiff_series",
+    "open_image",
+    "read_image",
+    "plane_chunks",
+    "TiffPlaneWriter",
+    "write_tiff",
+]
 
 
 @dataclass
@@ -21,19 +36,36 @@ class LazyImage:
     Attributes
     ----------
     path : pathlib.Path
+        What was opened: a TIFF file, a zarr folder or a glob pattern of TIFF slices.
     data : dask.array.Array
-        Lazily read pixels, chunked by TIFF page (one plane per chunk for stacks).
+        Lazily read pixels of the full-resolution level, one plane per chunk (see
+        :func:`plane_chunks`).
     axes : str
-        tifffile's axes string of the series (e.g. ``'ZYX'``, ``'YXS'`` for RGB).
+        One letter per axis of ``data``, in tifffile's convention: ``'Z'`` planes, ``'Y'``
+        rows, ``'X'`` columns, ``'C'`` channels, ``'S'`` colour samples (RGB), e.g.
+        ``'ZYX'``, ``'YXS'``, ``'CZYX'``.
+    store : object, optional
+        The open tifffile store, closed by :meth:`close`; ``None`` for zarr.
+    levels : list of dask.array.Array
+        Every resolution level, full resolution (``data``) first, each with the same
+        ``axes``; ``[data]`` for an image that is not pyramidal.
+    kind : str
+        ``'tiff'``, ``'tiff-sequence'`` (a stack of slices) or ``'zarr'``.
     """
 
     path: Path
     data: object
     axes: str
     store: object = None
+    levels: list = field(default_factory=list)
+    kind: str = "tiff"
+
+    def __post_init__(self):
+        if not self.levels:
+            self.levels = [self.data]
 
     def close(self) -> None:
-        """Close the underlying TIFF file (the dask array must not be used afterwards)."""
+        """Close the underlying TIFF file(s) (the dask arrays must not be used afterwards)."""
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -59,11 +91,21 @@ class LazyImage:
 
     @property
     def channel_axis(self) -> int | None:
-        """Index of the samples/channel axis ('S' or 'C') when tifffile reports one."""
+        """Index of the samples/channel axis ('S' or 'C') when there is one."""
         for ch in "SC":
             if ch in self.axes:
                 return self.axes.index(ch)
         return None
+
+    @property
+    def rgb(self) -> bool:
+        """Whether the image is RGB(A): a trailing samples axis of 3 or 4."""
+        return self.axes.endswith("S") and self.shape[-1] in (3, 4)
+
+    @property
+    def multiscale(self) -> bool:
+        """Whether the image has more than one resolution level (a pyramid)."""
+        return len(self.levels) > 1
 
 
 @dataclass(frozen=True)
@@ -76,11 +118,14 @@ class TiffSeries:
         tifffile's axes string (e.g. ``'ZYX'``, ``'YXS'`` for RGB).
     shape : tuple of int
     dtype : numpy.dtype
+    n_levels : int
+        Number of resolution levels (more than 1 for a pyramidal OME-TIFF).
     """
 
     axes: str
     shape: tuple
     dtype: np.dtype
+    n_levels: int = 1
 
     @property
     def nbytes(self) -> int:
@@ -120,7 +165,7 @@ def tiff_series(path) -> TiffSeries:
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
-            return TiffSeries(series.axes, tuple(series.shape), np.dtype(series.dtype))
+            return TiffSeries(series.axes, tuple(series.shape), np.dtype(series.dtype), len(series.levels))
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as e:
         raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({e}).") from None
 
@@ -128,57 +173,151 @@ def tiff_series(path) -> TiffSeries:
 def _check_path(path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise VitsegError(f"File {str(path)!r} does not exist.")
+        raise VitsegError(f"File {str(path)!r} does not exist; check the path.")
     if path.is_dir():
         raise VitsegError(f"{str(path)!r} is a folder; give a TIFF file.")
     return path
 
 
+def plane_chunks(shape, axes: str) -> tuple[int, ...]:
+    """Dask chunks that hold one plane: 1 along every axis before the rows, whole from there on.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    axes : str
+        One letter per axis (tifffile's convention); the rows are ``'Y'``, else the
+        second-to-last axis (third-to-last when the last is ``'S'``).
+
+    Returns
+    -------
+    tuple of int
+
+    Examples
+    --------
+    >>> plane_chunks((6, 518, 518), "ZYX"), plane_chunks((2, 4, 64, 64), "CZYX"), plane_chunks((20, 30, 3), "YXS")
+    ((1, 518, 518), (1, 1, 64, 64), (20, 30, 3))
+    """
+    rows = axes.index("Y") if "Y" in axes else max(0, len(shape) - 2 - axes.endswith("S"))
+    return (1,) * rows + tuple(shape[rows:])
+
+
 def open_image(path) -> LazyImage:
-    """Open a TIFF lazily (tifffile ``aszarr`` -> zarr -> dask); no pixel data is read.
+    """Open an image lazily; no pixel data is read until asked for.
+
+    - a TIFF / BigTIFF / OME-TIFF file: tifffile ``aszarr`` -> zarr -> dask; a pyramidal
+      OME-TIFF gives all its levels;
+    - a glob pattern of 2D TIFF slices (``"slices/*.tif"``): a (Z, Y, X) stack of the files it
+      matches in natural order (``z2`` before ``z10``, as FIJI and ilastik image sequences),
+      one file per plane, through tifffile's ``TiffSequence``;
+    - a zarr array or OME-Zarr image (a folder named ``*.zarr`` / ``*.ome.zarr`` or holding
+      zarr metadata): see :func:`napari_vitseg.io.open_zarr`.
 
     Parameters
     ----------
     path : str or pathlib.Path
-        A TIFF / BigTIFF / OME-TIFF file.
+        A TIFF file, a glob pattern or a zarr folder.
 
     Returns
     -------
     LazyImage
-        Keeps the file open; close it with :meth:`LazyImage.close` or use it as a context
-        manager (``with open_image(p) as im: ...``).
+        ``data`` chunked one plane per chunk; keeps TIFF files open: close it with
+        :meth:`LazyImage.close` or use it as a context manager
+        (``with open_image(p) as im: ...``).
 
     Raises
     ------
     VitsegError
-        Missing file, folder, or a file tifffile cannot read.
+        Missing file, a folder that is no zarr store, a file tifffile cannot read, a pattern
+        that matches no file or slices that differ in shape or dtype, and the zarr errors of
+        :func:`napari_vitseg.io.open_zarr`.
     """
+    if is_pattern(path):
+        return _open_tiff_sequence(os.path.expanduser(os.fspath(path)))
+    path = Path(path).expanduser()
+    if is_zarr(path):
+        from ._zarr import open_zarr
+
+        return open_zarr(path)
+    if path.is_dir():
+        raise VitsegError(
+            f"{str(path)!r} is a folder without zarr metadata; give a TIFF file, a zarr / OME-Zarr "
+            f"folder, or a pattern such as '{path / '*.tif'}' to open its TIFF slices as one stack."
+        )
+    return _open_tiff(_check_path(path))
+
+
+def _open_tiff(path: Path) -> LazyImage:
     import dask.array as da
     import tifffile
     import zarr
 
-    path = _check_path(path)
     axes = tiff_series(path).axes
     try:
         store = tifffile.imread(path, aszarr=True)
         try:
             z = zarr.open(store, mode="r")
+            if hasattr(z, "shape"):
+                arrays = [z]
+            else:  # a pyramid: a multiscales group, full resolution first
+                arrays = [z[d["path"]] for d in z.attrs["multiscales"][0]["datasets"]]
         except BaseException:
             store.close()
             raise
-        if not hasattr(z, "shape"):  # a multiscale group: take level 0
-            z = z[0]
     except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError) as e:
         raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({e}).") from None
-    chunks = (1,) * max(0, z.ndim - 2 - (axes[-1:] in ("S",))) + tuple(z.shape[max(0, z.ndim - 2 - (axes[-1:] in ("S",))):])
-    data = da.from_zarr(z, chunks=chunks)
-    return LazyImage(path=path, data=data, axes=axes, store=store)
+    levels = [da.from_zarr(a, chunks=plane_chunks(a.shape, axes)) for a in arrays]
+    return LazyImage(path=path, data=levels[0], axes=axes, store=store, levels=levels, kind="tiff")
+
+
+def _open_tiff_sequence(pattern: str) -> LazyImage:
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    files = pattern_files(pattern)
+    if not files:
+        raise VitsegError(
+            f"No files match the pattern {pattern!r}; check the folder and the pattern (e.g. 'slices/*.tif')."
+        )
+    def header(f: str) -> TiffSeries:  # headers only: the pixels are read plane by plane, when asked
+        try:
+            return tiff_series(f)
+        except VitsegError as e:
+            raise VitsegError(f"{e} It matches {pattern!r}: remove it or narrow the pattern.") from None
+
+    first = header(files[0])
+    if len(first.shape) != 2 and not (first.rgb and len(first.shape) == 3):
+        raise VitsegError(
+            f"{files[0]!r} holds a {'x'.join(map(str, first.shape))} image (axes {first.axes}); a stack "
+            f"of slices needs one 2D plane (or RGB image) per file. Open it on its own, not as "
+            f"part of {pattern!r}."
+        )
+    for f in files[1:]:
+        s = header(f)
+        if (s.shape, s.dtype) != (first.shape, first.dtype):
+            raise VitsegError(
+                f"Slice {f!r} is {'x'.join(map(str, s.shape))} {s.dtype}, but {files[0]!r} (the first of "
+                f"{len(files)} files matching {pattern!r}) is {'x'.join(map(str, first.shape))} {first.dtype}; "
+                "every slice of a stack needs the same shape and dtype: fix or remove that file, or "
+                "narrow the pattern."
+            )
+    try:
+        seq = tifffile.TiffSequence(files)
+        store = seq.aszarr(chunkshape=first.shape, chunkdtype=first.dtype)  # no pixel read here
+        z = zarr.open(store, mode="r")
+    except (tifffile.TiffFileError, OSError, ValueError) as e:
+        raise VitsegError(f"Cannot open the TIFF slices {pattern!r} as a stack ({e}).") from None
+    axes = "Z" + first.axes
+    data = da.from_zarr(z, chunks=plane_chunks(z.shape, axes))
+    return LazyImage(path=Path(pattern), data=data, axes=axes, store=store, kind="tiff-sequence")
 
 
 def read_image(path) -> np.ndarray:
-    """Read a whole image file into memory (for small images and scribbles).
+    """Read a whole image into memory (for small images and scribbles).
 
-    TIFF files are read with tifffile; PNG, JPEG and BMP (:data:`IMAGE_SUFFIXES`) with imageio.
+    TIFF files are read with tifffile; PNG, JPEG and BMP (:data:`IMAGE_SUFFIXES`) with
+    imageio; zarr folders and glob patterns of TIFF slices through :func:`open_image`.
 
     Parameters
     ----------
@@ -187,7 +326,8 @@ def read_image(path) -> np.ndarray:
     Returns
     -------
     ndarray
-        As stored: (Y, X), (Z, Y, X), (Y, X, 3) for RGB, ...
+        As stored: (Y, X), (Z, Y, X), (Y, X, 3) for RGB, ...; zarr images as
+        :func:`open_image` gives them (singleton axes dropped).
 
     Raises
     ------
@@ -196,6 +336,9 @@ def read_image(path) -> np.ndarray:
     """
     import tifffile
 
+    if is_pattern(path) or is_zarr(path) or Path(path).expanduser().is_dir():
+        with open_image(path) as im:
+            return np.asarray(im.data)
     path = _check_path(path)
     if is_tiff(path) or path.suffix.lower() not in IMAGE_SUFFIXES:
         try:
