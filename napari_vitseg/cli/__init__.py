@@ -19,6 +19,13 @@ from ._common import fail
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (``vitseg: error: ...``, exit 2) for every subcommand."""
+
+    def error(self, message):
+        self.exit(2, f"vitseg: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vitseg`` argument parser with every subcommand.
 
@@ -28,14 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     """
     from . import _diagnose, _segment, _weights
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="vitseg",
         description="Trainable segmentation of microscopy with ViT (DINOv2 / ALiBi-DINOv2 / SINDER) and "
                     "classical features.",
     )
     p.add_argument("--version", action="version", version=f"napari-vitseg {__version__}")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _segment.add_subcommands(sub)
     _weights.add_subcommands(sub)

@@ -176,6 +176,10 @@ def _check_path(path) -> Path:
         raise VitsegError(f"File {str(path)!r} does not exist; check the path.")
     if path.is_dir():
         raise VitsegError(f"{str(path)!r} is a folder; give a TIFF file.")
+    if not path.is_file():  # a FIFO would block forever, a device never ends
+        raise VitsegError(f"{str(path)!r} is not a regular file (a device, pipe or socket); give an image file.")
+    if path.stat().st_size == 0:
+        raise VitsegError(f"{str(path)!r} is empty (0 bytes); give an image file.")
     return path
 
 
