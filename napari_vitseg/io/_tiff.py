@@ -165,9 +165,20 @@ def tiff_series(path) -> TiffSeries:
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
-            return TiffSeries(series.axes, tuple(series.shape), np.dtype(series.dtype), len(series.levels))
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as e:
-        raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({e}).") from None
+            info = TiffSeries(series.axes, tuple(series.shape), np.dtype(series.dtype), len(series.levels))
+            declared = tf.shaped_metadata[0].get("shape") if tf.is_shaped and tf.shaped_metadata else None
+    except VitsegError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile raises struct.error, ValueError, ... for broken files
+        raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({type(e).__name__}: {str(e)[:120]}).") from None
+    if declared is not None and int(np.prod(declared)) != int(np.prod(info.shape)):
+        raise VitsegError(
+            f"{str(path)!r} is damaged or truncated: it declares an image of shape {tuple(declared)} but holds "
+            f"{info.shape}; copy the file again."
+        )
+    if 0 in info.shape:
+        raise VitsegError(f"{str(path)!r} holds an empty image (shape {info.shape}); give an image with pixels.")
+    return info
 
 
 def _check_path(path) -> Path:
@@ -268,8 +279,10 @@ def _open_tiff(path: Path) -> LazyImage:
         except BaseException:
             store.close()
             raise
-    except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError) as e:
-        raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({e}).") from None
+    except VitsegError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to parse the file
+        raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({type(e).__name__}: {str(e)[:120]}).") from None
     levels = [da.from_zarr(a, chunks=plane_chunks(a.shape, axes)) for a in arrays]
     return LazyImage(path=path, data=levels[0], axes=axes, store=store, levels=levels, kind="tiff")
 
@@ -310,8 +323,9 @@ def _open_tiff_sequence(pattern: str) -> LazyImage:
         seq = tifffile.TiffSequence(files)
         store = seq.aszarr(chunkshape=first.shape, chunkdtype=first.dtype)  # no pixel read here
         z = zarr.open(store, mode="r")
-    except (tifffile.TiffFileError, OSError, ValueError) as e:
-        raise VitsegError(f"Cannot open the TIFF slices {pattern!r} as a stack ({e}).") from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse the files
+        raise VitsegError(f"Cannot open the TIFF slices {pattern!r} as a stack ({type(e).__name__}: "
+                          f"{str(e)[:120]}).") from None
     axes = "Z" + first.axes
     data = da.from_zarr(z, chunks=plane_chunks(z.shape, axes))
     return LazyImage(path=Path(pattern), data=data, axes=axes, store=store, kind="tiff-sequence")
@@ -345,10 +359,15 @@ def read_image(path) -> np.ndarray:
             return np.asarray(im.data)
     path = _check_path(path)
     if is_tiff(path) or path.suffix.lower() not in IMAGE_SUFFIXES:
+        tiff_series(path)  # damaged, truncated or empty files end here, from the header
         try:
             return tifffile.imread(path)
-        except (tifffile.TiffFileError, OSError, ValueError) as e:
-            raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({e}).") from None
+        except MemoryError:
+            raise VitsegError(f"{str(path)!r} declares an image too large for this machine's memory; open it "
+                              "lazily (napari's reader, vitseg apply) or check the file.") from None
+        except Exception as e:  # noqa: BLE001 - tifffile raises struct.error, ValueError, ... for broken files
+            raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({type(e).__name__}: "
+                              f"{str(e)[:120]}).") from None
     import imageio.v3 as iio
 
     try:

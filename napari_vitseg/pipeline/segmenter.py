@@ -484,6 +484,7 @@ class Segmenter:
                 f"The classifier was trained on images with {self.n_channels_} channel(s); this one has {nc}. "
                 "Set the channel axis (channel_axis, CLI --channel-axis) to match the training image."
             )
+        check_finite(plane, "image")
         if stride > 1:
             feats = self.plane_features(plane, progress=progress)[::stride, ::stride]
             k = len(self.classes_)
