@@ -24,31 +24,27 @@ from napari_vitseg.features import FeatureConfig
 from napari_vitseg.pipeline import Segmenter
 
 
-@pytest.fixture(scope="module")
-def rf_file(tmp_path_factory):
-    """A real, small random-forest classifier file (classical features)."""
+def _small_classifier(folder: Path, kind: str) -> Path:
+    """A real, small classifier file (classical features) of ``kind``."""
     rng = np.random.default_rng(0)
     image = rng.normal(size=(48, 48)).astype(np.float32)
     image[:, 24:] += 4
     scribbles = np.zeros((48, 48), np.uint8)
     scribbles[5:40, 3:8] = 1
     scribbles[5:40, 40:45] = 2
-    path = tmp_path_factory.mktemp("rf") / "rf.vitseg"
-    Segmenter(FeatureConfig(sigmas=(1,)), "rf", {"n_estimators": 3}).fit(image, scribbles).save(path)
+    path = folder / f"{kind}.vitseg"
+    Segmenter(FeatureConfig(sigmas=(1,)), kind, {"n_estimators": 3}).fit(image, scribbles).save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def rf_file(tmp_path_factory):
+    return _small_classifier(tmp_path_factory.mktemp("rf"), "rf")
 
 
 @pytest.fixture(scope="module")
 def xgb_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    image = rng.normal(size=(48, 48)).astype(np.float32)
-    image[:, 24:] += 4
-    scribbles = np.zeros((48, 48), np.uint8)
-    scribbles[5:40, 3:8] = 1
-    scribbles[5:40, 40:45] = 2
-    path = tmp_path_factory.mktemp("xgb") / "xgb.vitseg"
-    Segmenter(FeatureConfig(sigmas=(1,)), "xgb", {"n_estimators": 3}).fit(image, scribbles).save(path)
-    return path
+    return _small_classifier(tmp_path_factory.mktemp("xgb"), "xgb")
 
 
 def _members(path) -> dict[str, bytes]:
