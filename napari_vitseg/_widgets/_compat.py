@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-__all__ = ["avoid_triton_crash"]
+__all__ = ["MMAP_THRESHOLD", "avoid_triton_crash", "return_large_frees"]
+
+#: Allocations from this size up get their own memory mapping (glibc ``M_MMAP_THRESHOLD``).
+MMAP_THRESHOLD = 2**20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_malloc_tuned = False
 
 
 def _system_llvm_loaded() -> bool:
@@ -45,3 +51,37 @@ def avoid_triton_crash() -> bool:
             return False
     sys.modules["triton"] = None
     return True
+
+
+def return_large_frees() -> bool:
+    """Make glibc give large freed blocks back to the system at once (Linux, once per process).
+
+    A live job allocates big temporaries (a plane's feature scratch, per-tree probabilities,
+    predictions) in several threads: the job's worker, scikit-learn's, OpenCV's, dask's.
+    glibc raises its mmap threshold after the first such block is freed (up to 32 MiB), so the
+    next ones come from per-thread arenas, which keep them after ``free``: on a lazy 4 GB stack
+    napari grew by ~20 MiB per stroke, to ~250 MiB above its working set (benchmarks/
+    bench_stack_widget.py). Fixing the threshold at :data:`MMAP_THRESHOLD` (``mallopt``) maps
+    every block of 1 MiB or more on its own and unmaps it when freed: the process stays at its
+    working set. Nothing is changed when the user tuned glibc (``MALLOC_MMAP_THRESHOLD_``,
+    ``MALLOC_ARENA_MAX`` or ``MALLOC_TOP_PAD_`` in the environment) or on other C libraries.
+
+    Returns
+    -------
+    bool
+        Whether the threshold was set (now or by an earlier call).
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    if not sys.platform.startswith("linux") or any(
+            k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX", "MALLOC_TOP_PAD_")):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return _malloc_tuned

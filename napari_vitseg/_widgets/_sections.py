@@ -48,7 +48,13 @@ from .._validation import VitsegError
 from ..backbones import NO_WEIGHTS_NOTICE, available_backbones, list_backbones
 from ..features.config import FeatureConfig
 from ..pipeline import DEFAULT_COLORS
-from ._controller import LIVE_PARAMS, RANDOM_WEIGHTS_ENV, JobInputs, random_weights_allowed
+from ._controller import (
+    LIVE_PARAMS,
+    RANDOM_WEIGHTS_ENV,
+    JobInputs,
+    history_regions,
+    random_weights_allowed,
+)
 from ._layers import hex_color, layer_data
 
 __all__ = [
@@ -63,8 +69,6 @@ __all__ = [
 
 NO_BACKBONE = "none (classical features)"
 RANDOM_SUFFIX = " [random weights — testing only]"
-#: Scribbles up to this size are copied when a job starts (larger ones are read in place).
-SNAPSHOT_BYTES = 64 * 2**20
 
 
 def parse_sigmas(text: str) -> tuple[float, ...]:
@@ -108,14 +112,17 @@ class InputSection(QGroupBox):
         Another image layer or channel axis: the shown predictions are stale.
     scribbles_changed(layer or None)
         Another scribbles layer was chosen.
-    scribbles_edited
-        A brush stroke ended (napari fires ``paint`` on mouse release), the data was replaced,
-        or undo / redo moved the layer's history.
+    scribbles_edited(list of regions, or None)
+        The scribbles changed, with the boxes (tuples of slices) that changed: a brush stroke,
+        fill or erase ended (napari's ``paint`` event, fired on mouse release, carries the
+        history item), or undo / redo moved items between the layer's history queues (they
+        fire no ``paint`` event; the moved items name the regions). ``None`` when the data
+        was replaced (``layer.data = ...``) or the change cannot be located: index it again.
     """
 
     image_changed = Signal()
     scribbles_changed = Signal(object)
-    scribbles_edited = Signal()
+    scribbles_edited = Signal(object)
 
     def __init__(self, viewer, is_output: Callable[[object], bool], parent=None):
         super().__init__("Input", parent)
@@ -124,6 +131,7 @@ class InputSection(QGroupBox):
         self._image = None
         self._scribbles = None
         self._history_len: tuple | None = None
+        self._fresh = None  # the zeros of a scribbles layer being created (nothing to index)
         self.form = QFormLayout(self)
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The image (or stack) to segment.")
@@ -215,14 +223,19 @@ class InputSection(QGroupBox):
         self._scribbles = layer
         if layer is not None:
             layer.events.paint.connect(self._on_paint)
-            layer.events.data.connect(self._on_paint)  # the data was replaced (``layer.data = ...``)
+            layer.events.data.connect(self._on_data)  # the data was replaced (``layer.data = ...``)
             layer.events.set_data.connect(self._on_set_data)
             self._history_len = self._history_state(layer)
         self.scribbles_changed.emit(layer)
 
     def _disconnect_scribbles(self, layer) -> None:
-        _disconnect(((layer.events.paint, self._on_paint), (layer.events.data, self._on_paint),
+        _disconnect(((layer.events.paint, self._on_paint), (layer.events.data, self._on_data),
                      (layer.events.set_data, self._on_set_data)))
+
+    def is_fresh(self, layer) -> bool:
+        """Whether ``layer`` is the scribbles layer that :meth:`new_scribbles_layer` is making
+        (all zeros: its index is empty without reading it)."""
+        return self._fresh is not None and layer is not None and layer.data is self._fresh
 
     def disconnect_layers(self) -> None:
         """Stop listening to the scribbles layer (the widget closes)."""
@@ -238,15 +251,45 @@ class InputSection(QGroupBox):
         return (len(getattr(layer, "_undo_history", ())), len(getattr(layer, "_redo_history", ())))
 
     def _on_paint(self, event=None) -> None:
+        """A stroke, fill or erase ended: its history item (``event.value``) names the regions."""
         self._history_len = self._history_state(self._scribbles)
-        self.scribbles_edited.emit()
+        item = getattr(event, "value", None)
+        self.scribbles_edited.emit(history_regions([item]) if isinstance(item, list) else None)
+
+    def _on_data(self, event=None) -> None:
+        self._history_len = self._history_state(self._scribbles)
+        self.scribbles_edited.emit(None)
 
     def _on_set_data(self, event=None) -> None:
         """Undo / redo only refresh the layer: an edit when the history moved."""
-        state = self._history_state(self._scribbles)
-        if state != self._history_len:
-            self._history_len = state
-            self.scribbles_edited.emit()
+        self.sync_history()
+
+    def sync_history(self) -> bool:
+        """Report undo / redo steps not seen yet (``set_data`` is not fired for a hidden layer).
+
+        Undo moves items from the end of the undo queue to the end of the redo queue and redo
+        the other way; the items that moved since the last look name the changed regions.
+
+        Returns
+        -------
+        bool
+            Whether an edit was reported.
+        """
+        layer = self._scribbles
+        state = self._history_state(layer)
+        old = self._history_len
+        if state == old:
+            return False
+        self._history_len = state
+        regions = None
+        if old is not None and state is not None:
+            (u0, r0), (u1, r1) = old, state
+            if u1 < u0:  # undo: the undone items are now at the end of the redo queue
+                regions = history_regions(list(layer._redo_history)[-(u0 - u1):])
+            elif r1 < r0:  # redo: the redone items are back at the end of the undo queue
+                regions = history_regions(list(layer._undo_history)[-(r0 - r1):])
+        self.scribbles_edited.emit(regions)
+        return True
 
     # -- geometry ----------------------------------------------------------------------------
     def channel_axis(self) -> int | None:
@@ -299,14 +342,49 @@ class InputSection(QGroupBox):
             z = pos[0]
         return int(np.clip(round(float(z)), 0, shape[0] - 1))
 
-    def job_inputs(self, *, need_scribbles: bool, need_image: bool = True,
-                   probabilities: bool = False) -> JobInputs:
-        """What a job needs from the layers, captured on the UI thread (scribbles are copied).
+    def view_rows(self) -> tuple[int, int] | None:
+        """Rows ``[y0, y1)`` of the plane that the canvas shows (from napari's corner pixels),
+        or ``None`` when unknown (no canvas drawn yet, a 3D view, transposed axes)."""
+        shape = self.spatial_shape()
+        if shape is None:
+            return None
+        scr = self._scribbles
+        layer = scr if scr is not None and tuple(scr.data.shape) == shape else self.image_layer
+        try:
+            ndim = layer.ndim
+            if tuple(self.viewer.dims.displayed) != (ndim - 2, ndim - 1):
+                return None
+            cp = np.asarray(layer.corner_pixels)
+            axis = ndim - 2
+            ca = self.channel_axis()
+            if layer is self.image_layer and ca is not None and not layer.rgb and ca >= ndim - 2:
+                return None  # channels among the displayed axes: not our geometry
+            y0, y1 = int(cp[0, axis]), int(cp[1, axis]) + 1
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return None
+        y0, y1 = max(0, y0), min(shape[-2], y1)
+        if y1 - y0 <= 1 or (y0 == 0 and y1 >= shape[-2]):
+            return None
+        return y0, y1
+
+    def job_inputs(self, *, need_scribbles: bool, need_image: bool = True, probabilities: bool = False,
+                   snapshot: Callable[[], object] | None = None, scribbles_error: str | None = None) -> JobInputs:
+        """What a job needs from the layers, captured on the UI thread.
+
+        Parameters
+        ----------
+        need_scribbles, need_image : bool
+        probabilities : bool
+        snapshot : callable, optional
+            Returns the snapshot of the scribbles index that the job gets (the scribbles array
+            itself is never copied nor handed to a job).
+        scribbles_error : str, optional
+            Why the scribbles could not be indexed.
 
         Raises
         ------
         VitsegError
-            Missing image, scribbles of another shape.
+            Missing image, scribbles of another shape or that could not be indexed.
         """
         image = self.image_layer
         if image is None:
@@ -327,14 +405,15 @@ class InputSection(QGroupBox):
                         f"The scribbles layer {scr.name!r} has shape {tuple(scr.data.shape)} but the image "
                         f"{image.name!r} has spatial shape {shape}; pick the matching layer or press 'New'."
                     )
-            elif scr.data.nbytes <= SNAPSHOT_BYTES:
-                scribbles = np.array(scr.data, copy=True)  # strokes painted meanwhile don't leak in
             else:
-                scribbles = np.asarray(scr.data)  # huge stacks: no per-stroke copy on the UI thread
+                scribbles = snapshot() if snapshot is not None else None
+                if scribbles is None and need_scribbles:
+                    raise VitsegError(f"The scribbles layer {scr.name!r} cannot be used: "
+                                      f"{scribbles_error or 'it is not indexed'}")
         elif need_scribbles:
             raise VitsegError("There is no scribbles layer: press 'New' next to Scribbles and paint some strokes.")
         return JobInputs(image=layer_data(image), channel_axis=self.channel_axis(), scribbles=scribbles,
-                         z=self.current_z(), probabilities=probabilities)
+                         z=self.current_z(), probabilities=probabilities, view_rows=self.view_rows())
 
     def new_scribbles_layer(self, names, colors):
         """Add an empty uint8 scribbles layer matching the image, choose it and return it.
@@ -347,16 +426,21 @@ class InputSection(QGroupBox):
         shape = self.spatial_shape()
         if shape is None:
             raise VitsegError("Open an image first: the scribbles layer takes its shape from the image layer.")
-        layer = self.viewer.add_labels(
-            np.zeros(shape, np.uint8), name="scribbles", colormap=class_colormap(len(names), colors),
-            metadata={"class_names": list(names)}, **self.spatial_transform(),
-        )
-        layer.brush_size = 8
-        layer.mode = "paint"
-        layer.selected_label = 1
-        idx = self.scribbles_combo.findData(layer)
-        if idx >= 0:
-            self.scribbles_combo.setCurrentIndex(idx)
+        # np.zeros takes its pages from the OS lazily: a stack's scribbles cost only the painted pages
+        self._fresh = np.zeros(shape, np.uint8)
+        try:
+            layer = self.viewer.add_labels(
+                self._fresh, name="scribbles", colormap=class_colormap(len(names), colors),
+                metadata={"class_names": list(names)}, **self.spatial_transform(),
+            )
+            layer.brush_size = 8
+            layer.mode = "paint"
+            layer.selected_label = 1
+            idx = self.scribbles_combo.findData(layer)
+            if idx >= 0:
+                self.scribbles_combo.setCurrentIndex(idx)
+        finally:
+            self._fresh = None
         return layer
 
 

@@ -14,9 +14,11 @@ The widget is thin. Where things are:
   the Qt-free state and job generators (which call :mod:`napari_vitseg.pipeline`);
 - ``_jobs.py``: the job runner (one job at a time in a ``thread_worker``, supersede rules,
   cancel, progress, errors);
-- ``_layers.py``: the output layers and the class names / colours written to layers;
-- this module: :class:`SegmentationWidget`, which composes them, captures a job's inputs on
-  the UI thread, and draws what the jobs yield.
+- ``_layers.py``: the output layers (numpy for small images, on-disk zarr stores for big
+  stacks) and the class names / colours written to layers;
+- this module: :class:`SegmentationWidget`, which composes them, keeps the controller's
+  scribbles index in sync with the scribbles layer's edits, checks memory before heavy jobs,
+  captures a job's inputs on the UI thread, and draws what the jobs yield.
 """
 
 from __future__ import annotations
@@ -24,16 +26,23 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from .._validation import VitsegError
 from ..pipeline import DEFAULT_COLORS
 from . import _notify
-from ._controller import JobInputs, ModelReady, PlaneUpdate, SegmentationController, Status
+from ._compat import return_large_frees
+from ._controller import (
+    WIDGET_CACHE_BYTES,
+    JobInputs,
+    ModelReady,
+    PlaneUpdate,
+    SegmentationController,
+    Status,
+)
 from ._jobs import Job, JobRunner
-from ._layers import OutputLayers, write_classes
+from ._layers import OutputLayers, layer_data, write_classes
 from ._sections import (
     ActionsSection,
     ClassesSection,
@@ -81,10 +90,17 @@ class SegmentationWidget(QWidget):
         # and the Labels undo history length (undo/redo fire no paint event), so it keeps the
         # viewer itself.
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
-        self.controller = SegmentationController()
+        return_large_frees()  # bounded memory on big stacks (see _compat.return_large_frees)
+        self.controller = SegmentationController(cache_bytes=WIDGET_CACHE_BYTES)
         self.controller.random_weights = False
         self.latencies: list[dict] = []
         self._last_paint: float | None = None
+        self._pending_regions: list = []
+        self._pending_rebuild = False
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setSingleShot(True)
+        self._flush_timer.setInterval(0)
+        self._flush_timer.timeout.connect(self.sync_scribbles)
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
@@ -216,6 +232,64 @@ class SegmentationWidget(QWidget):
             self.classes.set_classes(self.controller.class_names, self.controller.class_colors)
         else:
             self.classes.load_from_layer(layer)
+        self._reindex(layer)
+
+    # ------------------------------------------------------------ the scribbles index
+    def _reindex(self, layer) -> None:
+        """Index the scribbles layer plane by plane (a new layer: nothing to read).
+
+        A layer that does not match the image's spatial shape is not read (it cannot be trained
+        on; it is indexed when a job needs it and the shapes match).
+        """
+        c = self.controller
+        self._pending_regions, self._pending_rebuild = [], False
+        if layer is None or tuple(layer_data(layer).shape) != self.input.spatial_shape():
+            c.forget_scribbles()
+            return
+        try:
+            c.index_scribbles(layer_data(layer), empty=self.input.is_fresh(layer), name=f"scribbles {layer.name!r}")
+        except VitsegError as e:
+            self.set_status(str(e), error=True)
+
+    def _on_scribbles_edited(self, regions) -> None:
+        """Note the changed regions (read at the next event-loop turn), then debounce a live retrain.
+
+        The regions are read once the edit is complete: napari fires ``paint`` before it writes
+        an edit made outside a stroke (``layer.paint(...)``, ``layer.fill(...)`` from a script).
+        """
+        if regions is None:
+            self._pending_rebuild = True
+        else:
+            self._pending_regions.extend(regions)
+        self._flush_timer.start()
+        if self.live_check.isChecked():
+            self._last_paint = time.perf_counter()
+            self._debounce.start()
+
+    def sync_scribbles(self) -> None:
+        """Bring the controller's index up to date with the scribbles layer's pending edits."""
+        self._flush_timer.stop()
+        self.input.sync_history()  # undo / redo of a hidden layer fire no event
+        regions, rebuild = self._pending_regions, self._pending_rebuild
+        self._pending_regions, self._pending_rebuild = [], False
+        layer = self.input.scribbles_layer
+        c = self.controller
+        if c.scribbles is None and c.scribbles_error is None:
+            rebuild = True  # not indexed yet (picked before an image of its shape was chosen)
+        if layer is None or (not regions and not rebuild):
+            return
+        try:
+            if rebuild or c.scribbles is None:
+                self._reindex(layer)
+            else:
+                c.update_scribbles(regions, lambda region: layer.data[region])
+        except VitsegError as e:
+            self.set_status(str(e), error=True)
+
+    def rescan_scribbles(self) -> None:
+        """Index the scribbles layer again (after writing into ``layer.data`` in place from a
+        script, which napari does not report; ``layer.data = ...`` and painting are seen)."""
+        self._reindex(self.input.scribbles_layer)
 
     def class_names(self) -> list[str]:
         """Class names 1..K as shown in the table."""
@@ -270,14 +344,35 @@ class SegmentationWidget(QWidget):
         """
         if self.features.error:
             raise VitsegError(self.features.error)
+        self.sync_scribbles()
+        c = self.controller
         return self.input.job_inputs(need_scribbles=need_scribbles, need_image=need_image,
-                                     probabilities=self.proba_check.isChecked())
+                                     probabilities=self.proba_check.isChecked(), snapshot=c.scribbles_snapshot,
+                                     scribbles_error=c.scribbles_error)
+
+    def _check_memory(self, kind: str, inputs: JobInputs) -> None:
+        """Refuse a job that would not fit in memory (counts the output layers kept in memory).
+
+        Raises
+        ------
+        VitsegError
+            Pointing at *Apply to files…*.
+        """
+        c = self.controller
+        spatial = self.input.spatial_shape()
+        k = max(2, len(c.class_names))
+        if c.model is not None and c.model.segmenter.is_fitted:
+            k = len(c.model.segmenter.classes_)
+        # numpy output layers are allocated whole, whether one plane or all are drawn
+        outputs = self.outputs.memory_needed(spatial, probabilities=inputs.probabilities, k=k)
+        c.check_memory(kind, inputs, outputs_bytes=outputs)
 
     # ------------------------------------------------------------ actions
     def train(self):
         """Train the full-quality classifier and segment the current plane."""
         try:
             inputs = self._inputs(need_scribbles=True)
+            self._check_memory("train", inputs)
         except VitsegError as e:
             return self._fail(e)
         return self._request("train", lambda: self.controller.iter_train(inputs, live=False))
@@ -292,17 +387,12 @@ class SegmentationWidget(QWidget):
             if job is not None and job.kind == "live":
                 job.cancel()
 
-    def _on_scribbles_edited(self) -> None:
-        """A stroke ended, the data was replaced, or undo / redo: debounce a live retrain."""
-        if self.live_check.isChecked():
-            self._last_paint = time.perf_counter()
-            self._debounce.start()
-
     def _run_live(self) -> None:
         if not self.live_check.isChecked():
             return
         try:
             inputs = self._inputs(need_scribbles=True)
+            self._check_memory("live", inputs)
         except VitsegError as e:
             self.set_status(f"Live: {e}", error=True)
             return
@@ -329,14 +419,7 @@ class SegmentationWidget(QWidget):
         """Segment every plane of the image layer (a full model is trained first if needed)."""
         try:
             inputs = self._inputs(need_scribbles=False)
-            spatial = self.input.spatial_shape()
-            k = max(2, len(self.controller.class_names))
-            nbytes = int(np.prod(spatial)) * (5 + (4 * k if inputs.probabilities else 0))
-            if nbytes > 8 * 2**30:
-                raise VitsegError(
-                    f"Segmenting the whole stack in napari needs ~{nbytes / 2**30:.0f} GiB of memory for the "
-                    "output layers; use 'Apply to files…', which streams the result to disk plane by plane."
-                )
+            self._check_memory("apply", inputs)
         except VitsegError as e:
             return self._fail(e)
         return self._request("apply", lambda: self.controller.iter_apply_stack(inputs), napari_progress=True)
@@ -444,7 +527,7 @@ class SegmentationWidget(QWidget):
             now = time.perf_counter()
             rec = job.notes.setdefault("latency", {"t_paint": job.t_request, "t_start": job.t_start})
             rec.setdefault("t_first", now)
-            if not upd.coarse:
+            if upd.complete:
                 rec["t_final"] = now
                 self.latencies.append(rec)
 
@@ -466,6 +549,7 @@ class SegmentationWidget(QWidget):
     def close(self) -> bool:
         self.cancel()
         self._disconnect_all()
+        self.outputs.close()  # the on-disk stores of big outputs (and the layers showing them)
         return super().close()
 
     def _disconnect_all(self) -> None:

@@ -207,6 +207,17 @@ class ScribbleIndex:
             self._pos[z] = new_pos[order].astype(np.int64 if ny * nx > 2**31 - 1 else np.int32)
             self._lab[z] = new_lab[order].astype(np.uint8)
 
+    def copy(self) -> ScribbleIndex:
+        """An independent snapshot in O(planes) (for a job while the user keeps painting).
+
+        :meth:`update` replaces a plane's arrays and never writes into them, so the copy can
+        share them.
+        """
+        new = ScribbleIndex(self.shape, self.name)
+        new._pos = dict(self._pos)
+        new._lab = dict(self._lab)
+        return new
+
     # -- queries ------------------------------------------------------------------------
     @property
     def planes(self) -> list[int]:

@@ -512,6 +512,42 @@ class Segmenter:
                 out[:, y0 + r0:y0 + r1] = p.T.reshape(k, r1 - r0, nx)
         return out
 
+    def predict_rows(self, plane: np.ndarray, rows: tuple[int, int], *, digest: str | None = None,
+                     use_cache: bool = True) -> np.ndarray:
+        """Probabilities of the rows ``[y0, y1)`` of a plane (e.g. the part visible in a viewer).
+
+        The band's features (with the halo the featurizer takes from the plane, so they equal
+        the whole plane's) are cached under the plane's digest and the band.
+
+        Parameters
+        ----------
+        plane : ndarray, (Y, X) or (Y, X, C)
+        rows : (int, int)
+            First and one-past-last row.
+        digest : str, optional
+            Content hash of the plane (computed when omitted).
+        use_cache : bool
+
+        Returns
+        -------
+        ndarray, (K, y1 - y0, X) float32
+        """
+        self._check_fitted()
+        nc = 1 if plane.ndim == 2 else plane.shape[-1]
+        if nc != self.n_channels_:
+            return self.predict_plane(plane)  # raises the channel-count message
+        check_finite(plane, "image")
+        y0, y1 = (int(r) for r in rows)
+        digest = digest or content_digest(plane)
+        key = (("rows", digest, y0, y1), self.featurizer.state_key)
+        feats = self.cache.get(key) if use_cache else None
+        if feats is None:
+            feats = self.featurizer.compute(plane, rows=(y0, y1), key=digest)
+            if use_cache:
+                self.cache.put(key, feats)
+        p = self.classifier_.predict_proba(feats.reshape(-1, feats.shape[-1]))
+        return np.ascontiguousarray(p.T.reshape(len(self.classes_), y1 - y0, plane.shape[1]), dtype=np.float32)
+
     def labels_from_proba(self, proba: np.ndarray) -> np.ndarray:
         """Class ids (uint8) from probabilities (K, ...) in ``classes_`` order."""
         return self.classes_.astype(np.uint8)[np.argmax(proba, axis=0)]

@@ -101,8 +101,10 @@ def test_train_paint_real_scribbles_miou(qtbot, nano_viewer, errors):
     print(f"widget mIoU (classical features, RF 100 trees): {miou:.4f}")
     assert miou >= 0.88, miou
     unc = viewer.layers["uncertainty"]
-    assert unc.data.shape == image.shape and 0 <= unc.data.min() and unc.data.max() <= 0.5 + 1e-6
-    assert unc.colormap.name == "magma" and tuple(unc.contrast_limits) == (0, 1)
+    # uint8 uncertainty: 0..255 stands for 0..1 (two classes: at most 0.5)
+    assert unc.data.shape == image.shape and unc.data.dtype == np.uint8 and unc.data.max() <= 128
+    assert unc.colormap.name == "magma" and tuple(unc.contrast_limits) == (0, 255)
+    assert isinstance(seg.data, np.ndarray)  # a small image keeps numpy output layers
     # outputs sit below the scribbles, which stay active for painting
     names = [lay.name for lay in viewer.layers]
     assert names.index("segmentation") < names.index(layer.name)
@@ -453,9 +455,9 @@ def test_live_job_superseded_by_new_stroke(qtbot, nano_viewer, errors):
     wait_idle(qtbot, widget)
     assert errors == []
     assert widget.controller.model.digest is not None
-    from napari_vitseg.features.cache import content_digest
+    from napari_vitseg.pipeline.scribbles import ScribbleIndex
 
-    assert widget.controller.model.digest == content_digest(layer.data)
+    assert widget.controller.model.digest == ScribbleIndex.from_array(layer.data).digest()
 
 
 @pytest.mark.slow
@@ -494,3 +496,226 @@ def test_random_weights_backbone_train_save_load(qtbot, make_napari_viewer, nano
     assert errors == []
     assert combo.currentText() == name + RANDOM_SUFFIX
     np.testing.assert_array_equal(viewer.layers["segmentation"].data, seg)
+
+
+# -- big stacks: the scribbles index, lazy reads, on-disk outputs, the memory guard -------------------
+
+
+def index_in_sync(widget, layer) -> bool:
+    from napari_vitseg.pipeline.scribbles import ScribbleIndex
+
+    index = widget.controller.scribbles
+    return index is not None and index.digest() == ScribbleIndex.from_array(layer.data).digest()
+
+
+def assert_index_in_sync(qtbot, widget, layer):
+    """The edited regions are read at the next event-loop turn (napari fires ``paint`` before it
+    writes an edit made outside a stroke)."""
+    qtbot.waitUntil(lambda: index_in_sync(widget, layer), timeout=2000)
+
+
+def test_scribble_index_follows_strokes_erase_fill_undo_redo(qtbot, make_napari_viewer, nanoparticles, errors,
+                                                             monkeypatch):
+    """The controller's index equals indexing layer.data again after every kind of edit made
+    through the real Labels layer, without the widget ever scanning the layer."""
+    from napari_vitseg._widgets._controller import SegmentationController
+
+    image, scribbles, truth = nanoparticles
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([image] * 4), name="stack")
+    widget = dock(viewer)
+    scans = []  # whole-layer indexing (a new, empty layer is not read)
+    real = SegmentationController.index_scribbles
+
+    def index_scribbles(self, data, *, empty=False, name="scribbles"):
+        if not empty:
+            scans.append(name)
+        return real(self, data, empty=empty, name=name)
+
+    monkeypatch.setattr(SegmentationController, "index_scribbles", index_scribbles)
+    layer = widget.new_scribbles_layer()
+    assert widget.controller.scribbles.planes == []
+    brush_stroke(layer, [(1, 100, x) for x in range(50, 120, 3)], 1)
+    brush_stroke(layer, [(2, 300, x) for x in range(200, 260, 3)], 2, size=9)
+    assert_index_in_sync(qtbot, widget, layer)
+    assert widget.controller.scribbles.planes == [1, 2]
+    brush_stroke(layer, [(1, 100, x) for x in range(60, 80, 3)], 0)  # erase part of the first stroke
+    assert_index_in_sync(qtbot, widget, layer)
+    layer.fill((3, 10, 10), 2)  # the whole background of plane 3 (fires paint before it writes)
+    assert (layer.data[3] == 2).all()
+    assert_index_in_sync(qtbot, widget, layer)
+    paint_labels(layer, (np.arange(4)[:, None, None] == 0) & (scribbles == 1)[None], 1)  # data_setitem atoms
+    assert_index_in_sync(qtbot, widget, layer)
+    layer.undo()  # the data_setitem edit
+    assert_index_in_sync(qtbot, widget, layer)
+    layer.undo()  # the fill
+    assert not (layer.data[3] == 2).any()
+    assert_index_in_sync(qtbot, widget, layer)
+    layer.redo()
+    assert (layer.data[3] == 2).all()
+    assert_index_in_sync(qtbot, widget, layer)
+    # undo of a hidden layer fires no event: the widget catches up before a job captures its inputs
+    layer.visible = False
+    layer.undo()
+    layer.undo()
+    qtbot.wait(50)
+    assert not index_in_sync(widget, layer)
+    widget.sync_scribbles()  # what every job does first
+    assert index_in_sync(widget, layer)
+    layer.visible = True
+    assert scans == []  # every edit so far was read from its region only
+    # replacing the data re-indexes the layer (once)
+    layer.data = np.where(np.arange(4)[:, None, None] == 2, scribbles[None], 0).astype(np.uint8)
+    assert_index_in_sync(qtbot, widget, layer)
+    assert len(scans) == 1
+    assert errors == []
+
+
+def counting_stack(nz: int, size: int, reads: list):
+    """A lazy (Z, size, size) stack, one dask chunk per plane, recording the planes read."""
+    import dask.array as da
+
+    def load(block_id=None):
+        reads.append(block_id[0])
+        rng = np.random.default_rng(block_id[0])
+        plane = rng.normal(size=(size, size)).astype(np.float32)
+        plane[:, size // 2:] += 4
+        return plane[None]
+
+    return da.map_blocks(load, dtype=np.float32, chunks=((1,) * nz, (size,), (size,)),
+                         meta=np.empty((0, 0, 0), np.float32))
+
+
+def test_live_on_lazy_stack_reads_scribbled_and_viewed_planes_into_disk_outputs(qtbot, make_napari_viewer, errors):
+    """Issue 9 in napari: Live on a lazy 200-plane stack reads only the planes with scribbles and
+    the planes shown; the outputs of a big stack are on-disk uint8 stores removed on close."""
+    import zarr
+
+    reads: list = []
+    nz, size = 200, 96
+    viewer = make_napari_viewer()
+    viewer.add_image(counting_stack(nz, size, reads), name="lazy", contrast_limits=(-3, 7))
+    reads.clear()  # napari's own first slicing (plane 0, then the middle one)
+    widget = dock(viewer)
+    widget.outputs.memory_limit = 0  # treat this stack as one whose outputs do not fit in memory
+    widget.sigmas_edit.setText("1, 2")
+    widget.sigmas_edit.editingFinished.emit()
+    widget.trees_spin.setValue(10)
+    viewed = {int(viewer.dims.current_step[0])}
+    viewer.dims.events.current_step.connect(lambda e: viewed.add(int(viewer.dims.current_step[0])))
+    layer = widget.new_scribbles_layer()
+    viewer.dims.set_current_step(0, 10)
+    brush_stroke(layer, [(10, y, 20) for y in range(10, 80, 3)], 1)
+    brush_stroke(layer, [(150, y, 70) for y in range(10, 80, 3)], 2)
+    widget.live_check.setChecked(True)
+    qtbot.waitUntil(lambda: widget.controller.n_trainings == 1 and not widget.busy, timeout=TIMEOUT)
+    assert errors == []
+    assert set(reads) <= viewed | {10, 150}, sorted(set(reads) - viewed)
+    seg, unc = viewer.layers["segmentation"], viewer.layers["uncertainty"]
+    for out in (seg, unc):
+        assert isinstance(out.data, zarr.Array) and not isinstance(out.data, np.ndarray)
+        assert out.data.shape == (nz, size, size) and out.data.dtype == np.uint8
+    assert tuple(unc.contrast_limits) == (0, 255)
+    assert (seg.data[10][:, : size // 2 - 8] == 1).mean() > 0.9 and (seg.data[10][:, size // 2 + 8:] == 2).mean() > 0.9
+    assert not seg.data[150].any()  # not shown yet: not predicted
+    # another stroke retrains on the two scribbled planes again; moving segments the plane shown
+    brush_stroke(layer, [(10, y, 85) for y in range(10, 80, 3)], 2)
+    qtbot.waitUntil(lambda: widget.controller.n_trainings == 2 and not widget.busy, timeout=TIMEOUT)
+    viewer.dims.set_current_step(0, 150)
+    qtbot.waitUntil(lambda: bool(seg.data[150].any()) and not widget.busy, timeout=TIMEOUT)
+    assert set(reads) <= viewed | {10, 150}, sorted(set(reads) - viewed)
+    assert len(set(reads)) <= 4
+    # Apply to stack with probabilities writes planes into the stores (uint8 probabilities too)
+    widget.live_check.setChecked(False)
+    widget.proba_check.setChecked(True)
+    job = widget.apply_to_stack()
+    assert job is not None
+    qtbot.waitUntil(lambda: "probabilities" in viewer.layers and len(widget.outputs.predicted) >= 3, timeout=TIMEOUT)
+    widget.cancel()
+    wait_idle(qtbot, widget)
+    prob = viewer.layers["probabilities"]
+    assert isinstance(prob.data, zarr.Array) and prob.data.dtype == np.uint8 and prob.data.shape == (2, nz, size, size)
+    assert tuple(prob.contrast_limits) == (0, 255)
+    z = 150  # the plane in view comes first
+    p = prob.data[:, z]
+    differ = p[0] != p[1]  # labels are the most probable class
+    np.testing.assert_array_equal(seg.data[z][differ], np.where(p[1] > p[0], 2, 1)[differ])
+    assert np.abs(p.astype(int).sum(0) - 255).max() <= 1
+    assert errors == []
+    folder = widget.outputs.stores.path
+    assert folder is not None and folder.is_dir()
+    widget.close()
+    assert not folder.exists() and "segmentation" not in viewer.layers
+    assert errors == []
+
+
+def test_memory_guard_refuses_and_names_apply_to_files(qtbot, nano_viewer, errors, monkeypatch):
+    from napari_vitseg._widgets import _controller
+
+    viewer, image, scribbles, truth = nano_viewer
+    widget = dock(viewer)
+    layer = widget.new_scribbles_layer()
+    layer.data = scribbles.copy()
+    monkeypatch.setattr(_controller, "available_memory", lambda: 4 * 2**20)
+    assert widget.apply_to_stack() is None
+    assert "Apply to files" in errors[-1] and "available" in errors[-1]
+    assert widget.train() is None
+    assert "Apply to files" in errors[-1]
+    assert widget.controller.n_trainings == 0 and not widget.busy
+    monkeypatch.setattr(_controller, "available_memory", lambda: None)  # unknown: no guard
+    widget.trees_spin.setValue(10)
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert widget.controller.n_trainings == 1
+
+
+def test_big_plane_predicts_the_rows_in_view_first(qtbot, make_napari_viewer, errors, monkeypatch):
+    """Planes above the tile budget are predicted in row bands, the band on the canvas first."""
+    from napari_vitseg._widgets import _controller
+
+    monkeypatch.setattr(_controller, "TILE_PIXELS", 10_000)
+    monkeypatch.setattr(_controller, "BAND_PIXELS", 64 * 256)  # 8 bands of 64 rows
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(512, 256)).astype(np.float32)
+    image[:, 128:] += 4
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(image, name="tall")
+    widget = dock(viewer)
+    layer = widget.new_scribbles_layer()
+    scr = np.zeros(image.shape, np.uint8)
+    scr[20:500, 20:30] = 1
+    scr[20:500, 200:210] = 2
+    layer.data = scr
+    viewer.scene.camera.center = (420, 128)
+    viewer.scene.camera.zoom = 8
+    qtbot.waitUntil(lambda: widget.input.view_rows() is not None, timeout=5000)
+    v0, v1 = widget.input.view_rows()
+    assert 300 < v0 < 420 < v1 <= 512
+    shown = []
+    show = widget.outputs.show
+    monkeypatch.setattr(widget.outputs, "show", lambda upd: shown.append(upd.rows) or show(upd))
+    widget.trees_spin.setValue(10)
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert errors == []
+    assert shown[0][0] < v1 and shown[0][1] > v0  # the first band drawn is on the canvas
+    assert sorted(shown) == [(y, y + 64) for y in range(0, 512, 64)]
+    seg = viewer.layers["segmentation"].data
+    assert (seg[:, :100] == 1).mean() > 0.95 and (seg[:, 160:] == 2).mean() > 0.95
+    assert None in widget.outputs.predicted
+
+
+def test_large_frees_go_back_to_the_system():
+    """The widget fixes glibc's mmap threshold (bounded RSS on big stacks), unless the user tuned glibc."""
+    import subprocess
+    import sys
+
+    code = ("from napari_vitseg._widgets._compat import return_large_frees as f; "
+            "print(f(), f())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    expected = "True True" if sys.platform.startswith("linux") else "False False"
+    assert out.stdout.strip() == expected
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "MALLOC_ARENA_MAX": "2"})
+    assert out.stdout.strip() == "False False"

@@ -101,3 +101,27 @@ def test_fit_peak_memory_does_not_grow_with_the_number_of_planes():
         peaks[nz] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peaks[400] < 1.2 * peaks[20], peaks
+
+
+def test_copy_is_an_independent_snapshot():
+    dense = _scribbles((3, 64, 64), [0, 2])
+    index = ScribbleIndex.from_array(dense)
+    snap = index.copy()
+    index.update((0, slice(0, 64), slice(0, 64)), np.zeros((64, 64), np.uint8))
+    index.update((1, slice(0, 4), slice(0, 4)), np.full((4, 4), 3, np.uint8))
+    np.testing.assert_array_equal(snap.to_array(), dense)
+    assert snap.digest() == ScribbleIndex.from_array(dense).digest() != index.digest()
+
+
+def test_predict_rows_equals_the_rows_of_the_whole_plane():
+    stack = LazyStack(2)
+    seg = Segmenter(FeatureConfig(sigmas=(1, 4)), "rf", {"n_estimators": 5}).fit(
+        stack, ScribbleIndex.from_array(_scribbles(stack.shape, [0])))
+    plane = stack[1]
+    whole = seg.predict_plane(plane, use_cache=False)
+    band = seg.predict_rows(plane, (10, 30))
+    assert band.shape == (2, 20, 64) and band.dtype == np.float32
+    np.testing.assert_allclose(band, whole[:, 10:30], atol=1e-6)
+    hits = seg.cache.hits
+    np.testing.assert_array_equal(seg.predict_rows(plane, (10, 30)), band)
+    assert seg.cache.hits == hits + 1  # the band's features came from the cache
