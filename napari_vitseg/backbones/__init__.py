@@ -18,8 +18,14 @@ from .._validation import VitsegError
 from . import alibi as _alibi  # noqa: F401  (registers the ALiBi / NoPE entries)
 from . import dinov2 as _dinov2  # noqa: F401  (registers the DINOv2 entries)
 from . import sinder as _sinder  # noqa: F401  (registers the SINDER entries)
-from ._base import ViTBackbone, build_timm_model
-from ._registry import BackboneCfg, get_backbone_cfg, list_backbones, register_backbone
+from ._base import ViTBackbone, build_timm_model, resample_pos_embed
+from ._registry import (
+    BackboneCfg,
+    PosEmbedInterp,
+    get_backbone_cfg,
+    list_backbones,
+    register_backbone,
+)
 from .alibi import alibi_bias
 from .sinder import (
     apply_repair,
@@ -43,7 +49,9 @@ from .weights import (
 
 __all__ = [
     "BackboneCfg",
+    "PosEmbedInterp",
     "ViTBackbone",
+    "resample_pos_embed",
     "WeightsNotFoundError",
     "NO_WEIGHTS_NOTICE",
     "create_backbone",

@@ -9,10 +9,55 @@ from dataclasses import dataclass, field
 
 from .._validation import VitsegError, VitsegWarning
 
-__all__ = ["BackboneCfg", "register_backbone", "list_backbones", "get_backbone_cfg", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "BackboneCfg",
+    "PosEmbedInterp",
+    "TIMM_POS_EMBED_INTERP",
+    "register_backbone",
+    "list_backbones",
+    "get_backbone_cfg",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PosEmbedInterp:
+    """How a learned position embedding is resampled to a token grid other than its own.
+
+    The embedding of an ``M x M`` grid (37 x 37 for DINOv2) is resampled with
+    ``torch.nn.functional.interpolate`` on the (1, D, M, M) patch part; prefix-token
+    positions are kept. On the training grid itself nothing is interpolated.
+
+    Attributes
+    ----------
+    mode : str
+        ``interpolate``'s ``mode`` (``'bicubic'`` for every DINOv2 reference).
+    antialias : bool
+        ``interpolate``'s ``antialias``. Note that PyTorch's antialiased bicubic kernel
+        (a = -0.5, as PIL) differs from the plain one (a = -0.75) when upsampling too.
+    offset : float
+        ``0``: resample by output size, ``size=(gh, gw)`` (timm). ``> 0``: pass
+        ``scale_factor=((gh + offset) / M, (gw + offset) / M)`` instead, which also sets the
+        sampling positions (facebookresearch's "historical kludge", offset 0.1).
+
+    Examples
+    --------
+    >>> PosEmbedInterp("bicubic", antialias=False, offset=0.1)
+    PosEmbedInterp(mode='bicubic', antialias=False, offset=0.1)
+    """
+
+    mode: str = "bicubic"
+    antialias: bool = True
+    offset: float = 0.0
+
+
+#: timm's ``resample_abs_pos_embed`` defaults (bicubic, antialias, by output size); also what
+#: the facebookresearch register models (``*_reg``) do.
+TIMM_POS_EMBED_INTERP = PosEmbedInterp("bicubic", antialias=True, offset=0.0)
 
 
 @dataclass(frozen=True)
@@ -35,6 +80,14 @@ class BackboneCfg:
         Patch side in pixels; input sides are padded to a multiple of it.
     position : {'learned', 'alibi', 'none'}
         Positional encoding: DINOv2's learned embedding, 2D ALiBi attention bias, or none (NoPE).
+    pos_embed_interp : PosEmbedInterp or None
+        How the reference implementation resamples the learned position embedding to
+        another grid (see :class:`PosEmbedInterp`); ``None`` without a learned embedding.
+        Used unless a feature config asks for timm's resampling (classifier files of
+        releases up to 0.1.x, ``FeatureConfig.pos_embed_interp='timm'``).
+    reference_code : str
+        The reference code this entry reproduces (repository, path and commit), shown in
+        ``docs/backbones.md``.
     weights_file : str
         Expected checkpoint file name (looked up in the weights folder / hub cache).
     weights_repo : str or None
@@ -73,6 +126,8 @@ class BackboneCfg:
     num_prefix_tokens: int
     patch_size: int = 14
     position: str = "learned"
+    pos_embed_interp: PosEmbedInterp | None = TIMM_POS_EMBED_INTERP
+    reference_code: str = ""
     weights_file: str = ""
     weights_repo: str | None = None
     weights_url: str | None = None

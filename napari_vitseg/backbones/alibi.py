@@ -286,13 +286,18 @@ def convert_dinosaw_state_dict(state_dict: dict, cfg: BackboneCfg) -> tuple[dict
 _DINOSAW_REPO = "rmdocherty/dino-saw"
 _DINOSAW_URL = "https://huggingface.co/rmdocherty/dino-saw"
 _ALIBI_KW = {"wrap": True, "metric": "euclidean", "slope": "constant"}
+#: tldr-group/dino-saw commit whose ALiBi / NoPE wrappers these entries reproduce
+DINOSAW_COMMIT = "636424c112ead8258f0ff6baee96409eb805ab26"
+_DINOSAW_REF = (f"tldr-group/dino-saw@{DINOSAW_COMMIT[:7]}: dinosaw/alibi_logic.py, "
+                "dinosaw/wrappers/alibi.py")
 
 
 def _dinosaw_cfg(name: str, position: str, weights_file: str, description: str) -> BackboneCfg:
     return BackboneCfg(
         name=name, timm_arch="vit_small_patch14_reg4_dinov2", timm_tag=None,
         embed_dim=384, depth=12, num_heads=6, num_prefix_tokens=5, patch_size=14,
-        position=position, weights_file=weights_file, weights_repo=_DINOSAW_REPO,
+        position=position, pos_embed_interp=None, reference_code=_DINOSAW_REF,
+        weights_file=weights_file, weights_repo=_DINOSAW_REPO,
         weights_url=f"{_DINOSAW_URL}/blob/main/{weights_file}",
         license="see the model card at " + _DINOSAW_URL,
         paper=ALIBI_PAPER, description=description,

@@ -41,7 +41,8 @@ from .._progress import JobGenerator, Progress
 from .._validation import VitsegError
 from . import dinov2 as _dinov2  # noqa: F401  (the bases must be registered first)
 from ._base import ViTBackbone, build_timm_model
-from ._registry import BackboneCfg, get_backbone_cfg, register_backbone
+from ._input import scale_intensity
+from ._registry import BackboneCfg, PosEmbedInterp, get_backbone_cfg, register_backbone
 
 __all__ = [
     "SINDER_PAPER",
@@ -355,26 +356,21 @@ def neighbourhood_target(tokens: torch.Tensor, scores: torch.Tensor, tau: float 
 # --------------------------------------------------------------------------------------------
 # images
 # --------------------------------------------------------------------------------------------
-def _to_unit_range(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    a = a.astype(np.float32)
-    lo, hi = np.percentile(a, (0.5, 99.5))
-    if hi <= lo:
-        return np.zeros_like(a)
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-
-
 def prepare_images(images: Iterable, *, size: int = 224, patch_size: int = 14,
                    mean: Sequence[float] = (0.485, 0.456, 0.406),
-                   std: Sequence[float] = (0.229, 0.224, 0.225)) -> list[torch.Tensor]:
+                   std: Sequence[float] = (0.229, 0.224, 0.225),
+                   intensity: str = "reference") -> list[torch.Tensor]:
     """Turn images into normalised RGB tensors for the repair.
 
     Parameters
     ----------
     images : iterable of array-like
-        Each (Y, X) greyscale or (Y, X, 3|4) RGB(A), any real dtype; uint8 is divided by 255,
-        other dtypes are scaled from their 0.5 / 99.5 percentiles to [0, 1].
+        Each (Y, X) greyscale or (Y, X, 3|4) RGB(A), any real dtype, scaled to [0, 1] by
+        the same rule as the segmentation features (:func:`._input.scale_intensity`).
+    intensity : {'reference', 'percentile'}
+        ``'reference'``: uint8 / 255 (as SINDER's ``ToTensor``), other integers by their
+        dtype range, floats as given; ``'percentile'``: each image's 0.5 / 99.5
+        percentiles to 0 / 1. Use the setting of the classifiers that will use the repair.
     size : int
         Side of the centre crop, rounded down to a multiple of ``patch_size``; smaller images
         give the largest multiple of ``patch_size`` that fits.
@@ -405,7 +401,7 @@ def prepare_images(images: Iterable, *, size: int = 224, patch_size: int = 14,
                 f"image {k} has shape {a.shape}; the repair needs (Y, X) or (Y, X, 3) images "
                 "(split stacks into planes first)."
             )
-        a = _to_unit_range(a)
+        a = scale_intensity(np.asarray(a, dtype=np.float32), intensity=intensity, dtype=a.dtype)
         if a.ndim == 2:
             a = np.repeat(a[..., None], 3, axis=-1)
         h = min(size, a.shape[0]) // patch_size * patch_size
@@ -957,10 +953,23 @@ def apply_repair(model, repair, *, base: str | None = None, base_sha256: str | N
 # --------------------------------------------------------------------------------------------
 # registered variants
 # --------------------------------------------------------------------------------------------
+#: haoqiwang/sinder commit whose model loading these entries reproduce
+SINDER_COMMIT = "3b5cd452dffe5cd9410b198444de718921cc58f2"
+_SINDER_REF = (f"haoqiwang/sinder@{SINDER_COMMIT[:7]}: sinder/utils.py load_model "
+               "(interpolate_antialias=True), sinder/hub/backbones.py {fn}")
+
+
+def _sinder_interp(b: BackboneCfg) -> PosEmbedInterp:
+    """SINDER's ``load_model`` switches antialiasing on and keeps the hub model's offset
+    (0.1 without registers, 0 with them)."""
+    return dataclasses.replace(b.pos_embed_interp, antialias=True)
+
+
 def _sinder_cfg(base: str) -> BackboneCfg:
     b = get_backbone_cfg(base)
     return dataclasses.replace(
         b, name=f"sinder_{base}", timm_tag=None, base=base,
+        pos_embed_interp=_sinder_interp(b), reference_code=_SINDER_REF.format(fn=base),
         weights_file=f"sinder_{base}.safetensors", weights_repo=None, weights_url=None, sha256=None,
         paper=f"{SINDER_PAPER}; {b.paper}",
         description=f"{b.description}, SINDER-repaired (repair file made with `vitseg repair`)",
@@ -994,6 +1003,7 @@ def sinder_dinov2_vitg14() -> BackboneCfg:
     b = get_backbone_cfg("dinov2_vitg14")
     return dataclasses.replace(
         b, name="sinder_dinov2_vitg14", timm_tag=None, base="dinov2_vitg14",
+        pos_embed_interp=_sinder_interp(b), reference_code=_SINDER_REF.format(fn="dinov2_vitg14"),
         weights_file="dinov2g_sinder.pth", weights_repo="haoqiwang/sinder",
         weights_url="https://huggingface.co/haoqiwang/sinder", sha256=None,
         paper=f"{SINDER_PAPER}; {b.paper}",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import VitsegError
+from ..backbones._input import INTENSITY_MODES
 from ..backbones.sinder import iter_repair, prepare_images
 from ._common import library_default, run_job
 
@@ -146,7 +147,8 @@ def cmd_repair(args) -> int:
     arrays, names = read_repair_images(args.images, max_images=args.max_images)
     backbone = create_backbone(args.backbone, weights=args.weights, device=args.device or "cpu")
     cfg = backbone.cfg
-    images = prepare_images(arrays, size=args.size, patch_size=cfg.patch_size, mean=cfg.mean, std=cfg.std)
+    images = prepare_images(arrays, size=args.size, patch_size=cfg.patch_size, mean=cfg.mean, std=cfg.std,
+                            intensity=args.intensity)
     if not args.quiet:
         print(f"repairing {cfg.name} on {len(images)} image(s) of up to {args.size} px "
               f"(at most {args.max_steps} steps)", file=sys.stderr)
@@ -217,6 +219,9 @@ def add_subcommands(subparsers) -> None:
     r.add_argument("--size", type=int, default=library_default(prepare_images, "size"),
                    help="centre-crop side in px (default %(default)s)")
     r.add_argument("--max-images", type=int, default=None, help="use at most N images / planes")
+    r.add_argument("--intensity", choices=INTENSITY_MODES, default=library_default(prepare_images, "intensity"),
+                   help="intensity scaling before the ImageNet normalisation, as FeatureConfig.intensity: "
+                        "'reference' (uint8 / 255, as SINDER) or 'percentile' (default %(default)s)")
     r.add_argument("--lr", type=float, default=library_default(iter_repair, "lr"),
                    help="SGD learning rate (default %(default)s)")
     r.add_argument("--layer-window", type=int, default=None, help="blocks that get gradients (default depth/4)")

@@ -77,7 +77,8 @@ class TokenMaps:
 
 
 def prepare_image(image, *, channel_axis: int | None = None, patch_size: int = 14,
-                  max_side: int | None = None, name: str = "image") -> PreparedImage:
+                  max_side: int | None = None, name: str = "image",
+                  intensity: str = "reference") -> PreparedImage:
     """Turn a 2-D image into RGB in [0, 1], cropped to a multiple of the patch size.
 
     Parameters
@@ -95,13 +96,17 @@ def prepare_image(image, *, channel_axis: int | None = None, patch_size: int = 1
         ``None`` keeps the whole image.
     name : str
         Label used in reports and error messages.
+    intensity : {'reference', 'percentile'}
+        The intensity rule of the segmentation features
+        (:func:`napari_vitseg.features.vit.to_rgb01`, ``FeatureConfig.intensity``):
+        ``'reference'`` divides by the dtype's range (uint8 / 255; floats as given);
+        ``'percentile'`` maps the 0.5 / 99.5 percentiles of the whole plane (not of the
+        crop) to 0 and 1.
 
     Returns
     -------
     PreparedImage
-        Intensities scaled as the segmentation features scale them
-        (:func:`napari_vitseg.features.vit.to_rgb01`): the 0.5 / 99.5 percentiles of the whole
-        plane map to 0 and 1, for every dtype.
+        Intensities scaled as the segmentation features scale them.
 
     Raises
     ------
@@ -145,13 +150,17 @@ def prepare_image(image, *, channel_axis: int | None = None, patch_size: int = 1
         )
     r0 = (spatial[0] - h) // 2 if max_side is not None and spatial[0] > max_side else 0
     c0 = (spatial[1] - w) // 2 if max_side is not None and spatial[1] > max_side else 0
-    # the same intensity scaling as the segmentation features (features.vit.to_rgb01), with the
-    # 0.5 / 99.5 percentiles of the whole plane rather than of the crop
+    # the same intensity scaling as the segmentation features (features.vit.to_rgb01); with
+    # 'percentile', the 0.5 / 99.5 percentiles of the whole plane rather than of the crop
     from ..features.vit import robust_intensity_range, to_rgb01
 
+    src_dtype = arr.dtype
     plane = as_float32(arr, name)  # errors name the image
-    lo, hi = robust_intensity_range(plane)
-    crop = to_rgb01(plane[r0:r0 + h, c0:c0 + w], intensity_range=(lo, hi) if hi > lo else None)
+    rng = None
+    if intensity == "percentile":
+        lo, hi = robust_intensity_range(plane)
+        rng = (lo, hi) if hi > lo else None
+    crop = to_rgb01(plane[r0:r0 + h, c0:c0 + w], intensity_range=rng, intensity=intensity, dtype=src_dtype)
     return PreparedImage(np.ascontiguousarray(crop), (int(r0), int(c0)), (int(spatial[0]), int(spatial[1])),
                          p, name)
 

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .._validation import VitsegError, check_number, check_option
 
-__all__ = ["FeatureConfig", "CLASSICAL_FAMILIES", "UPSAMPLERS"]
+__all__ = ["FeatureConfig", "CLASSICAL_FAMILIES", "UPSAMPLERS", "INTENSITY_MODES", "POS_EMBED_INTERP_MODES",
+           "FEATURE_CONFIG_VERSION", "V1_DEFAULTS"]
 
 #: Classical filter families, in the order their channels appear.
 CLASSICAL_FAMILIES = ("gaussian", "gradient", "laplacian", "hessian", "structure", "dog")
@@ -16,6 +17,14 @@ UPSAMPLERS = ("bilinear", "guided")
 #: Largest Gaussian scale (px) and number of scales of the classical filters.
 MAX_SIGMA = 256.0
 MAX_SIGMAS = 16
+#: How image intensities become the [0, 1] RGB a ViT sees (see :func:`napari_vitseg.features.vit.to_rgb01`).
+INTENSITY_MODES = ("reference", "percentile")
+#: How a learned position embedding is resampled (see :meth:`napari_vitseg.backbones.ViTBackbone.forward_features`).
+POS_EMBED_INTERP_MODES = ("reference", "timm")
+#: Current version of the serialised config.
+FEATURE_CONFIG_VERSION = 2
+#: Values that version-1 configs (releases up to 0.1.x) did not store: what those releases did.
+V1_DEFAULTS = {"intensity": "percentile", "pos_embed_interp": "timm", "vit_autocast": None}
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,36 @@ class FeatureConfig:
     vit_channels : tuple of int or None
         Channels fed to the ViT for a multichannel image (1 or 3 of them); ``None`` takes a
         grey or RGB image as it is. Classical features are computed for every channel.
+    intensity : {'reference', 'percentile'}
+        How intensities are scaled to [0, 1] before the ViT's ImageNet normalisation (see
+        :func:`~napari_vitseg.features.vit.to_rgb01`): ``'reference'`` as the papers' code
+        (uint8 / 255, other integers by their dtype range, floats as given);
+        ``'percentile'``: each plane's 0.5 / 99.5 percentiles to 0 / 1. Classifier files
+        without this key (version 1) used ``'percentile'``. The guide image of the guided
+        upsampling is percentile-scaled in both cases. ``docs/backbones.md`` argues the
+        default.
+    pos_embed_interp : {'reference', 'timm'}
+        How a learned position embedding is resampled for windows other than 518 x 518 px:
+        as the backbone's reference code (``BackboneCfg.pos_embed_interp``) or with timm's
+        defaults. Version-1 files used ``'timm'``; the two agree for register models.
+    vit_autocast : bool or None
+        Run the ViT under bf16 autocast. ``False`` (default): float32, the features the
+        classifier was trained on do not depend on the device (bf16 changes them by ~0.6 %);
+        ``True``: faster on recent GPUs; ``None``: on for CUDA, off otherwise (version-1
+        files).
+
+    Notes
+    -----
+    ``from_dict`` migrates version-1 dictionaries by filling the keys they lack with
+    :data:`V1_DEFAULTS`, so that old classifier files compute exactly what they computed
+    when they were saved; new configs get the defaults above.
+
+    Examples
+    --------
+    >>> FeatureConfig.from_dict({"version": 1, "backbone": None}).intensity
+    'percentile'
+    >>> FeatureConfig().intensity, FeatureConfig().to_dict()["version"]
+    ('reference', 2)
     """
 
     backbone: str | None = None
@@ -74,7 +113,10 @@ class FeatureConfig:
     guided_radius: int = 8
     guided_eps: float = 1e-3
     vit_channels: tuple[int, ...] | None = None
-    _version: int = field(default=1, repr=False)
+    intensity: str = "reference"
+    pos_embed_interp: str = "reference"
+    vit_autocast: bool | None = False
+    _version: int = field(default=FEATURE_CONFIG_VERSION, repr=False)
 
     def __post_init__(self):
         try:
@@ -89,6 +131,10 @@ class FeatureConfig:
         for fam in self.families:
             check_option(fam, CLASSICAL_FAMILIES, "families")
         check_option(self.upsample, UPSAMPLERS, "upsample")
+        check_option(self.intensity, INTENSITY_MODES, "intensity")
+        check_option(self.pos_embed_interp, POS_EMBED_INTERP_MODES, "pos_embed_interp")
+        if self.vit_autocast not in (None, True, False):
+            raise VitsegError(f"vit_autocast must be True, False or None; got {self.vit_autocast!r}.")
         if len(self.sigmas) > MAX_SIGMAS or any(not (0 < s <= MAX_SIGMA) for s in self.sigmas):
             raise VitsegError(
                 f"sigmas must be at most {MAX_SIGMAS} scales in (0, {MAX_SIGMA:g}] pixels; got {self.sigmas}."
@@ -126,15 +172,27 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`VitsegError`."""
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`VitsegError`.
+
+        A version-1 dictionary (no ``version`` key, or 1) gets :data:`V1_DEFAULTS` for the
+        keys it lacks and is returned as a current-version config that computes the same
+        features.
+        """
         d = dict(d)
         version = d.pop("version", 1)
-        if version != 1:
-            raise VitsegError(f"Feature config version {version} is not supported by this napari-vitseg.")
+        if version not in (1, FEATURE_CONFIG_VERSION):
+            raise VitsegError(
+                f"Feature config version {version} is not supported by this napari-vitseg "
+                f"(it reads versions 1 to {FEATURE_CONFIG_VERSION}); upgrade napari-vitseg."
+            )
         names = {f.name for f in fields(cls)} - {"_version"}
         unknown = set(d) - names
+        if version == 1:
+            unknown |= set(d) & set(V1_DEFAULTS)  # keys that version 1 did not have
         if unknown:
             raise VitsegError(f"Unknown feature config keys {sorted(unknown)}; upgrade napari-vitseg.")
+        if version == 1:
+            d = {**V1_DEFAULTS, **d}
         return cls(**d)
 
     @classmethod

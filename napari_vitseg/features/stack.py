@@ -18,6 +18,12 @@ from .config import FeatureConfig
 __all__ = ["Featurizer"]
 
 
+def _source_dtype(plane) -> np.dtype:
+    """The dtype of a plane as given (numpy, dask, zarr or nested lists)."""
+    dt = getattr(plane, "dtype", None)
+    return np.dtype(dt) if dt is not None else np.asarray(plane).dtype
+
+
 class Featurizer:
     """Compute per-pixel features of image planes.
 
@@ -138,7 +144,7 @@ class Featurizer:
         return names
 
     # -- ViT tokens ---------------------------------------------------------------
-    def vit_tokens(self, plane: np.ndarray, key=None, progress=None) -> np.ndarray:
+    def vit_tokens(self, plane: np.ndarray, key=None, progress=None, *, dtype=None) -> np.ndarray:
         """ViT patch tokens of a plane on the padded patch grid, PCA applied.
 
         Parameters
@@ -146,6 +152,9 @@ class Featurizer:
         plane : ndarray, (Y, X) or (Y, X, C)
         key : hashable, optional
             Identity of the plane; the tokens of the last key are memoised.
+        dtype : numpy dtype, optional
+            The plane's dtype before any conversion to float (``config.intensity =
+            'reference'`` scales by it); default ``plane.dtype``.
 
         Returns
         -------
@@ -166,7 +175,8 @@ class Featurizer:
             tokens = vit_patch_features(
                 img, self.backbone, tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap,
                 batch_size=cfg.batch_size, channel_axis=None if img.ndim == 2 else -1,
-                progress=progress,
+                progress=progress, intensity=cfg.intensity, dtype=plane.dtype if dtype is None else dtype,
+                pos_embed_interp=cfg.pos_embed_interp, autocast=cfg.vit_autocast,
             )
             if key is not None:  # memoise the raw tokens: bands of one plane share them
                 self._tokens_key, self._tokens = key, tokens
@@ -258,6 +268,7 @@ class Featurizer:
         VitsegError
             Bad dimensionality, dtype, non-finite values, unusable channel count.
         """
+        src_dtype = _source_dtype(plane)
         plane = as_float32(plane, "image plane")
         if plane.ndim not in (2, 3):
             raise VitsegError(f"A plane must be (Y, X) or (Y, X, C); got shape {plane.shape}.")
@@ -289,7 +300,7 @@ class Featurizer:
                 f += k
                 del feats
         if cfg.backbone is not None:
-            out[:, :, f:] = self._vit_band(plane, y0, y1, key=key, progress=progress)
+            out[:, :, f:] = self._vit_band(plane, y0, y1, key=key, progress=progress, dtype=src_dtype)
         return out
 
     def _guide(self, plane, key=None) -> np.ndarray:
@@ -300,18 +311,20 @@ class Featurizer:
         if key is not None and self._guide_memo[0] == key:
             return self._guide_memo[1]
         chans = None if plane.ndim == 2 else self._vit_channels(plane.shape[-1])
-        guide = to_rgb01(plane if chans is None else plane[..., chans])
+        # the guide is percentile-scaled whatever config.intensity says: guided_eps is set
+        # for a guide spanning [0, 1]
+        guide = to_rgb01(plane if chans is None else plane[..., chans], intensity="percentile")
         guide = guide[..., 0] if chans is None or len(chans) == 1 else guide.mean(axis=-1)
         if key is not None:
             self._guide_memo = (key, guide)
         return guide
 
-    def _vit_band(self, plane, y0, y1, key=None, progress=None) -> np.ndarray:
+    def _vit_band(self, plane, y0, y1, key=None, progress=None, dtype=None) -> np.ndarray:
         from .upsample import upsample_bilinear, upsample_guided
 
         cfg = self.config
         p = self.backbone.patch_size
-        tokens = self.vit_tokens(plane, key=key, progress=progress)
+        tokens = self.vit_tokens(plane, key=key, progress=progress, dtype=dtype)
         gh, gw, _ = tokens.shape
         ny, nx = plane.shape[:2]
         m = self._vit_margin_tokens(p)

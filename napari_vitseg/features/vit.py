@@ -2,8 +2,9 @@
 
 Pipeline of :func:`vit_features` for one (Y, X) plane:
 
-1. :func:`to_rgb01` - any real dtype, grey or RGB, to (Y, X, 3) float32 in [0, 1] with a
-   robust per-image intensity range (0.5 / 99.5 percentiles; see the function's Notes).
+1. :func:`to_rgb01` - any real dtype, grey or RGB, to (Y, X, 3) float32 in [0, 1], by the
+   dtype's range as the papers' code does (``intensity='reference'``) or by the plane's
+   0.5 / 99.5 percentiles (``'percentile'``; see the function's Notes).
 2. ImageNet normalisation with the backbone's ``cfg.mean`` / ``cfg.std`` and reflection
    padding of the bottom / right edges to a multiple of the patch size ``p``.
 3. :func:`vit_patch_features` - windows of ``tile_size`` pixels with ``tile_overlap``,
@@ -28,16 +29,18 @@ References
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from .._validation import VitsegError, as_float32, check_channel_axis, check_option
+from ..backbones._input import INTENSITY_MODES, PERCENTILES, robust_range, scale_intensity
 from .upsample import upsample_bilinear, upsample_guided
 
 __all__ = [
+    "INTENSITY_MODES",
+    "PERCENTILES",
     "PCAReducer",
     "robust_intensity_range",
     "to_rgb01",
@@ -45,10 +48,6 @@ __all__ = [
     "vit_features",
     "vit_patch_features",
 ]
-
-#: Percentiles of the robust intensity range used by :func:`to_rgb01`.
-PERCENTILES = (0.5, 99.5)
-
 
 # -- input conversion ----------------------------------------------------------
 def _as_yxc(image, channel_axis: int | None, name: str = "image") -> np.ndarray:
@@ -83,9 +82,16 @@ def _as_yxc(image, channel_axis: int | None, name: str = "image") -> np.ndarray:
     return as_float32(arr, name)
 
 
+def _source_dtype(image, dtype):
+    if dtype is not None:
+        return np.dtype(dtype)
+    dt = getattr(image, "dtype", None)
+    return np.dtype(dt) if dt is not None else np.asarray(image).dtype
+
+
 def robust_intensity_range(image, channel_axis: int | None = None, *,
                            percentiles: tuple[float, float] = PERCENTILES) -> tuple[float, float]:
-    """The intensity range that :func:`to_rgb01` maps to [0, 1].
+    """The intensity range that :func:`to_rgb01` maps to [0, 1] with ``intensity='percentile'``.
 
     Parameters
     ----------
@@ -109,19 +115,13 @@ def robust_intensity_range(image, channel_axis: int | None = None, *,
     (5.0, 995.0)
     """
     arr = _as_yxc(image, channel_axis)
-    return _robust_range(arr, percentiles)
-
-
-def _robust_range(arr: np.ndarray, percentiles=PERCENTILES) -> tuple[float, float]:
-    lo, hi = (float(v) for v in np.percentile(arr, percentiles))
-    if not hi > lo:
-        lo, hi = float(arr.min()), float(arr.max())
-    return lo, hi
+    return robust_range(arr, percentiles)
 
 
 def to_rgb01(image, channel_axis: int | None = None, *,
-             intensity_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Convert a grey or RGB plane of any real dtype to RGB float32 in [0, 1].
+             intensity_range: tuple[float, float] | None = None,
+             intensity: str = "reference", dtype=None) -> np.ndarray:
+    """Convert a grey or RGB plane of any real dtype to the RGB float32 a ViT is fed.
 
     Parameters
     ----------
@@ -132,58 +132,60 @@ def to_rgb01(image, channel_axis: int | None = None, *,
     channel_axis : int, optional
         The axis holding 1 or 3 channels, e.g. 0 for (C, Y, X).
     intensity_range : (float, float), optional
-        ``(lo, hi)`` mapped to (0, 1), for example from :func:`robust_intensity_range`
-        on a whole stack or a whole plane, so that tiles or planes processed separately get
-        the same scaling. Default: this image's own 0.5 / 99.5 percentiles.
+        ``(lo, hi)`` mapped to (0, 1) and clipped, in either ``intensity`` mode, for
+        example from :func:`robust_intensity_range` on a whole stack or a whole plane, so
+        that tiles or planes processed separately get the same scaling.
+    intensity : {'reference', 'percentile'}
+        ``'reference'`` (default, as the DINOv2 / dino-saw / SINDER code reads images):
+        uint8 / 255, other integers divided by their dtype's maximum (uint16: 65535),
+        bool as 0 / 1, floats as given (not clipped). ``'percentile'``: this image's 0.5 /
+        99.5 percentiles (all channels together) to 0 / 1, clipped (classifier files of
+        releases up to 0.1.x). The rule itself is
+        :func:`napari_vitseg.backbones._input.scale_intensity`, shared with the SINDER
+        repair and the diagnostics.
+    dtype : numpy dtype, optional
+        The dtype the image had before it was converted to float (``'reference'`` scales
+        by it); default the dtype of ``image``.
 
     Returns
     -------
     (Y, X, 3) ndarray of float32
-        Values in [0, 1]; a grey image is repeated to three channels.
+        A grey image is repeated to three channels. Values in [0, 1] except for float
+        input with ``intensity='reference'``, which is passed through.
 
     Raises
     ------
     VitsegError
-        For more than one plane, 2 or more than 3 channels, unsupported dtypes or
-        non-finite values.
+        For more than one plane, 2 or more than 3 channels, unsupported dtypes,
+        non-finite values or an unknown ``intensity``.
 
     Notes
     -----
-    The scaling is ``clip((x - lo) / (hi - lo), 0, 1)`` with ``lo, hi`` the 0.5 and 99.5
-    percentiles of the image (all channels together, so RGB colour balance is kept), for
-    every dtype, uint8 included. Per-image percentiles make the features insensitive to
-    gain and offset between images, which matters because a classifier trained on one
-    image is applied to others; the price is that one image's scaling depends on its
-    content (a plane that is nearly empty is stretched). Pass ``intensity_range`` to fix
-    the scaling across planes or tiles. A constant image maps to 0.
+    ``'percentile'`` makes the features insensitive to gain and offset between images; the
+    price is that the scaling depends on the content (a nearly empty plane is stretched)
+    and differs from the papers' (features of a uint8 image spanning 40-180 change by
+    ~65 %). ``'reference'`` gives every image of a dtype the same scaling, as the
+    checkpoints were trained; data that fill only part of their dtype's range (12-bit
+    camera data in uint16) then reach the ViT dark and flat: use ``'percentile'`` or an
+    ``intensity_range`` for those. ``docs/backbones.md`` argues the default.
 
     Examples
     --------
     >>> import numpy as np
-    >>> rgb = to_rgb01(np.array([[0, 100], [200, 255]], dtype=np.uint8))
-    >>> rgb.shape, rgb.dtype, float(rgb.min()), float(rgb.max())
-    ((2, 2, 3), dtype('float32'), 0.0, 1.0)
+    >>> img = np.array([[0, 51], [204, 255]], dtype=np.uint8)
+    >>> rgb = to_rgb01(img)
+    >>> rgb.shape, rgb.dtype, rgb[..., 0].tolist()
+    ((2, 2, 3), dtype('float32'), [[0.0, 0.20000000298023224], [0.800000011920929, 1.0]])
+    >>> float(to_rgb01(img // 2, intensity="percentile").max())
+    1.0
     """
+    src = _source_dtype(image, dtype)
     arr = _as_yxc(image, channel_axis)
-    return _scale01(arr, intensity_range)
+    return _scale01(arr, intensity_range, intensity, src)
 
 
-def _scale01(arr: np.ndarray, intensity_range) -> np.ndarray:
-    if intensity_range is None:
-        lo, hi = _robust_range(arr)
-    else:
-        try:
-            lo, hi = (float(v) for v in intensity_range)
-        except (TypeError, ValueError):
-            raise VitsegError(f"intensity_range must be two numbers (lo, hi); got {intensity_range!r}.") from None
-        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-            raise VitsegError(f"intensity_range must be finite with hi > lo; got {intensity_range!r}.")
-    if hi > lo:
-        out = arr - np.float32(lo)
-        out *= np.float32(1.0 / (hi - lo))
-        np.clip(out, 0.0, 1.0, out=out)
-    else:
-        out = np.zeros_like(arr)
+def _scale01(arr: np.ndarray, intensity_range, intensity: str = "percentile", dtype=None) -> np.ndarray:
+    out = scale_intensity(arr, intensity=intensity, dtype=dtype, intensity_range=intensity_range)
     if out.shape[-1] == 1:
         out = np.repeat(out, 3, axis=-1)
     return out
@@ -265,7 +267,7 @@ def _check_tiling(tile_size, tile_overlap, batch_size, p: int) -> tuple[int, int
 
 
 def _patch_features_rgb01(rgb: np.ndarray, backbone, *, tile_size, tile_overlap, batch_size,
-                          device, autocast, progress) -> np.ndarray:
+                          device, autocast, progress, pos_embed_interp=None) -> np.ndarray:
     """Tokens (gh, gw, D) float32, C-contiguous, of an RGB [0, 1] (Y, X, 3) float32 plane."""
     p = int(backbone.patch_size)
     t_tok, o_tok, batch_size = _check_tiling(tile_size, tile_overlap, batch_size, p)
@@ -294,7 +296,11 @@ def _patch_features_rgb01(rgb: np.ndarray, backbone, *, tile_size, tile_overlap,
             batch = tiles[b0:b0 + batch_size]
             xb = torch.stack([img[:, y0 * p:(y0 + th) * p, x0 * p:(x0 + tw) * p]
                               for y0, x0, th, tw, _ in batch])
-            feats = backbone.forward_features(xb.to(dev, non_blocking=True))
+            xb = xb.to(dev, non_blocking=True)
+            # 'reference' is forward_features' default: only 'timm' needs saying (so that
+            # stand-in backbones without the keyword work)
+            feats = (backbone.forward_features(xb) if pos_embed_interp in (None, "reference")
+                     else backbone.forward_features(xb, pos_embed_interp=pos_embed_interp))
             feats = feats.float().cpu().numpy()
             if feats.shape[1:] != (d, batch[0][2], batch[0][3]):
                 raise RuntimeError(
@@ -331,7 +337,9 @@ def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: i
                        batch_size: int = 4, channel_axis: int | None = None, device=None,
                        autocast: bool | None = None,
                        progress: Callable[[int, int], object] | None = None,
-                       intensity_range: tuple[float, float] | None = None) -> np.ndarray:
+                       intensity_range: tuple[float, float] | None = None,
+                       intensity: str = "reference", dtype=None,
+                       pos_embed_interp: str | None = None) -> np.ndarray:
     """ViT patch features (tokens) of one plane, computed tile by tile.
 
     Parameters
@@ -361,6 +369,14 @@ def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: i
         each batch. It may raise (e.g. :class:`napari_vitseg._progress.Cancelled`) to abort.
     intensity_range : (float, float), optional
         Fixed intensity scaling (see :func:`to_rgb01`).
+    intensity : {'reference', 'percentile'}
+        Intensity rule (see :func:`to_rgb01`).
+    dtype : numpy dtype, optional
+        The image's dtype before any conversion to float (see :func:`to_rgb01`).
+    pos_embed_interp : {'reference', 'timm'}, optional
+        Resampling of a learned position embedding for windows that are not 37 x 37
+        tokens (see :meth:`~napari_vitseg.backbones.ViTBackbone.forward_features`);
+        default ``'reference'``.
 
     Returns
     -------
@@ -402,10 +418,10 @@ def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: i
     >>> tokens.shape, tokens.dtype, tokens.flags.c_contiguous
     ((3, 3, 384), dtype('float32'), True)
     """
-    rgb = to_rgb01(image, channel_axis, intensity_range=intensity_range)
+    rgb = to_rgb01(image, channel_axis, intensity_range=intensity_range, intensity=intensity, dtype=dtype)
     return _patch_features_rgb01(rgb, backbone, tile_size=tile_size, tile_overlap=tile_overlap,
                                  batch_size=batch_size, device=device, autocast=autocast,
-                                 progress=progress)
+                                 progress=progress, pos_embed_interp=pos_embed_interp)
 
 
 def vit_features(image, backbone, *, upsample: str = "guided", tile_size: int = 518,
@@ -414,7 +430,9 @@ def vit_features(image, backbone, *, upsample: str = "guided", tile_size: int = 
                  autocast: bool | None = None,
                  progress: Callable[[int, int], object] | None = None,
                  pca: PCAReducer | None = None,
-                 intensity_range: tuple[float, float] | None = None) -> np.ndarray:
+                 intensity_range: tuple[float, float] | None = None,
+                 intensity: str = "reference", dtype=None,
+                 pos_embed_interp: str | None = None) -> np.ndarray:
     """Per-pixel ViT features of one plane: tiled patch features, upsampled.
 
     Parameters
@@ -441,6 +459,10 @@ def vit_features(image, backbone, *, upsample: str = "guided", tile_size: int = 
         at a fraction of the time and memory.
     intensity_range : (float, float), optional
         Fixed intensity scaling (see :func:`to_rgb01`).
+    intensity, dtype, pos_embed_interp
+        As in :func:`vit_patch_features`. The guide of ``upsample='guided'`` is always
+        scaled with ``intensity='percentile'`` (or ``intensity_range``): its ``eps`` is
+        set for a guide that spans [0, 1].
 
     Returns
     -------
@@ -470,19 +492,23 @@ def vit_features(image, backbone, *, upsample: str = "guided", tile_size: int = 
     check_option(upsample, ("bilinear", "guided"), "upsample")
     if pca is not None and not isinstance(pca, PCAReducer):
         raise VitsegError(f"pca must be a fitted PCAReducer or None; got {type(pca).__name__}.")
+    src = _source_dtype(image, dtype)
     arr = _as_yxc(image, channel_axis)
     grey = arr.shape[-1] == 1
-    rgb = _scale01(arr, intensity_range)
+    rgb = _scale01(arr, intensity_range, intensity, src)
+    guide_rgb = rgb if intensity == "percentile" or intensity_range is not None else None
+    if upsample == "guided" and guide_rgb is None:
+        guide_rgb = _scale01(arr, None, "percentile")
     del arr
     tokens = _patch_features_rgb01(rgb, backbone, tile_size=tile_size, tile_overlap=tile_overlap,
                                    batch_size=batch_size, device=device, autocast=autocast,
-                                   progress=progress)  # (gh, gw, D)
+                                   progress=progress, pos_embed_interp=pos_embed_interp)  # (gh, gw, D)
     if pca is not None:
         tokens = _project_tokens(pca, tokens)
     p = int(backbone.patch_size)
     if upsample == "bilinear":
         return upsample_bilinear(tokens, rgb.shape[:2], patch_size=p)
-    guide = rgb[..., 0] if grey else rgb.mean(axis=-1)
+    guide = guide_rgb[..., 0] if grey else guide_rgb.mean(axis=-1)
     return upsample_guided(tokens, guide, radius=guided_radius, eps=guided_eps, patch_size=p)
 
 

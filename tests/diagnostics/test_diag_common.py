@@ -22,24 +22,39 @@ def test_prepare_grey_uint8_crops_top_left_and_scales_like_the_features():
 
 
 def test_prepare_dtypes_and_channels():
+    """intensity='percentile' (the rule of version-1 classifier files)."""
     rng = np.random.default_rng(0)
     u16 = rng.integers(0, 4096, size=(60, 60)).astype(np.uint16)
-    p = prepare_image(u16)
+    p = prepare_image(u16, intensity="percentile")
     assert 0 <= p.rgb.min() and p.rgb.max() <= 1 and p.rgb.max() > 0.99
     f = rng.random((56, 56)).astype(np.float64)
     lo, hi = np.percentile(f, (0.5, 99.5))
-    np.testing.assert_allclose(prepare_image(f).rgb[..., 1], np.clip((f - lo) / (hi - lo), 0, 1), atol=1e-6)
-    assert prepare_image(np.full((56, 56), 7.0)).rgb.max() == 0.0  # constant: no division by zero
+    np.testing.assert_allclose(prepare_image(f, intensity="percentile").rgb[..., 1],
+                               np.clip((f - lo) / (hi - lo), 0, 1), atol=1e-6)
+    assert prepare_image(np.full((56, 56), 7.0), intensity="percentile").rgb.max() == 0.0  # constant: no division by zero
     rgb = rng.integers(0, 256, size=(56, 70, 3)).astype(np.uint8)
-    p = prepare_image(rgb, channel_axis=-1)
+    p = prepare_image(rgb, channel_axis=-1, intensity="percentile")
     lo, hi = np.percentile(rgb, (0.5, 99.5))  # all channels together: colour balance kept
     np.testing.assert_allclose(p.rgb, np.clip((rgb - lo) / (hi - lo), 0, 1), atol=1e-6)
     rgba = np.concatenate([rgb, np.zeros((56, 70, 1), np.uint8)], -1)
-    np.testing.assert_allclose(prepare_image(rgba, channel_axis=2).rgb, p.rgb)
-    np.testing.assert_allclose(prepare_image(np.moveaxis(rgb, -1, 0), channel_axis=0).rgb, p.rgb)
-    one = prepare_image(rgb[..., :1], channel_axis=-1)
+    np.testing.assert_allclose(prepare_image(rgba, channel_axis=2, intensity="percentile").rgb, p.rgb)
+    np.testing.assert_allclose(prepare_image(np.moveaxis(rgb, -1, 0), channel_axis=0, intensity="percentile").rgb,
+                               p.rgb)
+    one = prepare_image(rgb[..., :1], channel_axis=-1, intensity="percentile")
     assert one.rgb.shape == (56, 70, 3)
     assert prepare_image(rng.random((56, 56)) > 0.5).rgb.max() == 1.0
+
+
+def test_prepare_reference_intensity_is_the_features_rule():
+    """The default, intensity='reference': the dtype's range, as FeatureConfig() and to_rgb01."""
+    from napari_vitseg.features.vit import to_rgb01
+
+    rng = np.random.default_rng(1)
+    u16 = rng.integers(0, 4096, size=(60, 60)).astype(np.uint16)
+    np.testing.assert_array_equal(prepare_image(u16).rgb, to_rgb01(u16)[:56, :56])
+    np.testing.assert_allclose(prepare_image(u16).rgb[..., 0], u16[:56, :56] / 65535, rtol=1e-6)
+    u8 = rng.integers(40, 181, size=(56, 70, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(prepare_image(u8, channel_axis=-1).rgb, u8.astype(np.float32) / 255)
 
 
 def test_prepare_max_side_crops_around_centre():

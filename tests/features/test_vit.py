@@ -85,10 +85,14 @@ def _normalised_padded(img, p=14):
 
 
 # -- input conversion ---------------------------------------------------------------------
+def _rgb01_pct(*args, **kw):
+    return to_rgb01(*args, intensity="percentile", **kw)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
-def test_to_rgb01_dtypes(dtype):
+def test_to_rgb01_percentile_dtypes(dtype):
     img = _image((20, 30), dtype=dtype)
-    rgb = to_rgb01(img)
+    rgb = _rgb01_pct(img)
     assert rgb.shape == (20, 30, 3) and rgb.dtype == np.float32
     assert rgb.min() == 0.0 and rgb.max() == 1.0
     np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])  # grey repeated
@@ -97,32 +101,62 @@ def test_to_rgb01_dtypes(dtype):
 def test_to_rgb01_bool_and_constant():
     b = np.zeros((10, 10), bool)
     b[2:4, 2:4] = True  # 4% on: the 99.5 percentile is 1
-    np.testing.assert_array_equal(to_rgb01(b)[..., 0], b.astype(np.float32))
+    np.testing.assert_array_equal(_rgb01_pct(b)[..., 0], b.astype(np.float32))
     b2 = np.zeros((100, 100), bool)
     b2[0, 0] = True     # 0.01% on: percentiles coincide, falls back to min/max
-    assert to_rgb01(b2)[0, 0, 0] == 1.0 and to_rgb01(b2)[5, 5, 0] == 0.0
-    np.testing.assert_array_equal(to_rgb01(np.full((5, 6), 7, np.uint16)), 0.0)
+    assert _rgb01_pct(b2)[0, 0, 0] == 1.0 and _rgb01_pct(b2)[5, 5, 0] == 0.0
+    np.testing.assert_array_equal(_rgb01_pct(np.full((5, 6), 7, np.uint16)), 0.0)
 
 
 def test_to_rgb01_is_robust_to_a_hot_pixel():
     img = _image((50, 60)).astype(np.float32)
     hot = img.copy()
     hot[3, 3] = 1e9
-    np.testing.assert_allclose(to_rgb01(hot)[10:, 10:], to_rgb01(img)[10:, 10:], atol=0.02)
-    assert to_rgb01(hot)[3, 3, 0] == 1.0
+    np.testing.assert_allclose(_rgb01_pct(hot)[10:, 10:], _rgb01_pct(img)[10:, 10:], atol=0.02)
+    assert _rgb01_pct(hot)[3, 3, 0] == 1.0
 
 
 def test_to_rgb01_channel_layouts():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (12, 15, 3), dtype=np.uint8)
-    a = to_rgb01(rgb)
-    np.testing.assert_array_equal(to_rgb01(np.moveaxis(rgb, -1, 0), channel_axis=0), a)
+    a = _rgb01_pct(rgb)
+    np.testing.assert_array_equal(_rgb01_pct(np.moveaxis(rgb, -1, 0), channel_axis=0), a)
     assert not np.array_equal(a[..., 0], a[..., 1])  # colours kept
     lo, hi = robust_intensity_range(rgb)
     np.testing.assert_allclose(a, np.clip((rgb - lo) / (hi - lo), 0, 1), atol=1e-6)
     grey = rgb[..., 0]
-    np.testing.assert_array_equal(to_rgb01(grey[..., None]), to_rgb01(grey))
-    np.testing.assert_array_equal(to_rgb01(grey[None], channel_axis=0), to_rgb01(grey))
+    np.testing.assert_array_equal(_rgb01_pct(grey[..., None]), _rgb01_pct(grey))
+    np.testing.assert_array_equal(_rgb01_pct(grey[None], channel_axis=0), _rgb01_pct(grey))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, bool, np.float32])
+def test_to_rgb01_reference_divides_by_the_dtype_range(dtype):
+    """'reference': uint8 / 255 exactly (torchvision's ToTensor), integers by their dtype's
+    maximum (negative values clip to 0), bool as 0 / 1, floats as given."""
+    rng = np.random.default_rng(1)
+    if dtype is bool:
+        img = rng.random((6, 7)) > 0.5
+        want = img.astype(np.float32)
+    elif dtype is np.float32:
+        img = rng.normal(0, 3, (6, 7)).astype(np.float32)
+        want = img
+    else:
+        info = np.iinfo(dtype)
+        img = rng.integers(info.min, info.max, (6, 7), endpoint=True).astype(dtype)
+        want = np.clip(torch.from_numpy(img.astype(np.float32)).div(float(info.max)).numpy(), 0, 1)
+    rgb = to_rgb01(img)
+    assert rgb.dtype == np.float32
+    np.testing.assert_array_equal(rgb[..., 0], want)
+    # the source dtype decides, not the dtype of an already converted copy
+    if dtype is np.uint8:
+        np.testing.assert_array_equal(to_rgb01(img.astype(np.float32), dtype=np.uint8), rgb)
+
+
+def test_to_rgb01_reference_uint8_matches_totensor():
+    from torchvision.transforms.functional import to_tensor
+
+    img = np.random.default_rng(2).integers(40, 181, (9, 11, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_rgb01(img), to_tensor(img).numpy().transpose(1, 2, 0))
 
 
 def test_to_rgb01_intensity_range():
