@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from .._validation import VitsegError
@@ -30,9 +31,9 @@ def cmd_train(args) -> int:
     from contextlib import ExitStack
 
     from ..io import open_image
+    from ..io._atomic import check_output_path
 
-    out = Path(args.output)
-    _check_output_folder(out)
+    out = check_output_path(args.output, inputs=[args.image, args.scribbles], what="-o")
     with ExitStack() as files:
         # both read lazily: the scribbles are indexed plane by plane and only the image planes
         # that hold scribbles are read
@@ -61,7 +62,7 @@ def _train(args, out: Path, image, scribbles, channel_axis) -> int:
     names = args.class_names.split(",") if args.class_names else None
     seg = Segmenter(config, args.classifier, params, class_names=names, backbone=backbone, device=args.device)
     run_job(seg.iter_fit(image, scribbles, channel_axis=channel_axis), desc="train", quiet=args.quiet)
-    seg.save(out)
+    seg.save(out, inputs=[args.image, args.scribbles])
     if not args.quiet:
         counts = seg.training_stats_["labelled_pixels"]
         print(f"saved {out} ({len(seg.classes_)} classes, {seg.featurizer.n_features(seg.n_channels_)} features, "
@@ -69,24 +70,68 @@ def _train(args, out: Path, image, scribbles, channel_axis) -> int:
     return 0
 
 
+def _plane_slice(text: str) -> slice:
+    """argparse type: ``START:STOP[:STEP]`` (Python slice, 0-based) or one plane index."""
+    parts = text.split(":")
+    try:
+        if len(parts) == 1:
+            i = int(parts[0])
+            return slice(i, i + 1 if i != -1 else None)
+        if len(parts) > 3:
+            raise ValueError
+        return slice(*(int(p) if p.strip() else None for p in parts))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP[:STEP] or a plane index, got {text!r}") from None
+
+
 def cmd_apply(args) -> int:
     """Apply a saved classifier to one file (``-o`` a file) or to files and folders (``-o`` a folder)."""
     from ..io import expand_inputs
+    from ..io._atomic import same_file
+    from ..io._writers import output_kind, staging_path
     from ..pipeline import Segmenter
+    from ..pipeline._distributed import dask_client
+    from ..pipeline.batch import iter_apply_file, iter_apply_files, output_paths
 
+    if args.workers is not None and args.scheduler:
+        raise VitsegError("Give --workers or --scheduler, not both.")
     files = expand_inputs(args.inputs)
-    seg = Segmenter.load(args.model, device=args.device, allow_random_weights=args.random_weights)
+    model = Path(args.model)
+    seg = Segmenter.load(model, device=args.device, allow_random_weights=args.random_weights)
     out = Path(args.output)
-    if len(files) == 1 and not out.is_dir() and not str(args.output).endswith(("/", "\\")):
+    text = str(args.output)
+    single = len(files) == 1 and not text.endswith(("/", "\\")) and (
+        text.lower().rstrip("/").endswith(".zarr") or not out.is_dir())
+    if single:
         _check_output_folder(out)
-        run_job(seg.iter_apply_file(files[0], out, probabilities_path=args.probabilities,
-                                    channel_axis=args.channel_axis), desc="apply", quiet=args.quiet)
-        written = [out]
+        outputs = [out] + ([Path(args.probabilities)] if args.probabilities else [])
+        if args.format is not None and output_kind(out) != args.format:
+            raise VitsegError(f"--format {args.format} contradicts the output name {text!r}; for one input the "
+                              "output name sets the format.")
     else:
         if args.probabilities and not Path(args.probabilities).is_dir():
             raise VitsegError("With several inputs, -o and --probabilities must be folders.")
-        written = run_job(seg.iter_apply_files(files, out, probabilities=bool(args.probabilities),
-                                               channel_axis=args.channel_axis), desc="apply", quiet=args.quiet)
+        rows = output_paths(files, out, probabilities=bool(args.probabilities), output_format=args.format or "tiff")
+        outputs = [o for _, lab, prob in rows for o in (lab, prob) if o is not None]
+    for o in outputs:
+        if same_file(o, model) or os.path.abspath(o) == os.path.abspath(model):
+            raise VitsegError(f"The output {str(o)!r} is the classifier file; choose another output name.")
+    try:  # SIGTERM arrives as KeyboardInterrupt too (napari_vitseg.cli.main)
+        with dask_client(args.workers, args.scheduler) as client:
+            if single:
+                run_job(iter_apply_file(seg, files[0], out, probabilities_path=args.probabilities,
+                                        channel_axis=args.channel_axis, planes=args.planes, client=client),
+                        desc="apply", quiet=args.quiet)
+                written = [out]
+            else:
+                written = run_job(iter_apply_files(seg, files, out, probabilities=bool(args.probabilities),
+                                                   channel_axis=args.channel_axis, output_format=args.format or "tiff",
+                                                   planes=args.planes, client=client),
+                                  desc="apply", quiet=args.quiet)
+    except KeyboardInterrupt as e:
+        kept = [str(staging_path(o)) for o in outputs if staging_path(o).is_dir()]
+        where = f"; finished planes are kept in {', '.join(kept)}: run the same command again to resume" if kept else ""
+        raise VitsegError(f"interrupted{f' ({e})' if str(e) else ''}{where}.") from None
     if not args.quiet:
         for w in written:
             print(f"wrote {w}")
@@ -142,12 +187,26 @@ def add_subcommands(subparsers) -> None:
     t.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
 
-    a = subparsers.add_parser("apply", help="apply a saved classifier to TIFF files or folders")
+    a = subparsers.add_parser(
+        "apply", help="apply a saved classifier to image files or folders (resumable; optionally on a dask cluster)")
     a.add_argument("model", help="classifier file (*.vitseg)")
     a.add_argument("inputs", nargs="+", help="input TIFF files or folders")
-    a.add_argument("-o", "--output", required=True, help="output labels TIFF (one input) or folder")
+    a.add_argument("-o", "--output", required=True,
+                   help="output labels (one input): .tif/.tiff (tiled, compressed TIFF) or .zarr/.ome.zarr (OME-Zarr); "
+                        "or a folder")
     a.add_argument("--probabilities", default=None,
-                   help="also write per-class probabilities (float16): a TIFF path, or a folder with several inputs")
+                   help="also write per-class probabilities (float16): a path (one input; format by name), or a "
+                        "folder with several inputs")
+    a.add_argument("--format", choices=["tiff", "ome-zarr"], default=None,
+                   help="format of the outputs in a folder: tiff (<stem>_seg.tif; default) or ome-zarr "
+                        "(<stem>_seg.ome.zarr); for one input the output name sets the format")
+    a.add_argument("--planes", type=_plane_slice, default=None, metavar="START:STOP[:STEP]",
+                   help="only these planes of each stack (0-based, Python slice); the output holds only them")
+    a.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="predict on N local worker processes (dask.distributed LocalCluster, one thread each)")
+    a.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="predict on a running dask.distributed cluster (e.g. tcp://host:8786; SLURM via "
+                        "dask-jobqueue, Kubernetes); the inputs must be on a filesystem the workers share")
     a.add_argument("--channel-axis", type=int, default=None)
     a.add_argument("--device", default=None)
     a.add_argument("--quiet", action="store_true")

@@ -4,39 +4,78 @@ The CLI (``vitseg apply``), the Python API (:meth:`Segmenter.iter_apply_files`) 
 napari widget (*Apply to files*) all call these generators, so input expansion, output
 naming, resume and atomic writing are the same everywhere:
 
-- inputs: files as given, folders expanded to their TIFF files (sorted);
-- outputs: ``<stem><suffix>.tif`` where the stem is the input's name without its TIFF
-  suffix only (``cell.day1.tif`` -> ``cell.day1_seg.tif``); two inputs that would share an
-  output, or an output that is one of the inputs, are refused before anything is written;
-- each output is streamed plane by plane to a temporary ``.part`` name and renamed when
-  complete; a rerun skips outputs that exist (only complete files ever carry the final name).
+- inputs: files, zarr / OME-Zarr folders and patterns of TIFF slices as given, other folders
+  expanded to their TIFF files and zarr folders (sorted; see
+  :func:`napari_vitseg.io.expand_inputs`); read lazily, one plane at a time, so memory is
+  bounded by one plane's features whatever the stack size;
+- outputs: the format follows the name (:func:`napari_vitseg.io._writers.output_kind`):
+  ``.tif`` / ``.tiff`` is a tiled, zlib-compressed TIFF (BigTIFF above 2 GiB), ``.zarr`` /
+  ``.ome.zarr`` an OME-Zarr (NGFF 0.4); folders get ``<stem><suffix>.tif`` (or
+  ``.ome.zarr`` with ``output_format='ome-zarr'``), where the stem is the input's name without
+  its image suffix only (``cell.day1.tif`` -> ``cell.day1_seg.tif``); two inputs that would
+  share an output, an output that is one of the inputs, and outputs that exist and are not
+  regular files (folders, devices, pipes; see :func:`napari_vitseg.io._atomic.check_output_path`)
+  or are existing OME-Zarr outputs are refused before anything is written;
+- resume inside a file: planes go to a hidden staging store next to the output
+  (``.<name>.part.zarr/``, one chunk per plane) with a manifest of what they depend on (the
+  classifier's identity, the input's path, size, modification time, shape and dtype, the
+  planes, the output settings, the package version) and an append-only log of finished planes
+  (index and CRC-32 of the plane's values). A rerun keeps the planes whose chunk exists and
+  matches its checksum and computes only the others; the result equals an uninterrupted run bit
+  for bit. A staging store made with another classifier or input is discarded (with a progress
+  message); one being written by another run is refused (it is locked);
+- outputs appear under their final name only when complete: TIFF outputs are assembled from
+  the staging store (inside it) and renamed into place, OME-Zarr outputs are the staging store
+  renamed into place; the staging store is then removed. Closing the job early (Cancel,
+  Ctrl+C, SIGTERM, or a killed process) keeps the staging store for the next run and leaves
+  nothing under the final name; a rerun of :func:`iter_apply_files` skips outputs that exist;
+- disk space: checked before starting against an upper bound of the bytes the run writes
+  (uncompressed, staging included); a full disk during the run is a :class:`VitsegError`
+  that keeps the staging store;
+- scale-out: with a ``distributed.Client`` the planes are predicted on the cluster's workers
+  (:mod:`napari_vitseg.pipeline._distributed`; inputs on a shared filesystem) and written by
+  the caller through the same staging path, in order; results are identical to one process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from .._progress import Progress
-from .._validation import VitsegError
-from ..io import expand_inputs, image_stem, open_image
+from .._validation import VitsegError, check_option
+from ..io import expand_inputs, image_stem, is_pattern, open_image, pattern_files
+from ..io._atomic import check_output_path, same_file
+from ..io._writers import (
+    MANIFEST_NAME,
+    OutputSpec,
+    StagedOutput,
+    check_free_space,
+    is_disk_full,
+    output_kind,
+    recorded_planes,
+    staging_path,
+)
 from .segmenter import Segmenter, as_channels_last, plane_of
 
-__all__ = ["output_paths", "iter_apply_file", "iter_apply_files"]
+__all__ = ["OUTPUT_FORMATS", "output_paths", "iter_apply_file", "iter_apply_files"]
 
 #: Progress of :func:`iter_apply_files` is reported in these units for the whole run.
 PROGRESS_UNITS = 1000
 
+#: Output formats of folder outputs and the suffix they get.
+OUTPUT_FORMATS = {"tiff": ".tif", "ome-zarr": ".ome.zarr"}
 
-def _same_file(a: Path, b: Path) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
 
-
-def output_paths(inputs: Sequence, output_dir, *, suffix: str = "_seg",
-                 probabilities: bool = False) -> list[tuple[Path, Path, Path | None]]:
+def output_paths(inputs: Sequence, output_dir, *, suffix: str = "_seg", probabilities: bool = False,
+                 output_format: str = "tiff") -> list[tuple[Path, Path, Path | None]]:
     """Output names for input files in ``output_dir``.
 
     Parameters
@@ -48,6 +87,8 @@ def output_paths(inputs: Sequence, output_dir, *, suffix: str = "_seg",
         Added to each input's stem: ``<stem><suffix>.tif``.
     probabilities : bool
         Also name ``<stem><suffix>_probabilities.tif``.
+    output_format : {'tiff', 'ome-zarr'}
+        ``.tif`` or ``.ome.zarr`` outputs.
 
     Returns
     -------
@@ -63,14 +104,18 @@ def output_paths(inputs: Sequence, output_dir, *, suffix: str = "_seg",
     --------
     >>> [o.name for _, o, _ in output_paths(["d/cell.day1.tif", "d/cell.day2.tif"], "out")]
     ['cell.day1_seg.tif', 'cell.day2_seg.tif']
+    >>> output_paths(["d/a.tif"], "out", output_format="ome-zarr", probabilities=True)[0][2].name
+    'a_seg_probabilities.ome.zarr'
     """
+    check_option(output_format, OUTPUT_FORMATS, "output_format")
+    ext = OUTPUT_FORMATS[output_format]
     out_dir = Path(output_dir)
     rows = []
     by_output: dict[str, Path] = {}
     for inp in map(Path, inputs):
         stem = image_stem(inp)
-        out = out_dir / f"{stem}{suffix}.tif"
-        probs = out_dir / f"{stem}{suffix}_probabilities.tif" if probabilities else None
+        out = out_dir / f"{stem}{suffix}{ext}"
+        probs = out_dir / f"{stem}{suffix}_probabilities{ext}" if probabilities else None
         for o in (out, probs):
             if o is None:
                 continue
@@ -84,36 +129,320 @@ def output_paths(inputs: Sequence, output_dir, *, suffix: str = "_seg",
         rows.append((inp, out, probs))
     for _, out, probs in rows:
         for o in (out, probs):
-            if o is not None and any(_same_file(o, i) for i, _, _ in rows):
+            if o is not None and any(same_file(o, i) for i, _, _ in rows):
                 raise VitsegError(f"The output {str(o)!r} is one of the inputs; choose another output folder.")
     return rows
 
 
-def iter_apply_file(seg: Segmenter, input_path, output_path, *, probabilities_path=None, channel_axis=None):
-    """Segment an image file plane by plane and write the labels as you go.
+# -- what a run depends on --------------------------------------------------------------------
+def _segmenter_identity(seg: Segmenter) -> str:
+    """SHA-256 of everything a fitted segmenter's predictions depend on (deterministic, unlike
+    the classifier file, which records its creation time)."""
+    from ..classifiers._file import _estimator_bytes
 
-    Memory stays bounded by one plane's features (row strips for large planes); each output
-    is written to ``<output>.part`` and renamed when complete, so an interrupted run never
-    leaves a file that looks finished.
+    h = hashlib.sha256()
+    nc = int(seg.n_channels_)
+    desc = {"features": seg.feature_config.to_dict(), "feature_names": seg.featurizer.feature_names(nc),
+            "n_channels": nc, "classes": [int(c) for c in seg.classes_], "classifier": seg.classifier,
+            "backbone": seg.featurizer.backbone_identity, "state": seg.featurizer.state_key}
+    h.update(json.dumps(desc, sort_keys=True, default=str).encode())
+    clf = seg.classifier_
+    forest = getattr(clf, "estimator_", None)
+    if forest is not None and hasattr(forest, "estimators_"):
+        for tree in forest.estimators_:  # skops output is not byte-stable; the tree arrays are
+            state = tree.tree_.__getstate__()
+            nodes = state["nodes"]
+            for name in nodes.dtype.names:  # field by field: the record's padding bytes are garbage
+                h.update(np.ascontiguousarray(nodes[name]).tobytes())
+            h.update(np.ascontiguousarray(state["values"]).tobytes())
+    else:
+        h.update(_estimator_bytes(clf)[1])
+    return h.hexdigest()
+
+
+def _input_files(path: Path) -> list[str]:
+    """The files an input consists of: itself, the slices of a pattern, the files of a zarr folder."""
+    if is_pattern(path):
+        return pattern_files(path)
+    if os.path.isdir(path):
+        return sorted(os.path.join(root, n) for root, _, names in os.walk(path) for n in names)
+    return [os.fspath(path)]
+
+
+def _input_signature(path: Path) -> dict:
+    """Size and modification time of a file, or summed / latest over the files of a pattern or
+    zarr folder (a rewritten chunk changes them)."""
+    if not is_pattern(path) and os.path.isfile(path):
+        st = os.stat(path)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stats = [os.stat(f) for f in _input_files(path)]
+    return {"files": len(stats), "size": sum(s.st_size for s in stats),
+            "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
+
+
+def _read_plane(image, nsp: int, z, input_path) -> np.ndarray:
+    """Plane ``z`` of a lazy input as numpy; a read that fails is a VitsegError naming the input.
+
+    Read in the calling thread: with a distributed Client as dask's default scheduler the read
+    would otherwise be shipped to the cluster (and an open file cannot be).
+    """
+    import dask
+
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            return plane_of(image, nsp, z)
+    except VitsegError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile, zarr and codecs raise many types for damaged data
+        where = f"plane {z} of " if z is not None else ""
+        raise VitsegError(f"Cannot read {where}{str(input_path)!r} ({type(e).__name__}: {str(e)[:120]}); the file "
+                          "may be truncated or damaged.") from None
+
+
+class _Run:
+    """What every file of one apply run shares: the segmenter, its identity, the cluster."""
+
+    def __init__(self, seg: Segmenter, client=None, max_in_flight: int | None = None):
+        seg._check_fitted()
+        self.seg = seg
+        self.identity = _segmenter_identity(seg)
+        self.remote = None
+        if client is not None:
+            from ._distributed import RemotePredictor
+
+            self.remote = RemotePredictor(client, seg, self.identity, max_in_flight)
+
+    def planes(self, image, nsp: int, input_path: Path, channel_axis, jobs: list, probabilities: bool):
+        """Yield ``(j, labels, float16 probabilities or None)`` for ``jobs`` = [(j, z), ...] in order."""
+        if self.remote is not None:
+            yield from self.remote.iter_planes(input_path, channel_axis, jobs, probabilities)
+            return
+        seg = self.seg
+        for j, z in jobs:
+            plane = _read_plane(image, nsp, z, input_path)
+            p = seg.predict_plane(plane, use_cache=False)
+            yield j, seg.labels_from_proba(p), (p.astype(np.float16) if probabilities else None)
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+
+
+# -- one file ----------------------------------------------------------------------------------
+def _check_outputs(input_path: Path, outputs: list[Path]) -> None:
+    """The rules of :func:`napari_vitseg.io._atomic.check_output_path`, plus: OME-Zarr outputs
+    (folders) are never replaced, and no output is one of the input's files."""
+    inputs = _input_files(input_path) if is_pattern(input_path) else [input_path]
+    for o in outputs:
+        kind = output_kind(o)
+        if any(same_file(o, i) for i in inputs) or os.path.abspath(o) == os.path.abspath(input_path):
+            raise VitsegError(f"The output {str(o)!r} is the input image; choose another output name.")
+        if kind == "ome-zarr":
+            if os.path.lexists(o):
+                raise VitsegError(f"The output {str(o)!r} exists; OME-Zarr outputs are never overwritten: delete "
+                                  "it or choose another name.")
+            if not o.parent.is_dir():
+                raise VitsegError(f"The folder of the output, {str(o.parent)!r}, does not exist; create it first.")
+        else:
+            check_output_path(o, inputs=inputs, what="output")
+    if len(outputs) == 2 and os.path.abspath(outputs[0]) == os.path.abspath(outputs[1]):
+        raise VitsegError(f"The labels and probabilities outputs are both {str(outputs[0])!r}; give two names.")
+
+
+def _plane_range(planes, nz: int | None, input_path: Path) -> range | None:
+    """Normalise ``planes`` (slice, range, sequence of consecutive ints) for a stack of ``nz``."""
+    if planes is None:
+        return None if nz is None else range(nz)
+    if nz is None:
+        raise VitsegError(f"{str(input_path)!r} is a 2D image; planes= applies to stacks only.")
+    if isinstance(planes, slice):
+        r = range(*planes.indices(nz))
+    elif isinstance(planes, range):
+        r = range(*slice(planes.start, planes.stop, planes.step).indices(nz))
+    else:
+        raise VitsegError(f"planes must be a slice or range (e.g. slice(0, 20)); got {planes!r}.")
+    if len(r) == 0:
+        raise VitsegError(f"planes={planes!r} selects no plane of {str(input_path)!r} ({nz} planes).")
+    return r
+
+
+def _open_input(seg: Segmenter, lazy, input_path: Path, channel_axis):
+    """The input as a channels-last (lazy) array, checked against the classifier's channels."""
+    declared = lazy.channel_axis  # a samples (RGB) or channel axis the file declares
+    if channel_axis is None and declared is not None:
+        k = lazy.shape[declared]
+        if seg.n_channels_ > 1 or k == 1:
+            channel_axis = declared
+        else:
+            raise VitsegError(
+                f"{str(input_path)!r} has {k} channels (axes {lazy.axes}); the classifier was trained on "
+                "single-channel images. Apply a classifier trained on such images, or pick one channel of the "
+                "file first."
+            )
+    try:
+        image, nsp, nc = as_channels_last(lazy.data, channel_axis)
+    except VitsegError as e:
+        raise VitsegError(f"{str(input_path)!r}: {e}") from None
+    if nc != seg.n_channels_:
+        raise VitsegError(
+            f"{str(input_path)!r} has {nc} channel(s) (axes {lazy.axes}, channel_axis={channel_axis}); "
+            f"the classifier expects {seg.n_channels_}. Pass the channel axis (CLI --channel-axis)."
+        )
+    return image, nsp, channel_axis
+
+
+def _specs(seg: Segmenter, outputs: list[Path], spatial: tuple, zs: range | None) -> list[OutputSpec]:
+    n = len(zs) if zs is not None else None
+    specs = [OutputSpec(outputs[0], "labels", n, tuple(spatial), "uint8")]
+    if len(outputs) > 1:
+        specs.append(OutputSpec(outputs[1], "probabilities", n, (len(seg.classes_), *spatial), "float16"))
+    return specs
+
+
+def _attrs(seg: Segmenter, spec: OutputSpec) -> dict:
+    table = seg.class_table()
+    info = {"napari_vitseg": {"version": __version__, "role": spec.role, "axes": spec.axes, "classes": table}}
+    if spec.role == "labels":
+        info["image-label"] = {
+            "version": "0.4",
+            "colors": [{"label-value": c["id"], "rgba": [int(c["color"][i:i + 2], 16) for i in (1, 3, 5)] + [255]}
+                       for c in table],
+            "properties": [{"label-value": c["id"], "class": c["name"]} for c in table],
+        }
+    else:
+        info["omero"] = {"version": "0.4", "channels": [
+            {"label": c["name"], "color": c["color"].lstrip("#").upper(), "active": True,
+             "window": {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}} for c in table]}
+    return info
+
+
+class _DiskFull(VitsegError):
+    """The disk filled up during the run: the staging store is kept for a rerun."""
+
+
+@contextlib.contextmanager
+def _disk_full_is_an_error(st: StagedOutput):
+    try:
+        yield
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise _DiskFull(
+            f"The disk of {str(st.path.parent)!r} is full ({e.strerror}) while writing {st.path.name}; the finished "
+            f"planes are kept in {str(st.staging)!r}: free some space and run the same command again to resume."
+        ) from None
+
+
+def _iter_apply_one(run: _Run, input_path, output_path, probabilities_path, channel_axis, planes, check_space: bool):
+    seg = run.seg
+    input_path = Path(input_path)
+    outputs = [Path(output_path)] + ([Path(probabilities_path)] if probabilities_path is not None else [])
+    _check_outputs(input_path, outputs)
+    name = input_path.name
+    staged: list[StagedOutput] = []
+    try:
+        with open_image(input_path) as lazy:
+            image, nsp, channel_axis = _open_input(seg, lazy, input_path, channel_axis)
+            zs = _plane_range(planes, image.shape[0] if nsp == 3 else None, input_path)
+            spatial = tuple(image.shape[1:3] if nsp == 3 else image.shape[:2])
+            n = len(zs) if zs is not None else 1
+            depends = {
+                "package": f"napari-vitseg {__version__}",
+                "segmenter": run.identity,
+                "input": {"path": os.path.abspath(input_path), **_input_signature(input_path),
+                          "shape": list(lazy.shape), "dtype": str(lazy.dtype), "channel_axis": channel_axis},
+                "planes": [zs.start, zs.stop, zs.step] if zs is not None else None,
+            }
+            specs = _specs(seg, outputs, spatial, zs)
+            if check_space:  # before anything is written
+                check_free_space(_bytes_needed(specs))
+            for spec in specs:
+                staged.append(StagedOutput(spec, depends, _attrs(seg, spec)))
+                with _disk_full_is_an_error(staged[-1]):
+                    msgs = staged[-1].open()
+                for m in msgs:
+                    yield Progress(0, n, m, unit="plane")
+            done = set.intersection(*(set(st.done) for st in staged))
+            todo = [j for j in range(n) if j not in done]
+            if done:
+                yield Progress(len(done), n, f"{name}: {len(done)} of {n} planes finished earlier, resuming",
+                               unit="plane")
+            source = run.planes(image, nsp, input_path, channel_axis,
+                                [(j, zs[j] if zs is not None else None) for j in todo], len(staged) > 1)
+            try:
+                for count, j in enumerate(todo, start=len(done)):
+                    yield Progress(count, n, f"{name}: plane {j + 1}/{n}", unit="plane")
+                    jj, labels, probs = next(source)
+                    assert jj == j, (jj, j)
+                    for st, data in zip(staged, (labels, probs), strict=False):
+                        with _disk_full_is_an_error(st):
+                            st.write_plane(j, data)
+            finally:
+                source.close()
+        yield Progress(n, n, f"{name}: writing {', '.join(o.name for o in outputs)}", unit="plane")
+        try:
+            for st in staged:
+                with _disk_full_is_an_error(st):
+                    st.prepare()
+            for st in reversed(staged):  # the labels output last: it marks the job as done
+                st.commit()
+            for st in staged:
+                st.cleanup()
+        finally:
+            for st in staged:
+                st.abort()
+    except VitsegError as e:
+        # bad input (damaged plane, NaN, ...): a rerun cannot succeed without another input, so
+        # a staging store this run made is removed (nothing written); resumed ones and a full
+        # disk's keep their planes
+        if not isinstance(e, _DiskFull):
+            for st in staged:
+                if st.created:
+                    st.discard()
+        raise
+    finally:
+        for st in staged:
+            st.close()  # the staging stores stay (unless committed or discarded) for the next run
+    yield Progress(n, n, "done", unit="plane")
+    return outputs[0]
+
+
+def iter_apply_file(seg: Segmenter, input_path, output_path, *, probabilities_path=None, channel_axis=None,
+                    planes=None, client=None, max_in_flight: int | None = None):
+    """Segment an image file plane by plane and write the labels as you go, resumably.
+
+    Memory stays bounded by one plane's features (row strips for large planes). Planes are
+    written to the output's hidden staging store (``.<name>.part.zarr``) with a log of finished
+    planes; a rerun after an interruption computes only the planes not proven finished, and the output
+    appears under its name only when complete (see the module docstring).
 
     Parameters
     ----------
     seg : Segmenter
         Fitted.
     input_path : str or pathlib.Path
-        A 2D, 3D or multichannel TIFF (read lazily).
+        A 2D, 3D or multichannel image file (read lazily).
     output_path : str or pathlib.Path
-        Labels TIFF, uint8, the input's spatial shape.
+        Labels, uint8, the input's spatial shape: ``.tif`` / ``.tiff`` (tiled, zlib, axes
+        ``ZYX`` / ``YX``) or ``.zarr`` / ``.ome.zarr`` (OME-Zarr).
     probabilities_path : str or pathlib.Path, optional
-        Probabilities TIFF, float16, (Z, K, Y, X) or (K, Y, X).
+        Probabilities, float16: TIFF (Z, K, Y, X) / (K, Y, X), or OME-Zarr (K, Z, Y, X) /
+        (K, Y, X) (NGFF puts channels before space).
     channel_axis : int, optional
         Channel axis of the input; default: the TIFF's samples axis (RGB) when the
         classifier was trained on several channels.
+    planes : slice or range, optional
+        Only these planes of a stack (e.g. ``slice(0, 20)``); the output holds only them, in order.
+    client : distributed.Client, optional
+        Predict the planes on this dask.distributed cluster (inputs on a filesystem the workers
+        share); the results are identical to a single process.
+    max_in_flight : int, optional
+        With ``client``: tasks submitted at a time (default twice the cluster's threads).
 
     Yields
     ------
     Progress
-        One unit per plane.
+        One unit per plane (``unit='plane'``).
 
     Returns
     -------
@@ -123,59 +452,64 @@ def iter_apply_file(seg: Segmenter, input_path, output_path, *, probabilities_pa
     Raises
     ------
     VitsegError
-        Unreadable input, channel mismatch, missing output folder, an output that is the input.
+        Unreadable input, channel mismatch, missing output folder, an output that is the input
+        or that exists and is not a regular file (or an existing OME-Zarr), an unknown output
+        format, not enough free space (checked first), or a full disk (the staging is kept).
     """
-    from ..io import TiffPlaneWriter
+    run = _Run(seg, client, max_in_flight)
+    try:
+        return (yield from _iter_apply_one(run, input_path, output_path, probabilities_path, channel_axis, planes,
+                                           check_space=True))
+    finally:
+        run.close()
 
-    seg._check_fitted()
-    for o in (output_path, probabilities_path):
-        if o is not None and _same_file(Path(o), Path(input_path)):
-            raise VitsegError(f"The output {str(o)!r} is the input image; choose another output name.")
-    with open_image(input_path) as lazy:
-        if channel_axis is None and seg.n_channels_ > 1:
-            channel_axis = lazy.channel_axis
-        image, nsp, nc = as_channels_last(lazy.data, channel_axis)
-        if nc != seg.n_channels_:
-            raise VitsegError(
-                f"{str(input_path)!r} has {nc} channel(s) (axes {lazy.axes}, channel_axis={channel_axis}); "
-                f"the classifier expects {seg.n_channels_}. Pass the channel axis (CLI --channel-axis)."
-            )
-        spatial = tuple(image.shape[:nsp])
-        nz = spatial[0] if nsp == 3 else 1
-        k = len(seg.classes_)
-        out_w = TiffPlaneWriter(output_path, spatial, np.uint8, n_planes=nz,
-                                metadata={"axes": "ZYX" if nsp == 3 else "YX"})
-        prob_w = None
-        try:
-            if probabilities_path is not None:
-                pshape = (nz, k, *spatial[-2:]) if nsp == 3 else (k, *spatial)
-                prob_w = TiffPlaneWriter(probabilities_path, pshape, np.float16, n_planes=nz,
-                                         metadata={"axes": "ZCYX" if nsp == 3 else "CYX"})
-            for z in range(nz):
-                yield Progress(z, nz, f"{Path(input_path).name}: plane {z + 1}/{nz}")
-                p = seg.predict_plane(plane_of(image, nsp, z), use_cache=False)
-                out_w.write(seg.labels_from_proba(p))
-                if prob_w is not None:
-                    prob_w.write(p.astype(np.float16))
-            out_w.close()
-            if prob_w is not None:
-                prob_w.close()
-        except BaseException:
-            out_w.abort()
-            if prob_w is not None:
-                prob_w.abort()
-            raise
-    yield Progress(nz, nz, "done")
-    return Path(output_path)
+
+def _bytes_needed(specs: list[OutputSpec], needs: dict | None = None) -> dict:
+    """Upper bound of the bytes each output folder receives (planes an existing staging store
+    lists are counted as written; whether they are proven is decided later)."""
+    needs = {} if needs is None else needs
+    for spec in specs:
+        n = spec.n_planes or 1
+        staged = min(n, len(recorded_planes(staging_path(spec.path))))
+        needs[spec.path.parent] = needs.get(spec.path.parent, 0) + StagedOutput(spec, {}).bytes_needed(n - staged)
+    return needs
+
+
+def _plan_needs(seg: Segmenter, rows, channel_axis, planes) -> tuple[dict, list[int]]:
+    """Bytes each output folder receives (upper bound) and the planes of every row."""
+    needs: dict[Path, int] = {}
+    counts = []
+    for inp, out, probs in rows:
+        outputs = [out] + ([probs] if probs is not None else [])
+        _check_outputs(inp, outputs)
+        with open_image(inp) as lazy:
+            image, nsp, _ = _open_input(seg, lazy, inp, channel_axis)
+            zs = _plane_range(planes, image.shape[0] if nsp == 3 else None, inp)
+            spatial = tuple(image.shape[1:3] if nsp == 3 else image.shape[:2])
+        counts.append(len(zs) if zs is not None else 1)
+        _bytes_needed(_specs(seg, outputs, spatial, zs), needs)
+    return needs, counts
+
+
+def _remove_leftover_staging(outputs) -> None:
+    for o in outputs:
+        s = staging_path(o)
+        if s.is_dir() and not s.is_symlink() and (s / MANIFEST_NAME).exists():
+            import shutil
+
+            shutil.rmtree(s)
 
 
 def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: str = "_seg",
-                     probabilities: bool = False, channel_axis=None, skip_existing: bool = True):
+                     probabilities: bool = False, channel_axis=None, skip_existing: bool = True,
+                     output_format: str = "tiff", planes=None, client=None, max_in_flight: int | None = None):
     """Segment image files (and the TIFF files of folders) into ``output_dir``.
 
     Outputs are named by :func:`output_paths`; with ``skip_existing`` a rerun skips the
-    outputs that exist (resume: only complete files carry the final name). A file whose
-    job is closed early (Cancel, Ctrl+C) leaves no output behind.
+    outputs that exist (only complete outputs carry the final name) and resumes the others
+    inside the file (see :func:`iter_apply_file`). A file whose job is closed early (Cancel,
+    Ctrl+C) leaves no output under its name, only its staging store for the next run. Free
+    space for the whole run is checked before the first file.
 
     Parameters
     ----------
@@ -186,18 +520,27 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
     output_dir : str or pathlib.Path
         Created if missing.
     suffix : str
-        Output names are ``<stem><suffix>.tif``.
+        Output names are ``<stem><suffix>.tif`` (or ``.ome.zarr``).
     probabilities : bool
         Also write ``<stem><suffix>_probabilities.tif`` (float16).
     channel_axis : int, optional
         See :func:`iter_apply_file`.
     skip_existing : bool
-        Skip inputs whose labels output exists.
+        Skip inputs whose outputs exist.
+    output_format : {'tiff', 'ome-zarr'}
+        Tiled, compressed TIFF (default) or OME-Zarr outputs.
+    planes : slice or range, optional
+        Only these planes of every stack (see :func:`iter_apply_file`).
+    client : distributed.Client, optional
+        Predict on this dask.distributed cluster (the classifier is shipped once for all files).
+    max_in_flight : int, optional
+        See :func:`iter_apply_file`.
 
     Yields
     ------
     Progress
-        Fraction of the whole run, in :data:`PROGRESS_UNITS` units.
+        Fraction of the whole run, in :data:`PROGRESS_UNITS` units; ``count`` holds
+        (planes done, planes to do) for rates (``unit='plane'``).
 
     Returns
     -------
@@ -207,32 +550,51 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
     Raises
     ------
     VitsegError
-        Missing inputs, empty folders, outputs that would collide or overwrite an input, and
-        the errors of :func:`iter_apply_file`.
+        Missing inputs, empty folders, outputs that would collide or overwrite an input,
+        not enough free space, and the errors of :func:`iter_apply_file`.
     """
     seg._check_fitted()
+    check_option(output_format, OUTPUT_FORMATS, "output_format")
     files = expand_inputs(inputs)
-    rows = output_paths(files, output_dir, suffix=suffix, probabilities=probabilities)
+    rows = output_paths(files, output_dir, suffix=suffix, probabilities=probabilities, output_format=output_format)
     out_dir = Path(output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise VitsegError(f"The output {str(out_dir)!r} exists and is not a folder; give a folder.")
+
+    def finished(out, probs) -> bool:
+        return skip_existing and os.path.lexists(out) and (probs is None or os.path.lexists(probs))
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in rows if not finished(r[1], r[2])]
+    needs, counts = _plan_needs(seg, todo, channel_axis, planes)
+    check_free_space(needs)
     n = len(rows)
     units = PROGRESS_UNITS
-    for i, (inp, out, probs) in enumerate(rows):
-        if skip_existing and out.exists() and (probs is None or probs.exists()):
-            yield Progress(int(units * (i + 1) / n), units, f"{inp.name}: already done")
-            continue
-        job = iter_apply_file(seg, inp, out, probabilities_path=probs, channel_axis=channel_axis)
-        try:
-            while True:
-                p = next(job)
-                frac = (i + (p.done / p.total if p.total else 0)) / n
-                yield Progress(int(units * frac), units, f"file {i + 1}/{n}: {p.msg}")
-        except StopIteration:
-            pass
-        finally:
-            job.close()  # an early close removes the partial output
-    yield Progress(units, units, f"{n} file(s) done")
+    total_planes = sum(counts)
+    planes_done = 0
+    run = _Run(seg, client, max_in_flight)
+    try:
+        k = 0
+        for i, (inp, out, probs) in enumerate(rows):
+            if finished(out, probs):
+                _remove_leftover_staging([out] + ([probs] if probs is not None else []))
+                yield Progress(int(units * (i + 1) / n), units, f"{inp.name}: already done", unit="plane",
+                               count=(planes_done, total_planes))
+                continue
+            job = _iter_apply_one(run, inp, out, probs, channel_axis, planes, check_space=False)
+            try:
+                while True:
+                    p = next(job)
+                    frac = (i + (p.done / p.total if p.total else 0)) / n
+                    yield Progress(int(units * frac), units, f"file {i + 1}/{n}: {p.msg}", unit="plane",
+                                   count=(planes_done + p.done, total_planes))
+            except StopIteration:
+                pass
+            finally:
+                job.close()  # an early close keeps the staging store and writes no output
+            planes_done += counts[k]
+            k += 1
+    finally:
+        run.close()
+    yield Progress(units, units, f"{n} file(s) done", unit="plane", count=(planes_done, total_planes))
     return [out for _, out, _ in rows]
-

@@ -610,21 +610,19 @@ class Segmenter:
         return self.segment(image, channel_axis=channel_axis).probabilities
 
     # -- files and persistence (implemented in batch.py and _persist.py) --------------
-    def iter_apply_file(self, input_path, output_path, *, probabilities_path=None, channel_axis=None):
-        """Segment one image file plane by plane; see :func:`napari_vitseg.pipeline.batch.iter_apply_file`."""
+    def iter_apply_file(self, input_path, output_path, **kwargs):
+        """Segment one image file plane by plane into a TIFF or OME-Zarr output (resumable);
+        keywords and behaviour: :func:`napari_vitseg.pipeline.batch.iter_apply_file`."""
         from .batch import iter_apply_file
 
-        return (yield from iter_apply_file(self, input_path, output_path, probabilities_path=probabilities_path,
-                                           channel_axis=channel_axis))
+        return (yield from iter_apply_file(self, input_path, output_path, **kwargs))
 
-    def iter_apply_files(self, inputs: Sequence, output_dir, *, suffix: str = "_seg", probabilities: bool = False,
-                         channel_axis=None, skip_existing: bool = True):
-        """Segment files and folders into ``output_dir``; see
+    def iter_apply_files(self, inputs: Sequence, output_dir, **kwargs):
+        """Segment files and folders into ``output_dir``; keywords and behaviour:
         :func:`napari_vitseg.pipeline.batch.iter_apply_files`."""
         from .batch import iter_apply_files
 
-        return (yield from iter_apply_files(self, inputs, output_dir, suffix=suffix, probabilities=probabilities,
-                                            channel_axis=channel_axis, skip_existing=skip_existing))
+        return (yield from iter_apply_files(self, inputs, output_dir, **kwargs))
 
     def class_table(self) -> list[dict]:
         """Class ids of the fitted model with their names and colours (as in the classifier file).

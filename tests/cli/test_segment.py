@@ -1,4 +1,10 @@
+import io
 import json
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +12,7 @@ import pytest
 import tifffile
 
 from napari_vitseg.cli import main
+from napari_vitseg.io._writers import recorded_planes, staging_path
 from napari_vitseg.metrics import mean_iou
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_data"
@@ -184,3 +191,167 @@ def test_train_and_apply_rgb_tiff_without_a_channel_flag(tmp_path, capsys, share
     labels = tifffile.imread(out)
     assert labels.shape == (256, 320)
     assert mean_iou(labels, tifffile.imread(d / "ground_truth.tif")) > 0.6
+
+
+# -- vitseg apply: formats, resume after a kill, progress in logs, --workers -----------------------
+CELLS = SAMPLES / "tem_cells_stack"
+CROP = (slice(None), slice(64, 192), slice(64, 224))
+VITSEG = [sys.executable, "-c", "import sys; from napari_vitseg.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory):
+    """A small classical classifier trained with `vitseg train` on a crop of the real TEM cells."""
+    d = tmp_path_factory.mktemp("model")
+    im, sc = (tifffile.imread(CELLS / f)[CROP][:2] for f in ("image.tif", "scribbles.tif"))
+    tifffile.imwrite(d / "im.tif", im)
+    tifffile.imwrite(d / "sc.tif", sc)
+    assert main(["train", str(d / "im.tif"), "--scribbles", str(d / "sc.tif"), "-o", str(d / "m.vitseg"),
+                 "--backbone", "none", "--sigmas", "1,2", "--n-estimators", "5", "--quiet"]) == 0
+    return d / "m.vitseg"
+
+
+def _long_stack(path, n=24):
+    """n planes of 518 x 518 real TEM texture (the 6 planes, flipped), uint8."""
+    im = tifffile.imread(CELLS / "image.tif")
+    planes = [im[i % 6][:: 1 - 2 * (i // 6 % 2)] for i in range(n)]
+    tifffile.imwrite(path, np.stack(planes))
+    return path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_apply_killed_mid_file_resumes_to_the_same_bytes(tmp_path, capsys, monkeypatch, cli_model, sig):
+    stack = _long_stack(tmp_path / "stack.tif")
+    (tmp_path / "ref").mkdir()
+    assert main(["apply", str(cli_model), str(stack), "-o", str(tmp_path / "ref" / "o.tif"), "--quiet"]) == 0
+    out = tmp_path / "o.tif"
+    proc = subprocess.Popen([*VITSEG, "apply", str(cli_model), str(stack), "-o", str(out), "--quiet"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(recorded_planes(staging_path(out))) >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=60)[1]
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 2
+        assert err.strip().startswith("vitseg: error: interrupted (SIGTERM); finished planes are kept in") and \
+            str(staging_path(out)) in err and "\n" not in err.strip(), err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not out.exists() and not (tmp_path / "o.tif.part").exists()  # nothing under a final name
+    k = len(recorded_planes(staging_path(out)))
+    assert 2 <= k < 24
+    monkeypatch.setenv("VITSEG_PROGRESS_INTERVAL", "0")  # a log line per step
+    capsys.readouterr()
+    assert main(["apply", str(cli_model), str(stack), "-o", str(out)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert any(f"stack.tif: {k} of 24 planes finished earlier, resuming" in s for s in lines), lines
+    computed = [s for s in lines if s.split(" | ")[-1].startswith("stack.tif: plane ")]
+    assert len(computed) == 24 - k  # only the missing planes were computed
+    assert out.read_bytes() == (tmp_path / "ref" / "o.tif").read_bytes()
+    assert not staging_path(out).exists()
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch, cli_model):
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, tifffile.imread(CELLS / "image.tif")[CROP])
+    monkeypatch.setenv("VITSEG_PROGRESS_INTERVAL", "0")
+    capsys.readouterr()
+    assert main(["apply", str(cli_model), str(stack), "-o", str(tmp_path / "o.tif")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("apply: 0/6 planes (0.0%) | rate - | ETA - | elapsed 0:00:00 | stack.tif: plane 1/6")
+    assert re.fullmatch(r"apply: 3/6 planes \(50\.0%\) \| [0-9.]+ planes/s \| ETA \d+:\d\d:\d\d \| elapsed "
+                        r"\d+:\d\d:\d\d \| stack\.tif: plane 4/6", err[3]), err[3]
+    assert re.fullmatch(r"apply: done: 6/6 planes in \d+:\d\d:\d\d, [0-9.]+ planes/s", err[-1]), err[-1]
+    assert "\r" not in "".join(err)
+    # the default interval (30 s): the first line and the closing line only
+    monkeypatch.delenv("VITSEG_PROGRESS_INTERVAL")
+    assert main(["apply", str(cli_model), str(stack), "-o", str(tmp_path / "o2.tif")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("apply: 0/6 planes") and err[1].startswith("apply: done: 6/6")
+    # folders: the rate is in planes, over all files
+    monkeypatch.setenv("VITSEG_PROGRESS_INTERVAL", "0")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", tifffile.imread(stack)[:2])
+    tifffile.imwrite(folder / "b.tif", tifffile.imread(stack)[:3], photometric="minisblack")
+    assert main(["apply", str(cli_model), str(folder), "-o", str(tmp_path / "out"), "--format", "ome-zarr"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("apply: done: 5/5 planes")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_seg.ome.zarr", "b_seg.ome.zarr"]
+
+
+def test_progress_on_a_terminal_keeps_the_tqdm_bar():
+    from napari_vitseg._progress import Progress, run_with_tqdm
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    def job():
+        for i in range(3):
+            yield Progress(i, 3, f"plane {i + 1}/3", unit="plane")
+        return "result"
+
+    tty, log = Tty(), io.StringIO()
+    assert run_with_tqdm(job(), desc="apply", file=tty) == "result"
+    assert "\r" in tty.getvalue() and "apply:" in tty.getvalue() and "plane/s" in tty.getvalue()
+    assert " | ETA " not in tty.getvalue()
+    assert run_with_tqdm(job(), desc="apply", file=log, interval=0) == "result"
+    assert log.getvalue().count("\n") == 4 and "\r" not in log.getvalue()
+
+
+def test_apply_with_workers_equals_one_process(tmp_path, cli_model):
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, tifffile.imread(CELLS / "image.tif")[CROP])
+    assert main(["apply", str(cli_model), str(stack), "-o", str(tmp_path / "one.tif"), "--probabilities",
+                 str(tmp_path / "one_p.tif"), "--quiet"]) == 0
+    assert main(["apply", str(cli_model), str(stack), "-o", str(tmp_path / "two.tif"), "--probabilities",
+                 str(tmp_path / "two_p.tif"), "--workers", "2", "--quiet"]) == 0
+    assert (tmp_path / "one.tif").read_bytes() == (tmp_path / "two.tif").read_bytes()
+    assert (tmp_path / "one_p.tif").read_bytes() == (tmp_path / "two_p.tif").read_bytes()
+
+
+@pytest.mark.parametrize("case, match", [
+    ("both", "--workers or --scheduler"),
+    ("model", "is the classifier file"),
+    ("format", "contradicts the output name"),
+    ("space", "Not enough free space"),
+    ("exists", "never overwritten"),
+    ("suffix", "Cannot tell the output format"),
+])
+def test_apply_refusals_exit_2_with_one_line(tmp_path, capsys, monkeypatch, cli_model, case, match):
+    import shutil
+
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, tifffile.imread(CELLS / "image.tif")[CROP])
+    out = tmp_path / "o.tif"
+    extra = []
+    if case == "both":
+        extra = ["--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"]
+    elif case == "model":
+        out = cli_model.parent / "copy.tif"
+        model = cli_model.parent / "copy.tif"
+        model.write_bytes(cli_model.read_bytes())
+    elif case == "format":
+        extra = ["--format", "ome-zarr"]
+    elif case == "space":
+        real = shutil.disk_usage
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=0))
+    elif case == "exists":
+        out = tmp_path / "o.ome.zarr"
+        out.mkdir()
+    elif case == "suffix":
+        out = tmp_path / "o.png"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    model = out if case == "model" else cli_model
+    code = main(["apply", str(model), str(stack), "-o", str(out), "--quiet", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("vitseg: error:") and match in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if case == "model":
+        assert model.read_bytes() == cli_model.read_bytes()
