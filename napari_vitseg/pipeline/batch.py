@@ -551,7 +551,9 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
     ------
     VitsegError
         Missing inputs, empty folders, outputs that would collide or overwrite an input,
-        not enough free space, and the errors of :func:`iter_apply_file`.
+        not enough free space, and the errors of :func:`iter_apply_file`. With several
+        inputs, a file found damaged while it is segmented is reported, the others are still
+        segmented, and one error naming the failed inputs is raised at the end.
     """
     seg._check_fitted()
     check_option(output_format, OUTPUT_FORMATS, "output_format")
@@ -573,6 +575,7 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
     total_planes = sum(counts)
     planes_done = 0
     run = _Run(seg, client, max_in_flight)
+    failed: list[tuple[Path, str]] = []
     try:
         k = 0
         for i, (inp, out, probs) in enumerate(rows):
@@ -590,11 +593,24 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
                                    count=(planes_done + p.done, total_planes))
             except StopIteration:
                 pass
+            except VitsegError as e:
+                if n == 1:
+                    raise
+                # a damaged file found mid-run: report it, go on with the others, fail at the end
+                failed.append((inp, str(e).splitlines()[0] if str(e) else type(e).__name__))
+                yield Progress(int(units * (i + 1) / n), units, f"{inp.name}: FAILED ({failed[-1][1]})",
+                               unit="plane", count=(planes_done, total_planes))
             finally:
                 job.close()  # an early close keeps the staging store and writes no output
             planes_done += counts[k]
             k += 1
     finally:
         run.close()
+    if failed:
+        first, why = failed[0]
+        raise VitsegError(
+            f"{len(failed)} of {n} inputs failed and have no output (first: {why}); the other outputs are "
+            f"complete. Fix or remove {'it' if len(failed) == 1 else 'them'} and rerun: finished outputs are skipped."
+        )
     yield Progress(units, units, f"{n} file(s) done", unit="plane", count=(planes_done, total_planes))
     return [out for _, out, _ in rows]

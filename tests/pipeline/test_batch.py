@@ -468,3 +468,28 @@ def test_bad_input_found_mid_run_leaves_nothing_behind(tmp_path, small_seg, crop
     with pytest.raises(VitsegError, match=r"4d\.tif.*spatial dimensions"):
         run(iter_apply_file(small_seg, tmp_path / "4d.tif", tmp_path / "o.tif"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["4d.tif", "nan.tif", "rgb.tif"]
+
+
+def test_a_damaged_file_in_a_folder_run_is_reported_and_the_others_are_segmented(tmp_path, two_region_image):
+    """A TIFF whose pixel data is damaged (header fine: found only when its plane is read) does not stop
+    the batch: the other files get their outputs, the damaged one none, and the run ends in one error."""
+    import io
+
+    image, scribbles = two_region_image
+    seg = Segmenter(FeatureConfig(sigmas=(1,)), "rf", {"n_estimators": 3}).fit(image, scribbles)
+    d = tmp_path / "in"
+    d.mkdir()
+    tifffile.imwrite(d / "a.tif", image)
+    tifffile.imwrite(d / "c.tif", image[::-1].copy())
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (image * 10).astype(np.uint16), compression="zlib")
+    data = bytearray(buf.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tf:
+        off, n = tf.pages[0].dataoffsets[0], tf.pages[0].databytecounts[0]
+    data[off:off + n] = b"\xff" * n  # the compressed strip is garbage, the header is intact
+    (d / "b.tif").write_bytes(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(VitsegError, match=r"1 of 3 inputs failed.*b\.tif"):
+        run(seg.iter_apply_files([d], out))
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a_seg.tif", "c_seg.tif"]
+    np.testing.assert_array_equal(tifffile.imread(out / "c_seg.tif"), seg.predict(image[::-1].copy()))
