@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _widget_driver import paint_stroke, wait
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("VITSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -64,22 +65,6 @@ def stroke_points(mask: np.ndarray, rng, length: int = 30) -> list[tuple[int, in
         if x + length < mask.shape[1] and mask[y, x:x + length].all():
             return [(y, x + d) for d in range(0, length, 2)]
     return [(int(ys[0]), int(xs[0]))]
-
-
-def paint_stroke(layer, points, label):
-    with layer.block_history():  # one undo item; fires ``paint`` once on exit (mouse release)
-        for p in points:
-            layer.paint(p, label, refresh=False)
-    layer.refresh()
-
-
-def wait(app, cond, timeout=600.0):
-    t0 = time.perf_counter()
-    while not cond():
-        app.processEvents()
-        time.sleep(0.001)
-        if time.perf_counter() - t0 > timeout:
-            raise TimeoutError("the widget did not finish in time")
 
 
 def main(argv=None) -> int:

@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _widget_driver import paint_stroke, wait
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("VITSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -100,22 +101,6 @@ def stroke_points(mask: np.ndarray, rng, length: int = 30) -> list[tuple[int, in
     return [(int(ys[0]), int(xs[0]))]
 
 
-def paint_stroke(layer, z, points, label):
-    with layer.block_history():  # one undo item; fires ``paint`` once on exit (mouse release)
-        for p in points:
-            layer.paint(p if z is None else (z, *p), label, refresh=False)
-    layer.refresh()
-
-
-def wait(app, cond, timeout=900.0):
-    t0 = time.perf_counter()
-    while not cond():
-        app.processEvents()
-        time.sleep(0.001)
-        if time.perf_counter() - t0 > timeout:
-            raise TimeoutError("the widget did not finish in time")
-
-
 def rss_mib() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -167,7 +152,7 @@ def run_scenario(kind: str, path: Path, n_strokes: int, planes: tuple[int, int])
     for z in zs:  # a few strokes per class on each of the two planes (twice on the single plane)
         for c, m in enumerate(masks[z], start=1):
             for _ in range(2):
-                paint_stroke(layer, z, stroke_points(m, rng, 60), c)
+                paint_stroke(layer, stroke_points(m, rng, 60), c, z=z)
     app.processEvents()
     index = widget.controller.scribbles
     n_init = index.n_labelled
@@ -194,7 +179,7 @@ def run_scenario(kind: str, path: Path, n_strokes: int, planes: tuple[int, int])
             wait(app, lambda z=z: z in widget.outputs.predicted and not widget.busy)
         c = i % 2 + 1
         n = len(widget.latencies)
-        paint_stroke(layer, z, stroke_points(masks[z][c - 1], rng), c)
+        paint_stroke(layer, stroke_points(masks[z][c - 1], rng), c, z=z)
         wait(app, lambda n=n: len(widget.latencies) > n and not widget.busy)
     lat = widget.latencies[-n_strokes:]
     seg = viewer.layers["segmentation"]
