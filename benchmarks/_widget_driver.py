@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 
 def paint_stroke(layer, points, label, z=None):
     """One brush stroke through the Labels layer's own paint API (one undo item; napari fires
@@ -22,3 +24,14 @@ def wait(app, cond, timeout=600.0):
         time.sleep(0.001)
         if time.perf_counter() - t0 > timeout:
             raise TimeoutError("the widget did not finish in time")
+
+
+def stroke_points(mask: np.ndarray, rng, length: int = 30) -> list[tuple[int, int]]:
+    """A horizontal stroke of ``length`` px starting at a random point where it stays in ``mask``."""
+    ys, xs = np.nonzero(mask)
+    for _ in range(1000):
+        i = rng.integers(len(ys))
+        y, x = int(ys[i]), int(xs[i])
+        if x + length < mask.shape[1] and mask[y, x:x + length].all():
+            return [(y, x + d) for d in range(0, length, 2)]
+    return [(int(ys[0]), int(xs[0]))]

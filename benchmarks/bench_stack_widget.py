@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _widget_driver import paint_stroke, wait
+from _widget_driver import paint_stroke, stroke_points, wait
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("VITSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -89,16 +89,6 @@ def class_masks(im: np.ndarray) -> list[np.ndarray]:
     sm = ndi.gaussian_filter(im.astype(np.float32), 3)
     q1, q2 = np.quantile(sm, [0.35, 0.65])
     return [ndi.binary_erosion(m, iterations=6) for m in (sm < q1, sm > q2)]
-
-
-def stroke_points(mask: np.ndarray, rng, length: int = 30) -> list[tuple[int, int]]:
-    ys, xs = np.nonzero(mask)
-    for _ in range(1000):
-        i = rng.integers(len(ys))
-        y, x = int(ys[i]), int(xs[i])
-        if x + length < mask.shape[1] and mask[y, x:x + length].all():
-            return [(y, x + d) for d in range(0, length, 2)]
-    return [(int(ys[0]), int(xs[0]))]
 
 
 def rss_mib() -> float:
