@@ -17,7 +17,7 @@ import napari_vitseg
 
 MODULES = sorted(
     m.name for m in pkgutil.walk_packages(napari_vitseg.__path__, "napari_vitseg.")
-    if not m.name.startswith("napari_vitseg._widgets")
+    if not m.name.startswith("napari_vitseg._widgets") and not m.name.endswith("__main__")
 )
 
 

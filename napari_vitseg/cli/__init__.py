@@ -9,8 +9,8 @@ repair) and :mod:`._diagnose`; each registers itself with ``add_subcommands``.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
-import sys
 
 from .. import __version__
 from .._validation import VitsegError
@@ -66,6 +66,9 @@ def main(argv=None) -> int:
         exits with 2.
     """
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        # tifffile logs its own complaints about damaged files; the one error line says it all
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     previous = _terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
@@ -96,7 +99,3 @@ def _terminate_as_interrupt():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

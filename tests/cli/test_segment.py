@@ -355,3 +355,25 @@ def test_apply_refusals_exit_2_with_one_line(tmp_path, capsys, monkeypatch, cli_
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if case == "model":
         assert model.read_bytes() == cli_model.read_bytes()
+
+
+def test_a_truncated_tiff_gives_exactly_one_line_in_a_real_process(tmp_path):
+    """In a real `vitseg` process (no pytest log capture) tifffile's own warnings about the damaged file
+    do not add lines to the one-line error."""
+    import io
+    import subprocess
+    import sys
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.random.default_rng(0).integers(0, 255, (4, 256, 256), dtype=np.uint8),
+                     compression="zlib", photometric="minisblack")
+    (tmp_path / "cut.tif").write_bytes(buf.getvalue()[: int(len(buf.getvalue()) * 0.6)])
+    model = tmp_path / "m.vitseg"
+    assert main(["train", str(NANO / "image.tif"), "--scribbles", str(NANO / "scribbles.tif"), "-o", str(model),
+                 "--backbone", "none", "--sigmas", "1", "--n-estimators", "3", "--quiet"]) == 0
+    proc = subprocess.run([sys.executable, "-m", "napari_vitseg.cli", "apply", str(model), str(tmp_path / "cut.tif"),
+                           "-o", str(tmp_path / "o.tif")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [ln for ln in proc.stderr.splitlines() if ln.startswith("vitseg: error: ")]
+    assert len(proc.stderr.splitlines()) == 1 and "cut.tif" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "m.vitseg"]
