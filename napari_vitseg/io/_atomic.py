@@ -52,11 +52,8 @@ def check_output_path(path, *, inputs: Iterable = (), what: str = "output") -> P
         socket), or its folder does not exist.
     """
     path = Path(path)
-    for inp in inputs:
-        if inp is not None and Path(inp).exists() and path.exists() and same_file(path, inp):
-            raise VitsegError(f"The {what} {str(path)!r} is one of this command's inputs; choose another name.")
-        if inp is not None and os.path.abspath(path) == os.path.abspath(inp):
-            raise VitsegError(f"The {what} {str(path)!r} is one of this command's inputs; choose another name.")
+    if any(inp is not None and same_file(path, inp) for inp in inputs):
+        raise VitsegError(f"The {what} {str(path)!r} is one of this command's inputs; choose another name.")
     if path.is_dir():
         raise VitsegError(f"The {what} {str(path)!r} is a folder; give a file name.")
     if os.path.lexists(path):
