@@ -111,7 +111,8 @@ def child(spec: dict) -> dict:
 
         def run(img):
             t0, c0 = time.perf_counter(), time.process_time()
-            tok = vit_patch_features(img, bb, tile_size=tile, tile_overlap=overlap, batch_size=4)  # (gh, gw, D)
+            tok = vit_patch_features(img, bb, tile_size=tile, tile_overlap=overlap, batch_size=4,
+                                     tiling="always")  # (gh, gw, D)
             t1, c1 = time.perf_counter(), time.process_time()
             if up == "bilinear":
                 out = upsample_bilinear(tok, img.shape, patch_size=14)

@@ -130,7 +130,9 @@ def build_timm_model(cfg: BackboneCfg, *, init_values: float | None = None, devi
     """
     import timm
 
-    kwargs = dict(pretrained=False, dynamic_img_size=True, num_classes=0)
+    # depth from the entry (the architecture's own for every registered entry; a reduced-depth
+    # copy of an entry builds a shallower model of the same width, as the fidelity tests do)
+    kwargs = dict(pretrained=False, dynamic_img_size=True, num_classes=0, depth=cfg.depth)
     if init_values is not None:
         kwargs["init_values"] = init_values
     if device is not None:

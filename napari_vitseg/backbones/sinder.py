@@ -54,6 +54,8 @@ __all__ = [
     "detect_defective_tokens",
     "neighbourhood_target",
     "prepare_images",
+    "REPAIR_PRESETS",
+    "repair_preset",
     "RepairResult",
     "iter_repair",
     "save_repair",
@@ -71,6 +73,40 @@ REPAIR_FORMAT = "vitseg-sinder-repair"
 REPAIR_VERSION = 1
 _FIT_CHUNK = 4096  # samples per chunk of the MLP least-squares fit
 _GAUSS3 = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+
+#: Repair schedules: ``'fast'`` (default; minutes on a CPU) and ``'reference'``, the schedule of
+#: SINDER's ``main.py`` (haoqiwang/sinder ``d5f13fa``): 518-px images (shorter side resized
+#: with bicubic antialiasing, centre crop, ``sinder/data.py`` ``make_transform``), up to
+#: 30,000 steps (``--max_iter``), a stopping window of 1,000 images pre-filled with "defect"
+#: (``skip_history = [False] * 1000``), 10 trained blocks (``--limit_layers``) and 100,000
+#: Gaussian samples per MLP linearisation (``sinder/singular_defect.py``). ``size`` and
+#: ``resize`` are :func:`prepare_images` arguments, the others :func:`iter_repair` ones;
+#: ``None`` means the rule given there.
+REPAIR_PRESETS = {
+    "fast": {"size": 224, "resize": False, "max_steps": 150, "stop_window": None,
+             "prefill_stop_window": False, "layer_window": None, "n_samples": 20_000},
+    "reference": {"size": 518, "resize": True, "max_steps": 30_000, "stop_window": 1000,
+                  "prefill_stop_window": True, "layer_window": 10, "n_samples": 100_000},
+}
+
+
+def repair_preset(name: str) -> dict:
+    """The settings of a repair preset (a copy of :data:`REPAIR_PRESETS` ``[name]``).
+
+    Raises
+    ------
+    VitsegError
+        An unknown preset name.
+
+    Examples
+    --------
+    >>> repair_preset("reference")["max_steps"], repair_preset("fast")["n_samples"]
+    (30000, 20000)
+    """
+    try:
+        return dict(REPAIR_PRESETS[name])
+    except (KeyError, TypeError):
+        raise VitsegError(f"Unknown repair preset {name!r}; choose one of {sorted(REPAIR_PRESETS)}.") from None
 
 
 def _timm(model) -> nn.Module:
@@ -356,10 +392,11 @@ def neighbourhood_target(tokens: torch.Tensor, scores: torch.Tensor, tau: float 
 # --------------------------------------------------------------------------------------------
 # images
 # --------------------------------------------------------------------------------------------
-def prepare_images(images: Iterable, *, size: int = 224, patch_size: int = 14,
+def prepare_images(images: Iterable, *, size: int | None = None, patch_size: int = 14,
                    mean: Sequence[float] = (0.485, 0.456, 0.406),
                    std: Sequence[float] = (0.229, 0.224, 0.225),
-                   intensity: str = "reference") -> list[torch.Tensor]:
+                   intensity: str = "reference", resize: bool | None = None,
+                   preset: str = "fast") -> list[torch.Tensor]:
     """Turn images into normalised RGB tensors for the repair.
 
     Parameters
@@ -371,9 +408,18 @@ def prepare_images(images: Iterable, *, size: int = 224, patch_size: int = 14,
         ``'reference'``: uint8 / 255 (as SINDER's ``ToTensor``), other integers by their
         dtype range, floats as given; ``'percentile'``: each image's 0.5 / 99.5
         percentiles to 0 / 1. Use the setting of the classifiers that will use the repair.
-    size : int
+    size : int, optional
         Side of the centre crop, rounded down to a multiple of ``patch_size``; smaller images
-        give the largest multiple of ``patch_size`` that fits.
+        give the largest multiple of ``patch_size`` that fits. Default: the preset's (224
+        for ``'fast'``, 518 for ``'reference'``).
+    resize : bool, optional
+        First resize each image so that its shorter side is ``size`` (bicubic with
+        antialiasing, on the [0, 1]-scaled image, clipped back to [0, 1] when it was in
+        it), as SINDER's ``Resize(518)`` + ``CenterCrop(518)``; SINDER resizes the 8-bit
+        PIL image, so values differ by its rounding. Default: the preset's (``False`` for
+        ``'fast'``: crops at the native pixel size).
+    preset : {'fast', 'reference'}
+        Supplies ``size`` and ``resize`` when they are not given (:data:`REPAIR_PRESETS`).
     patch_size : int
     mean, std : sequence of float
         Normalisation (ImageNet by default).
@@ -385,8 +431,11 @@ def prepare_images(images: Iterable, *, size: int = 224, patch_size: int = 14,
     Raises
     ------
     VitsegError
-        An image smaller than 3 x 3 patches, or with an unsupported shape.
+        An image smaller than 3 x 3 patches, or with an unsupported shape, or an unknown preset.
     """
+    pre = repair_preset(preset)
+    size = pre["size"] if size is None else int(size)
+    resize = pre["resize"] if resize is None else bool(resize)
     out = []
     m = torch.tensor(mean, dtype=torch.float32).reshape(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).reshape(3, 1, 1)
@@ -404,6 +453,8 @@ def prepare_images(images: Iterable, *, size: int = 224, patch_size: int = 14,
         a = scale_intensity(np.asarray(a, dtype=np.float32), intensity=intensity, dtype=a.dtype)
         if a.ndim == 2:
             a = np.repeat(a[..., None], 3, axis=-1)
+        if resize:
+            a = _resize_shorter_side(a, size)
         h = min(size, a.shape[0]) // patch_size * patch_size
         w = min(size, a.shape[1]) // patch_size * patch_size
         if h < 3 * patch_size or w < 3 * patch_size:
@@ -415,6 +466,23 @@ def prepare_images(images: Iterable, *, size: int = 224, patch_size: int = 14,
         crop = np.ascontiguousarray(a[y0:y0 + h, x0:x0 + w].transpose(2, 0, 1), dtype=np.float32)
         out.append((torch.from_numpy(crop) - m) / s)
     return out
+
+
+def _resize_shorter_side(a: np.ndarray, size: int) -> np.ndarray:
+    """(Y, X, 3) float32 resized so that min(Y, X) == size (torchvision ``Resize(size)``
+    rounding: the longer side is ``int(size * long / short)``), bicubic with antialiasing."""
+    h, w = a.shape[:2]
+    if min(h, w) == size:
+        return a
+    if h <= w:
+        nh, nw = size, int(size * w / h)
+    else:
+        nh, nw = int(size * h / w), size
+    t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
+    r = F.interpolate(t, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
+    if a.min() >= 0.0 and a.max() <= 1.0:  # PIL clips its 8-bit result
+        r = r.clamp_(0.0, 1.0)
+    return r.numpy().transpose(1, 2, 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,12 +584,13 @@ def _patch_grid(x: torch.Tensor, p: int, gh: int, gw: int) -> torch.Tensor:
     return x[0, p:].T.reshape(-1, gh, gw)
 
 
-def iter_repair(backbone: ViTBackbone, images: Sequence[torch.Tensor], *, max_steps: int = 150,
+def iter_repair(backbone: ViTBackbone, images: Sequence[torch.Tensor], *, max_steps: int | None = None,
                lr: float = 5e-3, momentum: float = 0.9, tau: float = 0.1, sigma: float = 4.0,
                min_tokens: int = 3, layer_window: int | None = None, stop_fraction: float = 0.75,
                stop_window: int | None = None, directions: torch.Tensor | None = None,
-               n_samples: int = 20000, seed: int = 0, max_time_s: float | None = None,
-               image_names: Sequence[str] | None = None) -> JobGenerator[RepairResult]:
+               n_samples: int | None = None, seed: int = 0, max_time_s: float | None = None,
+               image_names: Sequence[str] | None = None, prefill_stop_window: bool | None = None,
+               preset: str = "fast") -> JobGenerator[RepairResult]:
     """Repair the singular defects of a backbone (a generator job).
 
     Every linear layer of the blocks becomes ``U diag(S + eps) V^T`` with ``U, S, V`` frozen
@@ -533,7 +602,10 @@ def iter_repair(backbone: ViTBackbone, images: Sequence[torch.Tensor], *, max_st
     detached). Only the ``layer_window`` blocks ending at that block get gradients. SGD
     (``lr``, ``momentum``); steps with a non-finite loss or gradient are skipped. Stops when at
     least ``stop_fraction`` of the last ``stop_window`` images showed no defect, after
-    ``max_steps`` images, or (optionally) after ``max_time_s`` seconds.
+    ``max_steps`` images, or (optionally) after ``max_time_s`` seconds. ``preset`` supplies
+    every schedule argument left at ``None`` (:data:`REPAIR_PRESETS`): ``'fast'`` (default)
+    or ``'reference'``, SINDER's own schedule (pair it with ``prepare_images(...,
+    preset='reference')``).
 
     Parameters
     ----------
@@ -542,10 +614,10 @@ def iter_repair(backbone: ViTBackbone, images: Sequence[torch.Tensor], *, max_st
     images : sequence of torch.Tensor, each (3, H, W) float32
         Normalised RGB with H, W multiples of the patch size and at least 3 patches each
         (see :func:`prepare_images`); cycled through in order.
-    max_steps : int
-        Step cap (one image per step). The default 150 keeps a ViT-S/14 repair on 224 px
-        images under 10 minutes on a 2-core CPU even when every step back-propagates
-        (``benchmarks/bench_repair.py``).
+    max_steps : int, optional
+        Step cap (one image per step). ``'fast'``: 150, which keeps a ViT-S/14 repair on
+        224 px images under 10 minutes on a 2-core CPU even when every step back-propagates
+        (``benchmarks/bench_repair.py``); ``'reference'``: 30,000 (SINDER's ``max_iter``).
     lr, momentum : float
         SGD settings (5e-3, 0.9 in SINDER).
     tau : float
@@ -555,21 +627,35 @@ def iter_repair(backbone: ViTBackbone, images: Sequence[torch.Tensor], *, max_st
     min_tokens : int
         A block counts only with at least this many defective tokens (3).
     layer_window : int, optional
-        Blocks that get gradients, ending at the defective one; default ``round(depth / 4)``
-        (3 of 12 for ViT-S/B, 10 of 40 for ViT-g, as in SINDER).
+        Blocks that get gradients, ending at the defective one. ``'fast'``:
+        ``round(depth / 4)`` (3 of 12 for ViT-S/B, 10 of 40 for ViT-g); ``'reference'``: 10
+        for every depth (SINDER's ``limit_layers``).
     stop_fraction : float
         Fraction of recent defect-free images that stops the repair (0.75).
     stop_window : int, optional
-        Number of recent images considered; default ``min(max(len(images), 4), 100)``.
+        Number of recent images considered. ``'fast'``: ``min(max(len(images), 4), 100)``;
+        ``'reference'``: 1000.
+    prefill_stop_window : bool, optional
+        Start the window full of "defect" entries, as SINDER's ``skip_history = [False] *
+        1000`` (so the repair runs at least ``stop_fraction * stop_window`` steps);
+        otherwise the rule applies once ``stop_window`` images were seen. ``'fast'``:
+        ``False``; ``'reference'``: ``True``.
     directions : torch.Tensor, (depth, D), optional
         Precomputed :func:`defect_directions`.
-    n_samples, seed : int
+    n_samples : int, optional
+        Gaussian samples per MLP linearisation (:func:`defect_directions`). ``'fast'``:
+        20,000; ``'reference'``: 100,000 (SINDER's; about half the seed-to-seed angle of
+        the defect direction at 20,000).
+    seed : int
         For :func:`defect_directions`.
     max_time_s : float, optional
         Stop after this many seconds (the result is then machine-dependent; the metadata's
         ``stopped`` says why the repair ended).
     image_names : sequence of str, optional
         Recorded in the metadata.
+    preset : {'fast', 'reference'}
+        Supplies ``max_steps``, ``layer_window``, ``stop_window``, ``prefill_stop_window``
+        and ``n_samples`` when they are ``None``.
 
     Yields
     ------
@@ -591,6 +677,12 @@ def iter_repair(backbone: ViTBackbone, images: Sequence[torch.Tensor], *, max_st
        ECCV 2024, arXiv 2407.16826.
     """
     t_start = time.monotonic()
+    pre = repair_preset(preset)
+    max_steps = pre["max_steps"] if max_steps is None else max_steps
+    n_samples = pre["n_samples"] if n_samples is None else n_samples
+    layer_window = pre["layer_window"] if layer_window is None else layer_window
+    stop_window = pre["stop_window"] if stop_window is None else stop_window
+    prefill = pre["prefill_stop_window"] if prefill_stop_window is None else bool(prefill_stop_window)
     images = list(images)
     if not images:
         raise VitsegError("The repair needs at least one image; got none.")
@@ -641,7 +733,7 @@ def iter_repair(backbone: ViTBackbone, images: Sequence[torch.Tensor], *, max_st
             opt.add_param_group({"params": params})
 
     history: list[dict] = []
-    recent: deque = deque(maxlen=swin)
+    recent: deque = deque([False] * swin if prefill else [], maxlen=swin)
     converged = False
     stopped = "max_steps"
     nprefix = _num_prefix(model)
@@ -729,7 +821,8 @@ def iter_repair(backbone: ViTBackbone, images: Sequence[torch.Tensor], *, max_st
         "settings": {"lr": lr, "momentum": momentum, "tau": tau, "sigma": sigma,
                      "min_tokens": min_tokens, "layer_window": window, "stop_fraction": stop_fraction,
                      "stop_window": swin, "max_steps": max_steps, "max_time_s": max_time_s,
-                     "n_samples": n_samples, "seed": seed},
+                     "n_samples": n_samples, "seed": seed, "prefill_stop_window": prefill,
+                     "preset": preset},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_version": _package_version(),
         "paper": SINDER_PAPER,

@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from .._validation import VitsegError
+from ..features.config import INTENSITY_MODES, FeatureConfig
 from ._common import run_job
 
 __all__ = ["add_subcommands", "cmd_diagnose", "read_diagnose_images"]
@@ -151,7 +152,7 @@ def cmd_diagnose(args, *, defaults: dict | None = None) -> int:
                        alpha=args.alpha, seed=args.seed, rel_threshold=args.threshold,
                        directions=None if args.no_defect_directions else "auto",
                        pca_shared=not args.pca_per_image, random_weights=args.random_weights,
-                       device=args.device)
+                       device=args.device, intensity=args.intensity)
         try:
             result = run_job(job, desc="diagnose", quiet=args.quiet)
         except VitsegError as e:
@@ -212,6 +213,8 @@ def add_subcommands(subparsers) -> None:
     d.add_argument("--pca-per-image", action="store_true", help="one PCA basis per image instead of a shared one")
     d.add_argument("--no-image-maps", action="store_true",
                    help="skip the per-image, per-backbone map figures (the overview grids are always written)")
+    d.add_argument("--intensity", choices=INTENSITY_MODES, default=FeatureConfig().intensity,
+                   help="how intensities are scaled before the ViT, as FeatureConfig.intensity (default: %(default)s)")
     d.add_argument("--device", default="cpu")
     d.add_argument("--quiet", action="store_true")
     d.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)

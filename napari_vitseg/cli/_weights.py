@@ -16,7 +16,7 @@ import numpy as np
 
 from .._validation import VitsegError
 from ..backbones._input import INTENSITY_MODES
-from ..backbones.sinder import iter_repair, prepare_images
+from ..backbones.sinder import REPAIR_PRESETS, iter_repair, prepare_images, repair_preset
 from ._common import library_default, run_job
 
 __all__ = [
@@ -147,15 +147,19 @@ def cmd_repair(args) -> int:
     arrays, names = read_repair_images(args.images, max_images=args.max_images)
     backbone = create_backbone(args.backbone, weights=args.weights, device=args.device or "cpu")
     cfg = backbone.cfg
-    images = prepare_images(arrays, size=args.size, patch_size=cfg.patch_size, mean=cfg.mean, std=cfg.std,
-                            intensity=args.intensity)
+    pre = repair_preset(args.preset)
+    size = pre["size"] if args.size is None else args.size
+    max_steps = pre["max_steps"] if args.max_steps is None else args.max_steps
+    images = prepare_images(arrays, size=size, patch_size=cfg.patch_size, mean=cfg.mean, std=cfg.std,
+                            intensity=args.intensity, preset=args.preset)
     if not args.quiet:
-        print(f"repairing {cfg.name} on {len(images)} image(s) of up to {args.size} px "
-              f"(at most {args.max_steps} steps)", file=sys.stderr)
+        how = "resized and cropped to" if pre["resize"] else "cropped to at most"
+        print(f"repairing {cfg.name} ({args.preset} preset) on {len(images)} image(s) {how} {size} px "
+              f"(at most {max_steps} steps)", file=sys.stderr)
     torch.manual_seed(args.seed)
-    job = iter_repair(backbone, images, max_steps=args.max_steps, lr=args.lr, sigma=args.sigma,
+    job = iter_repair(backbone, images, max_steps=max_steps, lr=args.lr, sigma=args.sigma,
                      layer_window=args.layer_window, seed=args.seed, image_names=names,
-                     n_samples=args.fit_samples,
+                     n_samples=args.fit_samples, preset=args.preset,
                      max_time_s=None if args.max_minutes is None else 60.0 * args.max_minutes)
     result = run_job(job, desc="repair", quiet=args.quiet)
     save_repair(result, out)
@@ -212,23 +216,32 @@ def add_subcommands(subparsers) -> None:
     r.add_argument("--images", required=True, help="folder of images (TIFF, PNG, JPEG) or one file")
     r.add_argument("-o", "--output", default=None,
                    help="repair file (.safetensors); default: sinder_<backbone>.safetensors in the weights folder")
-    r.add_argument("--max-steps", type=int, default=library_default(iter_repair, "max_steps"),
-                   help="step cap, one image per step (default %(default)s)")
+    fast, ref = REPAIR_PRESETS["fast"], REPAIR_PRESETS["reference"]
+    r.add_argument("--preset", choices=sorted(REPAIR_PRESETS), default=library_default(iter_repair, "preset"),
+                   help="schedule: 'fast' (minutes on a CPU) or 'reference', SINDER's own (518-px resize + crop, "
+                        "up to 30,000 steps, stopping window 1000, 10 trained blocks, 100,000 fit samples; "
+                        "hours to days on a CPU, a GPU advised; see docs/backbones.md) (default %(default)s); the "
+                        "options below override it")
+    r.add_argument("--max-steps", type=int, default=None,
+                   help=f"step cap, one image per step (fast {fast['max_steps']}, reference {ref['max_steps']})")
     r.add_argument("--max-minutes", type=float, default=None,
                    help="also stop after this many minutes (default: no time limit)")
-    r.add_argument("--size", type=int, default=library_default(prepare_images, "size"),
-                   help="centre-crop side in px (default %(default)s)")
+    r.add_argument("--size", type=int, default=None,
+                   help=f"centre-crop side in px (fast {fast['size']}; reference {ref['size']}, after resizing the "
+                        "shorter side to it)")
     r.add_argument("--max-images", type=int, default=None, help="use at most N images / planes")
     r.add_argument("--intensity", choices=INTENSITY_MODES, default=library_default(prepare_images, "intensity"),
                    help="intensity scaling before the ImageNet normalisation, as FeatureConfig.intensity: "
                         "'reference' (uint8 / 255, as SINDER) or 'percentile' (default %(default)s)")
     r.add_argument("--lr", type=float, default=library_default(iter_repair, "lr"),
                    help="SGD learning rate (default %(default)s)")
-    r.add_argument("--layer-window", type=int, default=None, help="blocks that get gradients (default depth/4)")
+    r.add_argument("--layer-window", type=int, default=None,
+                   help=f"blocks that get gradients (fast depth/4, reference {ref['layer_window']})")
     r.add_argument("--sigma", type=float, default=library_default(iter_repair, "sigma"),
                    help="defect threshold in standard deviations (default %(default)s, as in SINDER)")
-    r.add_argument("--fit-samples", type=int, default=library_default(iter_repair, "n_samples"),
-                   help="Gaussian samples for each MLP linearisation of the defect directions (default %(default)s)")
+    r.add_argument("--fit-samples", type=int, default=None,
+                   help="Gaussian samples for each MLP linearisation of the defect directions "
+                        f"(fast {fast['n_samples']}, reference {ref['n_samples']} as SINDER)")
     r.add_argument("--seed", type=int, default=library_default(iter_repair, "seed"))
     r.add_argument("--weights", default=None, help="explicit base weights file")
     r.add_argument("--device", default=None, help="torch device (default cpu)")

@@ -110,7 +110,7 @@ def iter_diagnose(backbones: Sequence, images, *, names: Sequence[str] | None = 
              per_channel: bool = True, repeats: int = 3, train_fraction: float = 1 / 36,
              alpha: float | str = 1.0, seed: int = 0, rel_threshold: float = 3.0,
              directions: str | None = "auto", pca_shared: bool = True, random_weights: bool = False,
-             device="cpu", weights: dict | None = None):
+             device="cpu", weights: dict | None = None, intensity: str = "reference"):
     """Positional probe, token norms / defects and PCA-RGB for several backbones (a job generator).
 
     Parameters
@@ -141,6 +141,10 @@ def iter_diagnose(backbones: Sequence, images, *, names: Sequence[str] | None = 
     device : str or torch.device
     weights : dict of str -> path, optional
         Explicit checkpoint per backbone name.
+    intensity : {'reference', 'percentile'}
+        How image values are scaled before the ViT, as ``FeatureConfig.intensity`` of the
+        segmentation features (see :func:`~._common.prepare_image`); pass a classifier's
+        value to see the features it was trained on.
 
     Yields
     ------
@@ -169,7 +173,7 @@ def iter_diagnose(backbones: Sequence, images, *, names: Sequence[str] | None = 
     sizes = [_patch_size_of(b) if isinstance(b, str) else b.patch_size for b in backbones]  # validates names
     prepared: dict[int, list[PreparedImage]] = {}
     psize = sizes[0]
-    prepared[psize] = _prepare_all(images, names, channel_axis, psize, max_side)
+    prepared[psize] = _prepare_all(images, names, channel_axis, psize, max_side, intensity)
     n_img = len(prepared[psize])
     per_bb = 2 + 2 * n_img
     total = per_bb * len(backbones)
@@ -189,7 +193,7 @@ def iter_diagnose(backbones: Sequence, images, *, names: Sequence[str] | None = 
             bb = spec
         p = bb.patch_size
         if p not in prepared:
-            prepared[p] = _prepare_all(images, names, channel_axis, p, max_side)
+            prepared[p] = _prepare_all(images, names, channel_axis, p, max_side, intensity)
         imgs = prepared[p]
         dirs = None
         if directions == "auto":
@@ -232,7 +236,7 @@ def iter_diagnose(backbones: Sequence, images, *, names: Sequence[str] | None = 
     settings = {"layers": layers, "per_channel": per_channel, "repeats": repeats,
                 "train_fraction": train_fraction, "alpha": alpha, "seed": seed,
                 "rel_threshold": rel_threshold, "pca_shared": pca_shared, "max_side": max_side,
-                "random_weights": bool(random_weights)}
+                "random_weights": bool(random_weights), "intensity": intensity}
     return DiagnosticsResult(results, missing, prepared[psize], settings)
 
 

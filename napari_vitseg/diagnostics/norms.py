@@ -66,7 +66,8 @@ def block_token_norms(blocks) -> np.ndarray:
     return np.linalg.norm(np.asarray(blocks, dtype=np.float32), axis=-3).astype(np.float32)
 
 
-def token_norms(backbone, image, *, channel_axis: int | None = None, max_side: int | None = None) -> np.ndarray:
+def token_norms(backbone, image, *, channel_axis: int | None = None, max_side: int | None = None,
+                intensity: str = "reference") -> np.ndarray:
     """Per-block norms of the patch tokens of one image, before the final LayerNorm.
 
     Parameters
@@ -74,7 +75,7 @@ def token_norms(backbone, image, *, channel_axis: int | None = None, max_side: i
     backbone : ViTBackbone
     image : (Y, X) or (Y, X, 3) array_like, or PreparedImage
         Cropped (not padded) to whole patches.
-    channel_axis, max_side :
+    channel_axis, max_side, intensity :
         See :func:`~._common.prepare_image`.
 
     Returns
@@ -86,7 +87,7 @@ def token_norms(backbone, image, *, channel_axis: int | None = None, max_side: i
     ----------
     Darcet et al., "Vision Transformers Need Registers", ICLR 2024, arXiv 2309.16588.
     """
-    (p,) = _prepare_all([image], None, channel_axis, backbone.patch_size, max_side)
+    (p,) = _prepare_all([image], None, channel_axis, backbone.patch_size, max_side, intensity)
     return block_token_norms(extract_tokens(backbone, p).blocks)
 
 
@@ -423,7 +424,7 @@ def norm_result_from(backbone_name: str, pretrained: bool, n_blocks: int, analys
 
 def iter_token_norms(backbone, images, *, rel_threshold: float = 3.0, directions="auto",
                            bins: int = 60, channel_axis: int | None = None, max_side: int | None = None,
-                           names: Sequence[str] | None = None):
+                           names: Sequence[str] | None = None, intensity: str = "reference"):
     """Token-norm and defect diagnostics of a backbone on one or more images (a job generator).
 
     Parameters
@@ -437,7 +438,7 @@ def iter_token_norms(backbone, images, *, rel_threshold: float = 3.0, directions
         (``'auto'``), skipped (``None``), or given.
     bins : int
         Histogram bins.
-    channel_axis, max_side, names :
+    channel_axis, max_side, names, intensity :
         See :func:`~._common.prepare_image`.
 
     Yields
@@ -454,7 +455,8 @@ def iter_token_norms(backbone, images, *, rel_threshold: float = 3.0, directions
     Wang, Zhang, Salzmann, "SINDER: Repairing the Singular Defects of DINOv2", ECCV 2024,
     arXiv 2407.16826.
     """
-    prepared: list[PreparedImage] = _prepare_all(images, names, channel_axis, backbone.patch_size, max_side)
+    prepared: list[PreparedImage] = _prepare_all(images, names, channel_axis, backbone.patch_size, max_side,
+                                                 intensity)
     total = len(prepared) + 1
     yield Progress(0, total, f"{backbone.name}: defect directions")
     dirs = defect_directions_or_none(backbone) if isinstance(directions, str) and directions == "auto" else (

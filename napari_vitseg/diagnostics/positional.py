@@ -400,7 +400,8 @@ def _clean(a) -> list:
     return [None if not np.isfinite(v) else round(float(v), 6) for v in np.ravel(a)]
 
 
-def _prepare_all(images, names, channel_axis, patch_size, max_side) -> list[PreparedImage]:
+def _prepare_all(images, names, channel_axis, patch_size, max_side,
+                 intensity: str = "reference") -> list[PreparedImage]:
     if isinstance(images, (np.ndarray, PreparedImage)) or hasattr(images, "__array__"):
         images = [images]
     out = []
@@ -410,7 +411,7 @@ def _prepare_all(images, names, channel_axis, patch_size, max_side) -> list[Prep
             continue
         name = names[i] if names is not None else f"image{i}"
         out.append(prepare_image(im, channel_axis=channel_axis, patch_size=patch_size,
-                                 max_side=max_side, name=name))
+                                 max_side=max_side, name=name, intensity=intensity))
     if not out:
         raise VitsegError("no images given; pass at least one 2-D image.")
     return out
@@ -442,7 +443,7 @@ def select_maps(tokens: TokenMaps, layers: str) -> list:
 def iter_positional_probe(backbone, images, *, layers: str = "final", per_channel: bool = True,
                      repeats: int = 3, train_fraction: float = 1 / 36, alpha: float | str = 1.0,
                      seed: int = 0, channel_axis: int | None = None, max_side: int | None = None,
-                     names: Sequence[str] | None = None):
+                     names: Sequence[str] | None = None, intensity: str = "reference"):
     """Positional-bias linear probe of a backbone on one or more homogeneous images.
 
     A generator (a long job): yields :class:`~napari_vitseg._progress.Progress` and returns a
@@ -467,8 +468,9 @@ def iter_positional_probe(backbone, images, *, layers: str = "final", per_channe
         Ridge penalty (default 1.0), or leave-one-out choice (see the module notes).
     seed : int
         Seed of the splits and of the noise target.
-    channel_axis, max_side, names :
-        Passed to :func:`~._common.prepare_image`.
+    channel_axis, max_side, names, intensity :
+        Passed to :func:`~._common.prepare_image` (``intensity``: the segmentation
+        features' rule, ``FeatureConfig.intensity``; ignored for prepared images).
 
     Returns
     -------
@@ -495,7 +497,7 @@ def iter_positional_probe(backbone, images, *, layers: str = "final", per_channe
     """
     if layers not in ("final", "all"):
         raise VitsegError(f"layers must be 'final' or 'all'; got {layers!r}.")
-    prepared = _prepare_all(images, names, channel_axis, backbone.patch_size, max_side)
+    prepared = _prepare_all(images, names, channel_axis, backbone.patch_size, max_side, intensity)
     rng = np.random.default_rng(seed)
     labels = layer_labels(len(backbone.model.blocks), layers)
     total = 2 * len(prepared)

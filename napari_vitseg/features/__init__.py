@@ -1,7 +1,15 @@
 """Per-pixel features: classical multiscale filters and upsampled ViT patch features."""
 
 from .cache import FeatureCache, content_digest
-from .config import CLASSICAL_FAMILIES, UPSAMPLERS, FeatureConfig
+from .config import (
+    ALL_FAMILIES,
+    CLASSICAL_FAMILIES,
+    DEFAULT_FAMILIES,
+    EXTRA_FAMILIES,
+    UPSAMPLERS,
+    FeatureConfig,
+)
 from .stack import Featurizer
 
-__all__ = ["CLASSICAL_FAMILIES", "UPSAMPLERS", "FeatureCache", "FeatureConfig", "Featurizer", "content_digest"]
+__all__ = ["ALL_FAMILIES", "CLASSICAL_FAMILIES", "DEFAULT_FAMILIES", "EXTRA_FAMILIES", "UPSAMPLERS",
+           "FeatureCache", "FeatureConfig", "Featurizer", "content_digest"]

@@ -46,6 +46,37 @@ Derivatives
 ``intensity``
     The raw image (``include_intensity=True``).
 
+Opt-in families (:data:`~napari_vitseg.features.config.EXTRA_FAMILIES`, not in the default;
+their measured effect is in ``docs/features.md``):
+
+``variance``
+    Per scale, the Gaussian-weighted local standard deviation
+    ``stddev = sqrt(max(G_s(I**2) - G_s(I)**2, 0))`` (intensity units).
+``membrane``
+    Membrane projections of Trainable Weka Segmentation (Arganda-Carreras et al.,
+    Bioinformatics 2017, :DOI:`10.1093/bioinformatics/btx180`): the mean of the image along a
+    digital line of ``2 * MEMBRANE_RADIUS + 1`` = 19 px (one tap per column, or per row for
+    lines closer to vertical) at ``MEMBRANE_ORIENTATIONS`` = 12 orientations ``pi k / 12``;
+    channels ``membrane_max``, ``membrane_min``, ``membrane_mean``, ``membrane_std``: the
+    maximum, minimum, mean and population standard deviation over the orientations. Once per
+    image, independent of ``sigmas``; halo 9 px. (Weka uses 30 orientations and also sum and
+    median projections; sum is the mean times 30, and 12 orientations keep the family at
+    about 1/5 of the cost of the default features.)
+``context``
+    Large-scale context at :data:`CONTEXT_SIGMAS` (32, 64 px), computed on a downsampled
+    copy of the whole image: see :func:`context_features`. A whole-image family:
+    :func:`classical_halo` does not cover it.
+``bilateral``
+    Edge-preserving smoothing (Tomasi & Manduchi, ICCV 1998), ``cv2.bilateralFilter`` with
+    reflect-101 borders, at the (spatial sigma, range sigma) pairs of
+    :data:`BILATERAL_SIGMAS` ((2, 0.1), (4, 0.1), (8, 0.2); window radius ``1.5 *`` the
+    spatial sigma, OpenCV's default); the range sigma is a fraction of the image's 0.5-99.5
+    percentile range, the image being clipped to that range before filtering and the result
+    mapped back to intensity units. Spatial sigmas from :data:`BILATERAL_DOWNSAMPLE_FROM`
+    (8 px) are filtered on the image block-averaged by 2 (at half the sigma) and interpolated
+    back bilinearly, which makes the family 3x cheaper. Channels ``bilateral_s2``, ``_s4``, ``_s8``. A
+    whole-image family (the percentiles), CPU for both backends.
+
 Border handling: every filter mirrors the image about its edge pixels without repeating them
 (``d c b | a b c d | c b a``): OpenCV ``BORDER_REFLECT_101``, scipy ``mode='mirror'``, torch
 ``'reflect'`` padding (generalised here to kernels wider than the image). Features within
@@ -58,9 +89,12 @@ Results are reproducible run to run and independent of ``workers``.
 
 Channel order (= :func:`classical_feature_names`): ``intensity`` first (if included), then one
 block per scale in ascending order; inside a block the families follow
-:data:`~napari_vitseg.features.config.CLASSICAL_FAMILIES`:
-``gaussian, gradient, laplacian, hessian_max, hessian_min, structure_max, structure_min, dog``.
-With the defaults (5 scales, all families, intensity) that is ``1 + 5 * 7 + 4 = 40`` channels.
+:data:`~napari_vitseg.features.config.ALL_FAMILIES`:
+``gaussian, gradient, laplacian, hessian_max, hessian_min, structure_max, structure_min, dog,
+stddev``; then the per-image families: the four ``membrane_*`` channels, then
+``context_{mean,diff,std}_s32`` and ``_s64``, then ``bilateral_s2``, ``_s4``, ``_s8``. With the defaults (5 scales, the six
+:data:`~napari_vitseg.features.config.CLASSICAL_FAMILIES`, intensity) that is
+``1 + 5 * 7 + 4 = 40`` channels; the opt-in families only append channels.
 """
 
 from __future__ import annotations
@@ -77,10 +111,12 @@ import cv2
 import numpy as np
 
 from .._validation import VitsegError, as_float32, check_dtype, check_option
-from .config import CLASSICAL_FAMILIES
+from .config import ALL_FAMILIES, CLASSICAL_FAMILIES
 
 __all__ = [
     "classical_features",
+    "context_features",
+    "whole_plane_features",
     "classical_feature_names",
     "classical_halo",
     "gaussian_kernel",
@@ -100,7 +136,25 @@ _FAMILY_KINDS = {
     "hessian": ("hessian_max", "hessian_min"),
     "structure": ("structure_max", "structure_min"),
     "dog": ("dog",),
+    "variance": ("stddev",),
 }
+#: Families computed once per image, not per scale; their channels follow the scale blocks.
+_TAIL_FAMILIES = ("membrane", "context", "bilateral")
+#: Families computed from the whole plane (no halo; see :func:`whole_plane_features`).
+WHOLE_PLANE_FAMILIES = ("context", "bilateral")
+#: Membrane projections: half-length (px) of the line kernels and number of orientations.
+MEMBRANE_RADIUS = 9
+MEMBRANE_ORIENTATIONS = 12
+_MEMBRANE_KINDS = ("membrane_max", "membrane_min", "membrane_mean", "membrane_std")
+#: Scales (px) of the ``'context'`` family and its channel kinds per scale.
+CONTEXT_SIGMAS = (32.0, 64.0)
+_CONTEXT_KINDS = ("context_mean", "context_diff", "context_std")
+#: Bilateral filters of the ``'bilateral'`` family: (spatial sigma in px, range sigma as a
+#: fraction of the plane's 0.5-99.5 percentile intensity range).
+BILATERAL_SIGMAS = ((2.0, 0.1), (4.0, 0.1), (8.0, 0.2))
+#: Spatial sigmas (px) from which the bilateral filter runs on the plane block-averaged by 2
+#: (and is interpolated back): the window has 4x fewer taps on 4x fewer pixels.
+BILATERAL_DOWNSAMPLE_FROM = 8.0
 
 
 # -- specification helpers ------------------------------------------------------------------
@@ -141,7 +195,7 @@ def _fmt(sigma: float) -> str:
 
 
 def _normalise_spec(sigmas, families, include_intensity):
-    """Validate and canonicalise (sorted sigmas, families in CLASSICAL_FAMILIES order)."""
+    """Validate and canonicalise (sorted sigmas, families in ALL_FAMILIES order)."""
     if isinstance(families, str):
         families = (families,)
     try:
@@ -156,11 +210,11 @@ def _normalise_spec(sigmas, families, include_intensity):
         raise VitsegError(f"sigmas must not repeat a value; got {tuple(sig)}.")
     fams = list(families)
     for fam in fams:
-        check_option(fam, CLASSICAL_FAMILIES, "families")
-    fams = tuple(f for f in CLASSICAL_FAMILIES if f in fams)
+        check_option(fam, ALL_FAMILIES, "families")
+    fams = tuple(f for f in ALL_FAMILIES if f in fams)
     include_intensity = bool(include_intensity)
     sig = tuple(sorted(sig))
-    if not include_intensity and not (sig and fams):
+    if _layout(sig, fams, include_intensity)[1] == 0:
         raise VitsegError(
             "Classical features are empty: pass at least one sigma and one family, "
             "or include_intensity=True."
@@ -168,17 +222,30 @@ def _normalise_spec(sigmas, families, include_intensity):
     return sig, fams, include_intensity
 
 
+def _tail_names(families):
+    """Channel names of the per-image (not per-scale) families, in output order."""
+    names = []
+    if "membrane" in families:
+        names += list(_MEMBRANE_KINDS)
+    if "context" in families:
+        names += [f"{kind}_{_fmt(s)}" for s in CONTEXT_SIGMAS for kind in _CONTEXT_KINDS]
+    if "bilateral" in families:
+        names += [f"bilateral_{_fmt(s)}" for s, _ in BILATERAL_SIGMAS]
+    return names
+
+
 def _layout(sigmas, families, include_intensity):
-    """Per-scale channel kinds: list of (scale index, kinds) and the total channel count."""
+    """Per-scale channel kinds: list of (scale index, kinds) and the total channel count
+    (intensity + scale blocks + the per-image families of :func:`_tail_names`)."""
     blocks = []
     for i in range(len(sigmas)):
         kinds = []
         for fam in families:
-            if fam == "dog" and i == 0:
+            if fam in _TAIL_FAMILIES or (fam == "dog" and i == 0):
                 continue
             kinds.extend(_FAMILY_KINDS[fam])
         blocks.append((i, tuple(kinds)))
-    n = int(include_intensity) + sum(len(k) for _, k in blocks)
+    n = int(include_intensity) + sum(len(k) for _, k in blocks) + len(_tail_names(families))
     return blocks, n
 
 
@@ -191,7 +258,7 @@ def _names(sigmas, families, include_intensity):
                 names.append(f"dog_{_fmt(sigmas[i - 1])}-{_fmt(sigmas[i])}")
             else:
                 names.append(f"{kind}_{_fmt(sigmas[i])}")
-    return names
+    return names + _tail_names(families)
 
 
 def classical_feature_names(
@@ -206,8 +273,9 @@ def classical_feature_names(
     sigmas : sequence of float
         Gaussian scales in pixels (positive, distinct; sorted ascending here).
     families : sequence of str
-        Subset of ``CLASSICAL_FAMILIES`` = ``('gaussian', 'gradient', 'laplacian', 'hessian',
-        'structure', 'dog')``; the output follows that canonical order whatever order is given.
+        Subset of ``ALL_FAMILIES`` = ``('gaussian', 'gradient', 'laplacian', 'hessian',
+        'structure', 'dog', 'variance', 'membrane', 'context', 'bilateral')``; the output
+        follows that canonical order whatever order is given.
     include_intensity : bool
         Whether the raw intensity is the first channel.
 
@@ -215,7 +283,10 @@ def classical_feature_names(
     -------
     list of str
         E.g. ``'intensity'``, ``'gaussian_s4'``, ``'hessian_max_s2'``, ``'structure_min_s8'``,
-        ``'dog_s2-s4'``. Scales are written with ``'{:g}'`` (``1.5`` -> ``'s1.5'``).
+        ``'dog_s2-s4'``, ``'stddev_s4'``; then ``'membrane_max'``, ``'membrane_min'``,
+        ``'membrane_mean'``, ``'membrane_std'`` and ``'context_mean_s32'``,
+        ``'context_diff_s32'``, ``'context_std_s32'`` (and ``_s64``) and ``'bilateral_s2'``,
+        ``'bilateral_s4'``, ``'bilateral_s8'``, which do not depend on ``sigmas``. Scales are written with ``'{:g}'`` (``1.5`` -> ``'s1.5'``).
 
     Raises
     ------
@@ -228,6 +299,8 @@ def classical_feature_names(
     ['intensity', 'gaussian_s1', 'gaussian_s2', 'dog_s1-s2']
     >>> len(classical_feature_names((1, 2, 4, 8, 16), CLASSICAL_FAMILIES))
     40
+    >>> classical_feature_names((1,), ("variance", "membrane"), include_intensity=False)
+    ['stddev_s1', 'membrane_max', 'membrane_min', 'membrane_mean', 'membrane_std']
     """
     return _names(*_normalise_spec(sigmas, families, include_intensity))
 
@@ -240,10 +313,17 @@ def classical_halo(
 
     The support of the widest filter chain: the Gaussian radius ``int(4 s + 0.5)``, plus the
     central-difference step ``max(1, floor(s / 4))`` for the derivative families, plus the
-    integration radius ``int(4 (s / 2) + 0.5)`` for ``'structure'``, maximised over ``sigmas``.
-    Pixels at least this far from a tile edge (that is not an image edge) are unaffected by
-    the tile's mirrored border, up to float32 rounding (the image mean, subtracted before
-    filtering, differs between tiles).
+    integration radius ``int(4 (s / 2) + 0.5)`` for ``'structure'``, maximised over ``sigmas``;
+    at least :data:`MEMBRANE_RADIUS` (9) with ``'membrane'``. Pixels at least this far from a
+    tile edge (that is not an image edge) are unaffected by the tile's mirrored border, up to
+    float32 rounding (the image mean, subtracted before filtering, differs between tiles).
+
+    ``'context'`` and ``'bilateral'`` are not covered: they are whole-plane families
+    (``'context'`` at sigma 64 px would need a halo of 256 px; ``'bilateral'`` scales its
+    range sigma by the plane's intensity percentiles); :func:`classical_features` computes
+    them from the image it is given, and tiled callers take them from
+    :func:`whole_plane_features` of the whole plane, as
+    :class:`~napari_vitseg.features.stack.Featurizer` does for its row bands.
 
     Parameters
     ----------
@@ -261,11 +341,14 @@ def classical_halo(
     100
     >>> classical_halo((1, 2), ("gaussian", "dog"))
     8
+    >>> classical_halo((1, 2), ("membrane", "context"))
+    9
     """
     sig, fams, _ = _normalise_spec(sigmas, families, True)
+    halo = MEMBRANE_RADIUS if "membrane" in fams else 0
+    fams = tuple(f for f in fams if f not in _TAIL_FAMILIES)
     if not fams:
-        return 0
-    halo = 0
+        return halo
     for s in sig:
         r = int(_TRUNCATE * s + 0.5)
         if set(fams) & {"gradient", "laplacian", "hessian", "structure"}:
@@ -386,7 +469,7 @@ class _Workspace:
         return P
 
 
-def _cpu_block(G, G_prev, sigma, kinds, dst, offset, ws, intensity=None):
+def _cpu_block(G, G_prev, sigma, kinds, dst, offset, ws, intensity=None, G2=None):
     """All channels of one scale from its Gaussian ``G``; writes them interleaved into ``dst``.
 
     dst : (Y * X, k) float32 view of the output (rows = pixels), k = len(kinds) (+ 1 with
@@ -394,7 +477,8 @@ def _cpu_block(G, G_prev, sigma, kinds, dst, offset, ws, intensity=None):
 
     First derivatives and the structure tensor (whose integration blur needs whole planes) are
     computed on full planes; everything else runs in row stripes that stay in cache, each
-    stripe's channels interleaved into ``dst`` with one transpose.
+    stripe's channels interleaved into ``dst`` with one transpose. ``G2`` is the Gaussian of
+    the squared (centred) image, for ``stddev``.
     """
     Y, X = G.shape
     first = 0 if intensity is None else 1
@@ -450,6 +534,11 @@ def _cpu_block(G, G_prev, sigma, kinds, dst, offset, ws, intensity=None):
             _eig2x2(Jxx[a:b], Jxy[a:b], Jyy[a:b], B[j["structure_max"]], B[j["structure_min"]], t1)
         if "dog" in j:
             cv2.subtract(G[a:b], G_prev[a:b], B[j["dog"]])
+        if "stddev" in j:  # sqrt(G(c^2) - G(c)^2), clipped at 0 against rounding
+            cv2.multiply(G[a:b], G[a:b], t1)
+            cv2.subtract(G2[a:b], t1, t1)
+            np.maximum(t1, np.float32(0), out=t1)
+            cv2.sqrt(t1, B[j["stddev"]])
         cv2.transpose(B.reshape(nb, n * X), dst[a * X : b * X])
 
 
@@ -470,6 +559,246 @@ def _gaussian(img, sigma):
     return cv2.sepFilter2D(img, -1, k, k, borderType=_BORDER)
 
 
+# -- per-image families: membrane projections and context ----------------------------------
+def _membrane_taps(radius: int = MEMBRANE_RADIUS, n: int = MEMBRANE_ORIENTATIONS) -> np.ndarray:
+    """Pixel offsets (dy, dx) of the digital line kernels, shape (n, 2 radius + 1, 2).
+
+    Orientation ``k`` is at ``pi k / n``; a line closer to horizontal has one tap per column
+    (``dx = t``, ``dy = round(t tan)``), otherwise one per row, for ``t = -radius..radius``.
+    """
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    out = np.empty((n, t.size, 2), np.int64)
+    for k in range(n):
+        th = math.pi * k / n
+        c, s = math.cos(th), math.sin(th)
+        if abs(c) >= abs(s):
+            dx, dy = t, t * (s / c)
+        else:
+            dy, dx = t, t * (c / s)
+        out[k, :, 0] = np.sign(dy) * np.floor(np.abs(dy) + 0.5)  # round half away from 0
+        out[k, :, 1] = np.sign(dx) * np.floor(np.abs(dx) + 0.5)
+    return out
+
+
+def _padded(a, r):
+    """``a`` (Y, X) with a reflect-101 border of ``r`` pixels on every side (any r)."""
+    Y, X = a.shape
+    if r < min(Y, X):
+        return cv2.copyMakeBorder(a, r, r, r, r, _BORDER)
+    return np.ascontiguousarray(a[np.ix_(_reflect101_index(Y, r), _reflect101_index(X, r))])
+
+
+def _cpu_membrane(centred, offset, dst):
+    """Membrane projections of ``centred`` into ``dst`` ((Y * X, 4) float32 view), in row
+    stripes: for every orientation the mean along the line, then its max, min, mean and
+    (population) standard deviation over the orientations."""
+    Y, X = centred.shape
+    r = MEMBRANE_RADIUS
+    taps = _membrane_taps()
+    n_or, L = taps.shape[:2]
+    P = _padded(centred, r)
+    rows = max(1, min(Y, _STRIPE_PIXELS // max(X, 1)))
+    buf = np.empty((10, rows, X), np.float32)
+    inv_l, inv_nl = np.float32(1.0 / L), np.float32(1.0 / (n_or * L))
+    off = np.float32(offset)
+    for a in range(0, Y, rows):
+        b = min(Y, a + rows)
+        mx, mn, s1, s2, acc, tmp = buf[:6, : b - a]
+        B = buf[6:10, : b - a]
+        for o in range(n_or):
+            dy, dx = taps[o, 0]
+            np.copyto(acc, P[a + r + dy : b + r + dy, r + dx : r + dx + X])
+            for dy, dx in taps[o, 1:]:
+                cv2.add(acc, P[a + r + dy : b + r + dy, r + dx : r + dx + X], acc)
+            if o == 0:
+                np.copyto(mx, acc)
+                np.copyto(mn, acc)
+                np.copyto(s1, acc)
+                cv2.multiply(acc, acc, s2)
+            else:
+                cv2.max(mx, acc, mx)
+                cv2.min(mn, acc, mn)
+                cv2.add(s1, acc, s1)
+                cv2.multiply(acc, acc, tmp)
+                cv2.add(s2, tmp, s2)
+        np.multiply(mx, inv_l, out=B[0])
+        np.add(B[0], off, out=B[0])
+        np.multiply(mn, inv_l, out=B[1])
+        np.add(B[1], off, out=B[1])
+        np.multiply(s1, inv_nl, out=tmp)  # mean over orientations (centred)
+        np.add(tmp, off, out=B[2])
+        cv2.multiply(tmp, tmp, tmp)
+        np.multiply(s2, np.float32(inv_nl * inv_l), out=B[3])  # E[line mean ** 2]
+        cv2.subtract(B[3], tmp, B[3])
+        np.maximum(B[3], np.float32(0), out=B[3])
+        cv2.sqrt(B[3], B[3])
+        cv2.transpose(B.reshape(4, (b - a) * X), dst[a * X : b * X])
+
+
+def _context_factor(sigma: float) -> int:
+    """Downsampling factor of the context scale ``sigma``: 4 at 32 px, 8 at 64 px."""
+    return max(1, int(sigma // 8))
+
+
+def _block_down(a, f):
+    """Means of ``f`` x ``f`` blocks of ``a`` (Y, X), the plane mirrored (reflect-101) at its
+    bottom and right edges to a multiple of ``f``; shape (ceil(Y / f), ceil(X / f))."""
+    if f == 1:
+        return np.ascontiguousarray(a)
+    Y, X = a.shape
+    ys, xs = -(-Y // f), -(-X // f)
+    if ys * f > Y or xs * f > X:
+        iy = _reflect101_index(Y, ys * f - Y)[ys * f - Y :]
+        ix = _reflect101_index(X, xs * f - X)[xs * f - X :]
+        a = a[np.ix_(iy, ix)]
+    return cv2.resize(np.ascontiguousarray(a), (xs, ys), interpolation=cv2.INTER_AREA)  # exact block means
+
+
+def _block_up(a, f, shape):
+    """Inverse grid of :func:`_block_down`: bilinear interpolation at the full-resolution pixel
+    centres (OpenCV's half-pixel convention puts block centres at ``f * i + (f - 1) / 2``)."""
+    if f == 1:
+        return a
+    ys, xs = a.shape
+    return cv2.resize(a, (xs * f, ys * f), interpolation=cv2.INTER_LINEAR)[: shape[0], : shape[1]]
+
+
+def _context_into(img, dst):
+    """The ``'context'`` channels of ``img`` (float32 (Y, X)) into ``dst`` ((Y, X, 6) view)."""
+    offset, centred = _centre(img)
+    sq = None
+    for k, s in enumerate(CONTEXT_SIGMAS):
+        f = _context_factor(s)
+
+        def down(a, f=f):
+            return _block_down(a, f)
+
+        def up(a, f=f):
+            return _block_up(a, f, img.shape)
+
+        if sq is None:
+            sq = np.multiply(centred, centred)
+        # block averaging adds a variance of (f^2 - 1) / 12 px^2: the small-plane Gaussian
+        # makes up the rest, so the total smoothing is sigma (in full-resolution pixels)
+        ss = math.sqrt(max(s * s - (f * f - 1) / 12.0, 0.25)) / f
+        gm = _gaussian(down(centred), ss)
+        g2 = _gaussian(down(sq), ss)
+        var = np.subtract(g2, np.multiply(gm, gm))
+        np.maximum(var, np.float32(0), out=var)
+        mean = up(gm)
+        c = 3 * k
+        np.add(mean, np.float32(offset), out=dst[:, :, c])
+        np.subtract(centred, mean, out=dst[:, :, c + 1])
+        dst[:, :, c + 2] = up(np.sqrt(var))
+
+
+def _bilateral_into(img, dst):
+    """The ``'bilateral'`` channels of ``img`` (float32 (Y, X)) into ``dst`` ((Y, X, k) view)."""
+    lo, hi = (float(v) for v in np.percentile(img, (0.5, 99.5)))
+    span = hi - lo if hi > lo else 1.0
+    # to [0, 1] by the plane's robust range (so that the range sigma is relative to it), back after
+    scaled = np.clip((img - np.float32(lo)) * np.float32(1.0 / span), 0.0, 1.0).astype(np.float32)
+    for k, (ss, sr) in enumerate(BILATERAL_SIGMAS):
+        if ss >= BILATERAL_DOWNSAMPLE_FROM:
+            small = cv2.bilateralFilter(_block_down(scaled, 2), -1, sr, ss / 2, borderType=_BORDER)
+            f = _block_up(small, 2, img.shape)
+        else:
+            f = cv2.bilateralFilter(scaled, -1, sr, ss, borderType=_BORDER)
+        np.multiply(f, np.float32(span), out=dst[:, :, k])
+        np.add(dst[:, :, k], np.float32(lo), out=dst[:, :, k])
+
+
+def whole_plane_features(image, families) -> np.ndarray:
+    """The channels of the whole-plane families (``'context'``, ``'bilateral'``) of ``families``.
+
+    These families depend on the whole plane (``'context'``: up to ~256 px away, on a block
+    grid anchored at the plane's corner; ``'bilateral'``: its range sigma is a fraction of the
+    plane's 0.5-99.5 percentile range), so they have no halo: callers that work in row bands
+    or tiles compute them once on the whole plane and slice them
+    (:class:`~napari_vitseg.features.stack.Featurizer` does). They run on the CPU for both
+    backends.
+
+    Parameters
+    ----------
+    image : (Y, X) array_like of bool, int or float
+        One channel of one whole plane.
+    families : sequence of str
+        Any families; those other than ``'context'`` and ``'bilateral'`` are ignored.
+
+    Returns
+    -------
+    (Y, X, k) ndarray of float32
+        The last ``k`` channels of :func:`classical_features` with these families, in that
+        order (``k = 0`` without whole-plane families).
+
+    Raises
+    ------
+    VitsegError
+        As :func:`classical_features` for a bad image or an unknown family.
+    """
+    _, fams, _ = _normalise_spec((), families, True)
+    img = _check_image(image)
+    fams = tuple(f for f in fams if f in WHOLE_PLANE_FAMILIES)
+    out = np.empty(img.shape + (len(_tail_names(fams)),), np.float32)
+    c = 0
+    if "context" in fams:
+        _context_into(img, out[:, :, : 3 * len(CONTEXT_SIGMAS)])
+        c = 3 * len(CONTEXT_SIGMAS)
+    if "bilateral" in fams:
+        _bilateral_into(img, out[:, :, c:])
+    return out
+
+
+def context_features(image) -> np.ndarray:
+    """The ``'context'`` family of a whole plane: large-scale neighbourhood statistics.
+
+    For every scale ``s`` in :data:`CONTEXT_SIGMAS` (32 and 64 px): the image is
+    block-averaged by ``f = s // 8`` (4, 8; the plane is mirrored to a multiple of ``f``),
+    smoothed there by a Gaussian of ``sqrt(s**2 - (f**2 - 1) / 12) / f`` small-plane pixels
+    (so the total smoothing is ``s`` full-resolution pixels), and brought back with bilinear
+    interpolation (pixel centres aligned). Channels per scale: ``context_mean`` (the local
+    mean ``G_s``), ``context_diff`` (intensity minus ``G_s``: brightness relative to the
+    neighbourhood) and ``context_std`` (``sqrt(G_s(I**2) - G_s(I)**2)``, local contrast).
+    The downsampled Gaussians cost about 1/f**2 of full-resolution ones, so the family is
+    cheap; it runs on the CPU for both backends (the small planes are too small for a GPU
+    to help).
+
+    Parameters
+    ----------
+    image : (Y, X) array_like of bool, int or float
+        One channel of one whole plane.
+
+    Returns
+    -------
+    (Y, X, 6) ndarray of float32
+        Channels named ``context_{mean,diff,std}_s32`` then ``_s64``, as the last channels
+        of :func:`classical_features` with ``'context'``.
+
+    Raises
+    ------
+    VitsegError
+        As :func:`classical_features` for a bad image.
+
+    Notes
+    -----
+    Values near a pixel depend on the whole plane (up to ~256 px away, and on the block grid,
+    anchored at the plane's top-left pixel), so the family has no halo: callers that work in
+    tiles or row bands compute it once on the whole plane and slice it
+    (:class:`~napari_vitseg.features.stack.Featurizer` does, so its row bands equal the
+    whole-plane features exactly).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> context_features(np.ones((40, 50), np.uint8)).shape
+    (40, 50, 6)
+    """
+    img = _check_image(image)
+    out = np.empty(img.shape + (3 * len(CONTEXT_SIGMAS),), np.float32)
+    _context_into(img, out)
+    return out
+
+
 def _cpu_features(img, sigmas, families, include_intensity, out, workers):
     Y, X = img.shape
     blocks, n = _layout(sigmas, families, include_intensity)
@@ -478,22 +807,33 @@ def _cpu_features(img, sigmas, families, include_intensity, out, workers):
     for i, kinds in blocks:
         offsets[i] = c
         c += len(kinds)
+    tails = []  # (task, first channel)
+    if "membrane" in families:
+        tails.append(("membrane", c))
+        c += len(_MEMBRANE_KINDS)
+    if "context" in families:
+        tails.append(("context", c))
+        c += 3 * len(CONTEXT_SIGMAS)
+    if "bilateral" in families:
+        tails.append(("bilateral", c))
     needs_prev = {i: "dog" in kinds for i, kinds in blocks}
     # Scales whose Gaussian is needed: their own channels, or the next scale's DoG.
     need_gauss = {i for i, kinds in blocks if kinds} | {i - 1 for i in needs_prev if needs_prev[i]}
     blocks = [(i, kinds) for i, kinds in blocks if kinds]
-    if not blocks:  # intensity only
-        cv2.transpose(img.reshape(1, Y * X), out2d)
+    if include_intensity and not blocks:
+        np.copyto(out2d[:, 0], img.reshape(-1))
+    if not blocks and not tails:  # intensity only
         return out
     offset, centred = _centre(img)
     kinds_of = dict(blocks)
-    first_block = blocks[0][0]  # carries the intensity channel, which precedes it
-    workers = _default_workers(workers, len(blocks))
-    n_block = max(len(k) for _, k in blocks) + int(include_intensity)
+    first_block = blocks[0][0] if blocks else None  # carries the intensity channel, which precedes it
+    workers = _default_workers(workers, len(blocks) + len(tails))
+    n_block = max((len(k) for _, k in blocks), default=0) + int(include_intensity)
     spaces = queue.SimpleQueue()
     for _ in range(workers):
         spaces.put(None)  # allocated lazily by the first task that needs one
     gauss = {}
+    squared = np.multiply(centred, centred) if any("stddev" in k for _, k in blocks) else None
 
     def block(i):
         ws = spaces.get()
@@ -506,12 +846,23 @@ def _cpu_features(img, sigmas, families, include_intensity, out, workers):
             if include_intensity and i == first_block:
                 intensity, c0 = img, 0
             prev = gauss[i - 1] if needs_prev[i] else None
-            _cpu_block(gauss[i], prev, sigmas[i], kinds, out2d[:, c0:c1], offset, ws, intensity)
+            G2 = _gaussian(squared, sigmas[i]) if "stddev" in kinds else None
+            _cpu_block(gauss[i], prev, sigmas[i], kinds, out2d[:, c0:c1], offset, ws, intensity, G2)
         finally:
             spaces.put(ws)
 
+    def tail(what, c0):
+        if what == "membrane":
+            _cpu_membrane(centred, offset, out2d[:, c0 : c0 + len(_MEMBRANE_KINDS)])
+        elif what == "context":
+            _context_into(img, out[:, :, c0 : c0 + 3 * len(CONTEXT_SIGMAS)])
+        else:
+            _bilateral_into(img, out[:, :, c0 : c0 + len(BILATERAL_SIGMAS)])
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = {}
+        for what, c0 in tails:
+            pending[pool.submit(tail, what, c0)] = ("tail", what)
         # The largest (slowest) scales first, so that the threads stay balanced.
         for i in sorted(need_gauss, key=lambda i: -sigmas[i]):
             pending[pool.submit(_gaussian, centred, sigmas[i])] = ("gauss", i)
@@ -672,7 +1023,7 @@ def _torch_features(img, sigmas, families, include_intensity, out, device):
     with _TORCH_LOCK, precision, torch.inference_mode():
         ops = _TorchOps(torch, dev, (Y, X))
         x = torch.from_numpy(img).to(dev)[None]  # (1, Y, X)
-        res = torch.empty((Y, X, n), dtype=torch.float32, device=dev)
+        res = torch.empty((Y, X, n), dtype=torch.float32, device=dev)  # the context channels stay unused
         c = 0
         if include_intensity:
             res[..., 0] = x[0]
@@ -681,6 +1032,8 @@ def _torch_features(img, sigmas, families, include_intensity, out, device):
         x = x - offset  # see _centre
         G_prev = None
         for i, kinds in blocks:
+            if not kinds:  # only per-image families
+                continue
             s = sigmas[i]
             G = ops.blur(x, s)
             feats = {}
@@ -702,11 +1055,30 @@ def _torch_features(img, sigmas, families, include_intensity, out, device):
                 feats["structure_max"], feats["structure_min"] = lmax, lmin
             if "dog" in kinds:
                 feats["dog"] = (G - G_prev)[0]
+            if "stddev" in kinds:
+                feats["stddev"] = torch.sqrt(torch.clamp(ops.blur(x * x, s) - G * G, min=0.0))[0]
             for kind in kinds:
                 res[..., c] = feats[kind]
                 c += 1
             G_prev = G
-        torch.from_numpy(out).copy_(res)
+        if "membrane" in families:
+            taps = _membrane_taps()
+            n_or, L = taps.shape[:2]
+            r = MEMBRANE_RADIUS
+            k = np.zeros((n_or, 1, 2 * r + 1, 2 * r + 1), np.float32)
+            for o in range(n_or):
+                k[o, 0, taps[o, :, 0] + r, taps[o, :, 1] + r] = 1.0 / L
+            P = ops.pad(ops.pad(x, 0, r), 1, r)[None]
+            lines = ops.F.conv2d(P, torch.as_tensor(k, device=dev))[0]  # (n_or, Y, X) line means
+            mean = lines.mean(dim=0)
+            res[..., c] = lines.amax(dim=0) + offset
+            res[..., c + 1] = lines.amin(dim=0) + offset
+            res[..., c + 2] = mean + offset
+            res[..., c + 3] = torch.sqrt(torch.clamp((lines * lines).mean(dim=0) - mean * mean, min=0.0))
+            c += len(_MEMBRANE_KINDS)
+        torch.from_numpy(out[..., :c]).copy_(res[..., :c])
+    if set(families) & set(WHOLE_PLANE_FAMILIES):  # CPU for both backends (see whole_plane_features)
+        out[:, :, c:] = whole_plane_features(img, families)
     return out
 
 
@@ -749,7 +1121,10 @@ def classical_features(
     sigmas : sequence of float
         Gaussian scales in pixels (positive, distinct); used in ascending order.
     families : sequence of str
-        Subset of ``('gaussian', 'gradient', 'laplacian', 'hessian', 'structure', 'dog')``.
+        Subset of ``('gaussian', 'gradient', 'laplacian', 'hessian', 'structure', 'dog')``
+        (the default) and the opt-in ``('variance', 'membrane', 'context', 'bilateral')``.
+        ``'context'`` and ``'bilateral'`` are computed from ``image`` as a whole: pass the
+        whole plane, or see :func:`whole_plane_features` for tiles.
     include_intensity : bool
         Add the raw intensity as the first channel.
     backend : {'cpu', 'torch', 'auto'}

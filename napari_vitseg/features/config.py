@@ -7,11 +7,26 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .._validation import VitsegError, check_number, check_option
 
-__all__ = ["FeatureConfig", "CLASSICAL_FAMILIES", "UPSAMPLERS", "INTENSITY_MODES", "POS_EMBED_INTERP_MODES",
-           "FEATURE_CONFIG_VERSION", "V1_DEFAULTS"]
+__all__ = ["FeatureConfig", "CLASSICAL_FAMILIES", "EXTRA_FAMILIES", "ALL_FAMILIES", "UPSAMPLERS",
+           "INTENSITY_MODES", "POS_EMBED_INTERP_MODES",
+           "DEFAULT_FAMILIES", "FEATURE_CONFIG_VERSION", "V1_DEFAULTS", "V2_DEFAULTS", "TILING_MODES",
+           "VIT_BUDGET_MIB"]
 
 #: Classical filter families, in the order their channels appear.
 CLASSICAL_FAMILIES = ("gaussian", "gradient", "laplacian", "hessian", "structure", "dog")
+#: Further families (``docs/features.md`` has their measured effect): ``'variance'`` (local
+#: standard deviation per scale), ``'membrane'`` (Weka's membrane projections: oriented line
+#: filters), ``'context'`` (Gaussian context at sigma 32 and 64 px computed on a downsampled
+#: whole plane) and ``'bilateral'`` (edge-preserving smoothing, OpenCV's bilateral filter).
+#: Their channels follow those of :data:`CLASSICAL_FAMILIES`, so adding them leaves the
+#: earlier channels unchanged.
+EXTRA_FAMILIES = ("variance", "membrane", "context", "bilateral")
+#: Every accepted family, in channel order.
+ALL_FAMILIES = CLASSICAL_FAMILIES + EXTRA_FAMILIES
+#: The default families of a new configuration (version 3): the six classical families plus
+#: ``'bilateral'``, the only extra family that raised mIoU on every shared set with ground
+#: truth (``docs/features.md``, ``benchmarks/bench_quality.py``).
+DEFAULT_FAMILIES = CLASSICAL_FAMILIES + ("bilateral",)
 #: ViT feature upsampling methods (see :mod:`napari_vitseg.features.upsample`).
 UPSAMPLERS = ("bilinear", "guided")
 #: Largest Gaussian scale (px) and number of scales of the classical filters.
@@ -21,10 +36,18 @@ MAX_SIGMAS = 16
 INTENSITY_MODES = ("reference", "percentile")
 #: How a learned position embedding is resampled (see :meth:`napari_vitseg.backbones.ViTBackbone.forward_features`).
 POS_EMBED_INTERP_MODES = ("reference", "timm")
+#: How ViT windows are chosen (see :func:`napari_vitseg.features.vit.vit_patch_features`):
+#: the whole image when it fits the memory budget, else tiles; or always tiles.
+TILING_MODES = ("auto", "always")
+#: Default memory budget (MiB) of whole-image ViT inference (attention of one block; see
+#: :func:`napari_vitseg.features.vit.whole_image_fits`).
+VIT_BUDGET_MIB = 2048
 #: Current version of the serialised config.
-FEATURE_CONFIG_VERSION = 2
+FEATURE_CONFIG_VERSION = 3
 #: Values that version-1 configs (releases up to 0.1.x) did not store: what those releases did.
 V1_DEFAULTS = {"intensity": "percentile", "pos_embed_interp": "timm", "vit_autocast": None}
+#: Values that version-1 and version-2 configs did not store: they always tiled.
+V2_DEFAULTS = {"vit_tiling": "always", "vit_budget_mib": VIT_BUDGET_MIB}
 
 
 @dataclass(frozen=True)
@@ -44,7 +67,10 @@ class FeatureConfig:
     sigmas : tuple of float
         Gaussian scales of the classical filters, in pixels.
     families : tuple of str
-        Classical filter families, a subset of :data:`CLASSICAL_FAMILIES`.
+        Classical filter families, a subset of :data:`ALL_FAMILIES`; default
+        :data:`DEFAULT_FAMILIES` (the six classical families and ``'bilateral'``; the other
+        :data:`EXTRA_FAMILIES` are opt-in). Dictionaries of versions 1 and 2 that do not name
+        their families get :data:`CLASSICAL_FAMILIES`, the default of those versions.
     include_intensity : bool
         Include the raw intensity (sigma = 0) as a feature.
     upsample : {'bilinear', 'guided'}
@@ -85,11 +111,22 @@ class FeatureConfig:
         classifier was trained on do not depend on the device (bf16 changes them by ~0.6 %);
         ``True``: faster on recent GPUs; ``None``: on for CUDA, off otherwise (version-1
         files).
+    vit_tiling : {'auto', 'always'}
+        ``'auto'``: the whole image in one ViT forward pass when its attention fits
+        ``vit_budget_mib`` (:func:`~napari_vitseg.features.vit.whole_image_fits`, a rule of
+        the image shape and the backbone only, not of the device), windows of ``tile_size``
+        above it; ``'always'``: windows of ``tile_size`` (files of versions 1 and 2).
+        ``docs/backbones.md`` (Tiling) describes what tiling changes.
+    vit_budget_mib : int
+        Memory budget of whole-image inference in MiB (attention matrices of one block,
+        ``4 * heads * tokens**2 * (2 + ALiBi)`` bytes); 2048 runs 1024 x 1024 px whole
+        with ViT-S.
 
     Notes
     -----
-    ``from_dict`` migrates version-1 dictionaries by filling the keys they lack with
-    :data:`V1_DEFAULTS`, so that old classifier files compute exactly what they computed
+    ``from_dict`` migrates version-1 and version-2 dictionaries by filling the keys they
+    lack with :data:`V1_DEFAULTS` and :data:`V2_DEFAULTS` (version 2: the latter only), so
+    that old classifier files compute exactly what they computed
     when they were saved; new configs get the defaults above.
 
     Examples
@@ -97,13 +134,15 @@ class FeatureConfig:
     >>> FeatureConfig.from_dict({"version": 1, "backbone": None}).intensity
     'percentile'
     >>> FeatureConfig().intensity, FeatureConfig().to_dict()["version"]
-    ('reference', 2)
+    ('reference', 3)
+    >>> FeatureConfig.from_dict({"version": 2, "backbone": None}).vit_tiling
+    'always'
     """
 
     backbone: str | None = None
     classical: bool = True
     sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
-    families: tuple[str, ...] = CLASSICAL_FAMILIES
+    families: tuple[str, ...] = DEFAULT_FAMILIES
     include_intensity: bool = True
     upsample: str = "guided"
     vit_pca: int | None = 32
@@ -116,25 +155,45 @@ class FeatureConfig:
     intensity: str = "reference"
     pos_embed_interp: str = "reference"
     vit_autocast: bool | None = False
+    vit_tiling: str = "auto"
+    vit_budget_mib: int = VIT_BUDGET_MIB
     _version: int = field(default=FEATURE_CONFIG_VERSION, repr=False)
 
     def __post_init__(self):
-        try:
-            object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
-        except (TypeError, ValueError):
-            raise VitsegError(f"sigmas must be numbers (pixels); got {self.sigmas!r}.") from None
+        def numbers(value, name: str, kind: str, what: str) -> tuple:
+            """A list / tuple of numbers (not a string, not bools) -> a tuple, else VitsegError."""
+            try:
+                if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+                    raise VitsegError(name)
+                return tuple(check_number(v, name, kind=kind) for v in value)
+            except VitsegError:
+                raise VitsegError(f"{name} must be {what}; got {value!r}.") from None
+
+        object.__setattr__(self, "sigmas", numbers(self.sigmas, "sigmas", "float", "numbers (pixels)"))
+        if not isinstance(self.families, (list, tuple)) or not all(isinstance(f, str) for f in self.families):
+            raise VitsegError(f"families must be a list of names out of {sorted(ALL_FAMILIES)}; "
+                              f"got {self.families!r} instead.")
         object.__setattr__(self, "families", tuple(self.families))
         if self.vit_channels is not None:
-            object.__setattr__(self, "vit_channels", tuple(int(c) for c in self.vit_channels))
+            object.__setattr__(self, "vit_channels", numbers(self.vit_channels, "vit_channels", "int",
+                                                                "a list of channel indices (ints) or None"))
+        if self.backbone is not None and not isinstance(self.backbone, str):
+            raise VitsegError(f"backbone must be a backbone name or None; got {self.backbone!r} instead.")
+        for name in ("classical", "include_intensity"):
+            if not isinstance(getattr(self, name), bool) and type(getattr(self, name)).__name__ != "bool_":
+                raise VitsegError(f"{name} must be True or False; got {getattr(self, name)!r} instead.")
+            object.__setattr__(self, name, bool(getattr(self, name)))
         if self.backbone in ("none", "", "None"):
             object.__setattr__(self, "backbone", None)
         for fam in self.families:
-            check_option(fam, CLASSICAL_FAMILIES, "families")
+            check_option(fam, ALL_FAMILIES, "families")
         check_option(self.upsample, UPSAMPLERS, "upsample")
         check_option(self.intensity, INTENSITY_MODES, "intensity")
         check_option(self.pos_embed_interp, POS_EMBED_INTERP_MODES, "pos_embed_interp")
-        if self.vit_autocast not in (None, True, False):
+        if not (self.vit_autocast is None or isinstance(self.vit_autocast, bool)):
             raise VitsegError(f"vit_autocast must be True, False or None; got {self.vit_autocast!r}.")
+        check_option(self.vit_tiling, TILING_MODES, "vit_tiling")
+        check_number(self.vit_budget_mib, "vit_budget_mib", low=1, high=2**30, owner="FeatureConfig")
         if len(self.sigmas) > MAX_SIGMAS or any(not (0 < s <= MAX_SIGMA) for s in self.sigmas):
             raise VitsegError(
                 f"sigmas must be at most {MAX_SIGMAS} scales in (0, {MAX_SIGMA:g}] pixels; got {self.sigmas}."
@@ -143,8 +202,7 @@ class FeatureConfig:
             raise VitsegError("The feature config has no features: enable classical features or pick a backbone.")
         if self.classical and not (self.sigmas or self.include_intensity):
             raise VitsegError("Classical features need at least one sigma or include_intensity=True.")
-        if self.vit_pca is not None and self.vit_pca < 1:
-            raise VitsegError(f"vit_pca must be a positive number of components or None; got {self.vit_pca}.")
+        check_number(self.vit_pca, "vit_pca", low=1, high=4096, allow_none=True, owner="FeatureConfig")
         for name, low, high in (("tile_size", 28, 4096), ("tile_overlap", 0, 4095), ("batch_size", 1, 256),
                                 ("guided_radius", 0, 256)):
             check_number(getattr(self, name), name, low=low, high=high, owner="FeatureConfig")
@@ -174,25 +232,27 @@ class FeatureConfig:
     def from_dict(cls, d: dict) -> FeatureConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`VitsegError`.
 
-        A version-1 dictionary (no ``version`` key, or 1) gets :data:`V1_DEFAULTS` for the
-        keys it lacks and is returned as a current-version config that computes the same
+        A version-1 dictionary (no ``version`` key, or 1) gets :data:`V1_DEFAULTS` and
+        :data:`V2_DEFAULTS` for the keys it lacks, a version-2 one :data:`V2_DEFAULTS`, and
+        either is returned as a current-version config that computes the same
         features.
         """
         d = dict(d)
         version = d.pop("version", 1)
-        if version not in (1, FEATURE_CONFIG_VERSION):
+        if isinstance(version, bool) or version not in (1, 2, FEATURE_CONFIG_VERSION):
             raise VitsegError(
                 f"Feature config version {version} is not supported by this napari-vitseg "
                 f"(it reads versions 1 to {FEATURE_CONFIG_VERSION}); upgrade napari-vitseg."
             )
         names = {f.name for f in fields(cls)} - {"_version"}
         unknown = set(d) - names
-        if version == 1:
-            unknown |= set(d) & set(V1_DEFAULTS)  # keys that version 1 did not have
+        added = {**(V1_DEFAULTS if version == 1 else {}), **(V2_DEFAULTS if version <= 2 else {})}
+        unknown |= set(d) & set(added)  # keys that this version did not have
         if unknown:
             raise VitsegError(f"Unknown feature config keys {sorted(unknown)}; upgrade napari-vitseg.")
-        if version == 1:
-            d = {**V1_DEFAULTS, **d}
+        d = {**added, **d}
+        if version <= 2:  # the default families of those releases (every saved file names them)
+            d.setdefault("families", CLASSICAL_FAMILIES)
         return cls(**d)
 
     @classmethod

@@ -3,7 +3,9 @@
 :class:`Featurizer` turns one image plane into the (Y, X, F) float32 feature array the
 classifier sees, exactly as its :class:`~napari_vitseg.features.config.FeatureConfig`
 describes. Large planes are processed in row strips with a halo, so peak memory stays
-bounded and the result equals the whole-plane computation (tested).
+bounded and the result equals the whole-plane computation (tested). The whole-plane classical
+families ``'context'`` and ``'bilateral'`` have no halo: they are computed once from the whole
+plane (memoised per plane key) and each strip takes its rows.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Featurizer:
         self._tokens_key = None
         self._tokens = None
         self._guide_memo = (None, None)
+        self._context_memo = None  # (plane key, {channel: channels of the whole-plane families})
         if backbone is not None and config.backbone is not None and backbone.name != config.backbone:
             raise VitsegError(f"Backbone {backbone.name!r} given for a feature config naming {config.backbone!r}.")
 
@@ -177,6 +180,7 @@ class Featurizer:
                 batch_size=cfg.batch_size, channel_axis=None if img.ndim == 2 else -1,
                 progress=progress, intensity=cfg.intensity, dtype=plane.dtype if dtype is None else dtype,
                 pos_embed_interp=cfg.pos_embed_interp, autocast=cfg.vit_autocast,
+                tiling=cfg.vit_tiling, budget_mib=cfg.vit_budget_mib,
             )
             if key is not None:  # memoise the raw tokens: bands of one plane share them
                 self._tokens_key, self._tokens = key, tokens
@@ -285,23 +289,48 @@ class Featurizer:
         out = np.empty((y1 - y0, nx, self.n_features(nc)), dtype=np.float32)
         f = 0
         if cfg.classical:
-            from .classical import classical_features
+            from .classical import WHOLE_PLANE_FAMILIES, classical_feature_names, classical_features
 
             h = self._classical_halo()
             a0, a1 = max(0, y0 - h), min(ny, y1 + h)
+            # whole-plane families ('context', 'bilateral'; no halo): taken from the whole plane,
+            # memoised; their channels are the last of each image channel's classical block
+            local = tuple(fam for fam in cfg.families if fam not in WHOLE_PLANE_FAMILIES)
+            whole = tuple(fam for fam in cfg.families if fam in WHOLE_PLANE_FAMILIES)
+            k = len(classical_feature_names(cfg.sigmas, cfg.families, cfg.include_intensity))
+            n_ctx = len(classical_feature_names((), whole, include_intensity=False)) if whole else 0
             for c in range(nc):
-                ch = plane[a0:a1] if nc == 1 else plane[a0:a1, :, c]
-                feats = classical_features(
-                    ch, sigmas=cfg.sigmas, families=cfg.families, include_intensity=cfg.include_intensity,
-                    backend="auto", device=self.device,
-                )
-                k = feats.shape[-1]
-                out[:, :, f:f + k] = feats[y0 - a0:y1 - a0]
+                if k > n_ctx:
+                    ch = plane[a0:a1] if nc == 1 else plane[a0:a1, :, c]
+                    feats = classical_features(
+                        ch, sigmas=cfg.sigmas, families=local, include_intensity=cfg.include_intensity,
+                        backend="auto", device=self.device,
+                    )
+                    out[:, :, f:f + k - n_ctx] = feats[y0 - a0:y1 - a0]
+                    del feats
+                if n_ctx:
+                    out[:, :, f + k - n_ctx:f + k] = self._whole_plane(plane, c, key)[y0:y1]
                 f += k
-                del feats
         if cfg.backbone is not None:
             out[:, :, f:] = self._vit_band(plane, y0, y1, key=key, progress=progress, dtype=src_dtype)
         return out
+
+    def _whole_plane(self, plane, channel: int, key=None) -> np.ndarray:
+        """The whole-plane families' channels (``'context'``, ``'bilateral'``) of one channel
+        of the whole plane, (Y, X, k), memoised for the last plane ``key`` (row bands of one
+        plane share them)."""
+        from .classical import whole_plane_features
+
+        memo = self._context_memo
+        if key is not None and memo is not None and memo[0] == key and channel in memo[1]:
+            return memo[1][channel]
+        ctx = whole_plane_features(plane if plane.ndim == 2 else plane[:, :, channel], self.config.families)
+        if key is not None:
+            if memo is None or memo[0] != key:
+                memo = (key, {})
+                self._context_memo = memo
+            memo[1][channel] = ctx
+        return ctx
 
     def _guide(self, plane, key=None) -> np.ndarray:
         """Grey guide image in [0, 1] for the guided filter (memoised per plane key, so the

@@ -7,9 +7,11 @@ Pipeline of :func:`vit_features` for one (Y, X) plane:
    0.5 / 99.5 percentiles (``'percentile'``; see the function's Notes).
 2. ImageNet normalisation with the backbone's ``cfg.mean`` / ``cfg.std`` and reflection
    padding of the bottom / right edges to a multiple of the patch size ``p``.
-3. :func:`vit_patch_features` - windows of ``tile_size`` pixels with ``tile_overlap``,
-   run in batches through ``backbone.forward_features`` under ``torch.inference_mode()``
-   (bf16 autocast on CUDA), blended in the token grid with linear ramps, giving
+3. :func:`vit_patch_features` - the whole padded image in one forward pass when its
+   attention fits ``budget_mib`` (``tiling='auto'``, :func:`whole_image_fits`), otherwise
+   windows of ``tile_size`` pixels with ``tile_overlap``, run in batches through
+   ``backbone.forward_features`` under ``torch.inference_mode()`` (bf16 autocast only if
+   asked), blended in the token grid with linear ramps, giving
    (ceil(Y/p), ceil(X/p), D) float32 tokens, channels last: token ``(i, j)`` describes
    pixels ``[p*i, p*i + p) x [p*j, p*j + p)``.
 4. Optionally a :class:`PCAReducer` projection of the tokens (exactly equivalent to
@@ -36,17 +38,22 @@ import torch
 
 from .._validation import VitsegError, as_float32, check_channel_axis, check_option
 from ..backbones._input import INTENSITY_MODES, PERCENTILES, robust_range, scale_intensity
+from .config import TILING_MODES, VIT_BUDGET_MIB
 from .upsample import upsample_bilinear, upsample_guided
 
 __all__ = [
     "INTENSITY_MODES",
     "PERCENTILES",
     "PCAReducer",
+    "TILING_MODES",
+    "VIT_BUDGET_MIB",
+    "attention_bytes",
     "robust_intensity_range",
     "to_rgb01",
     "vit_feature_names",
     "vit_features",
     "vit_patch_features",
+    "whole_image_fits",
 ]
 
 # -- input conversion ----------------------------------------------------------
@@ -234,6 +241,101 @@ def _tile_layout(gh: int, gw: int, tile_tokens: int, overlap_tokens: int):
             for y0, wy in zip(ys, wys, strict=True) for x0, wx in zip(xs, wxs, strict=True)]
 
 
+def attention_bytes(n_tokens: int, num_heads: int, *, bias: bool = False) -> int:
+    """Bytes of the attention matrices of one window in one block: the memory that grows as
+    tokens**2.
+
+    Parameters
+    ----------
+    n_tokens : int
+        Tokens of the window, prefix tokens (CLS, registers) included.
+    num_heads : int
+        Attention heads.
+    bias : bool
+        The model adds an attention bias (2D ALiBi): one more (H, N, N) float32 matrix.
+
+    Returns
+    -------
+    int
+        ``4 * num_heads * n_tokens**2 * (2 + bias)``: float32 scores and softmax
+        probabilities, as an unfused attention holds them at once, plus the bias. This is
+        an upper bound on the devices we measured: PyTorch's fused attention (used by timm
+        when there is no bias) keeps O(N) memory - a random ViT-S on 1036 x 1036 px (5476
+        tokens) grew the CPU peak RSS by 173 MiB against the 1373 MiB this returns - and
+        the ALiBi ViT-S by 1373 MiB against 2059 MiB.
+
+    Examples
+    --------
+    >>> round(attention_bytes(1374, 6) / 2**20, 1)  # a 518 x 518-px window of ViT-S with 4 registers
+    86.4
+    """
+    n, h = int(n_tokens), int(num_heads)
+    return 4 * h * n * n * (3 if bias else 2)
+
+
+def _attention_shape(backbone) -> tuple[int, int, int, bool]:
+    """(patch size, heads, prefix tokens, bias) of a backbone or a BackboneCfg (duck-typed
+    stand-ins without ``num_heads`` count as one head without prefix tokens)."""
+    cfg = getattr(backbone, "cfg", backbone)
+    p = int(getattr(backbone, "patch_size", getattr(cfg, "patch_size", 14)))
+    heads = int(getattr(cfg, "num_heads", 1))
+    prefix = int(getattr(cfg, "num_prefix_tokens", 0))
+    return p, heads, prefix, getattr(cfg, "position", "learned") == "alibi"
+
+
+def _check_budget(budget_mib) -> float:
+    if isinstance(budget_mib, bool) or not isinstance(budget_mib, (int, float, np.integer, np.floating)) \
+            or not 1 <= budget_mib <= 2**30:
+        raise VitsegError(f"budget_mib must be a number of MiB in [1, 2**30]; got {budget_mib!r}.")
+    return float(budget_mib)
+
+
+def whole_image_fits(shape, backbone, *, budget_mib: float = VIT_BUDGET_MIB) -> bool:
+    """Whether ``tiling='auto'`` runs an image of this shape whole (one forward pass).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image height and width in pixels (Y, X).
+    backbone : ViTBackbone or BackboneCfg
+        Supplies the patch size, the number of heads and prefix tokens, and whether the
+        attention carries a bias (ALiBi).
+    budget_mib : float
+        Memory budget for the attention of one block, in MiB (``FeatureConfig.vit_budget_mib``).
+
+    Returns
+    -------
+    bool
+        ``attention_bytes(gh * gw + prefix, heads, bias) <= budget_mib * 2**20`` with
+        ``gh, gw = ceil(Y / p), ceil(X / p)`` (:func:`attention_bytes`). The rule depends
+        only on the image shape and the backbone's configuration, never on the device or
+        its free memory, so a classifier computes the same features everywhere.
+
+    Raises
+    ------
+    VitsegError
+        A ``budget_mib`` outside [1, 2**30].
+
+    Notes
+    -----
+    With the default 2048 MiB: ViT-S (6 heads) runs up to 6,688 tokens whole (about
+    1,134 x 1,134 px; 1024 x 1024 px is 5,476), ALiBi ViT-S up to 5,461 (1,022 x 1,022 px),
+    ViT-B (12 heads) up to 4,729 (952 x 952 px), ViT-g (24 heads) up to 3,344 (798 x 798 px).
+
+    Examples
+    --------
+    >>> from napari_vitseg.backbones import get_backbone_cfg
+    >>> whole_image_fits((1024, 1024), get_backbone_cfg("dinov2_vits14_reg"))
+    True
+    >>> whole_image_fits((1024, 1024), get_backbone_cfg("dinov2_vitg14"))
+    False
+    """
+    budget = _check_budget(budget_mib)
+    p, heads, prefix, bias = _attention_shape(backbone)
+    gh, gw = -(-int(shape[0]) // p), -(-int(shape[1]) // p)
+    return attention_bytes(gh * gw + prefix, heads, bias=bias) <= budget * 2**20
+
+
 def _backbone_device(backbone) -> torch.device:
     try:
         return next(backbone.parameters()).device
@@ -267,10 +369,13 @@ def _check_tiling(tile_size, tile_overlap, batch_size, p: int) -> tuple[int, int
 
 
 def _patch_features_rgb01(rgb: np.ndarray, backbone, *, tile_size, tile_overlap, batch_size,
-                          device, autocast, progress, pos_embed_interp=None) -> np.ndarray:
+                          device, autocast, progress, pos_embed_interp=None, tiling="always",
+                          budget_mib=VIT_BUDGET_MIB) -> np.ndarray:
     """Tokens (gh, gw, D) float32, C-contiguous, of an RGB [0, 1] (Y, X, 3) float32 plane."""
     p = int(backbone.patch_size)
     t_tok, o_tok, batch_size = _check_tiling(tile_size, tile_overlap, batch_size, p)
+    check_option(tiling, TILING_MODES, "tiling")
+    whole = tiling == "auto" and whole_image_fits(rgb.shape[:2], backbone, budget_mib=budget_mib)
     dev = _resolve_device(backbone, device)
     if autocast is None:
         autocast = dev.type == "cuda"
@@ -284,7 +389,7 @@ def _patch_features_rgb01(rgb: np.ndarray, backbone, *, tile_size, tile_overlap,
     img = torch.from_numpy(np.ascontiguousarray(norm.transpose(2, 0, 1)))  # (3, Yp, Xp)
     del norm
 
-    tiles = _tile_layout(gh, gw, t_tok, o_tok)
+    tiles = _tile_layout(gh, gw, max(gh, gw), 0) if whole else _tile_layout(gh, gw, t_tok, o_tok)
     d = int(backbone.embed_dim)
     acc = np.zeros((gh, gw, d), np.float32)  # channels last
     wsum = np.zeros((gh, gw), np.float32)
@@ -339,8 +444,9 @@ def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: i
                        progress: Callable[[int, int], object] | None = None,
                        intensity_range: tuple[float, float] | None = None,
                        intensity: str = "reference", dtype=None,
-                       pos_embed_interp: str | None = None) -> np.ndarray:
-    """ViT patch features (tokens) of one plane, computed tile by tile.
+                       pos_embed_interp: str | None = None, tiling: str = "auto",
+                       budget_mib: float = VIT_BUDGET_MIB) -> np.ndarray:
+    """ViT patch features (tokens) of one plane: the whole image at once, or tile by tile.
 
     Parameters
     ----------
@@ -351,13 +457,21 @@ def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: i
         From :func:`napari_vitseg.backbones.create_backbone` (anything with
         ``forward_features``, ``patch_size``, ``embed_dim`` and ``cfg.mean`` / ``cfg.std``).
     tile_size : int
-        Window side in pixels, rounded down to a multiple of the patch size ``p`` and
-        clipped to the padded image. The default 518 = 37 x 14 is DINOv2's training size,
-        where its position embedding needs no interpolation.
+        Window side in pixels when tiling, rounded down to a multiple of the patch size
+        ``p`` and clipped to the padded image. The default 518 = 37 x 14 is DINOv2's
+        training size, where its position embedding needs no interpolation.
     tile_overlap : int
         Overlap of neighbouring windows in pixels, rounded to a multiple of ``p``.
     batch_size : int
         Windows per forward pass.
+    tiling : {'auto', 'always'}
+        ``'auto'`` (default, as the references run images): the whole padded image in one
+        forward pass when :func:`whole_image_fits` says its attention fits ``budget_mib``,
+        windows of ``tile_size`` only above it. ``'always'``: windows of ``tile_size``
+        (classifier files of feature-config versions 1 and 2); an image that fits in one
+        window is still run whole.
+    budget_mib : float
+        Memory budget of whole-image inference in MiB (see :func:`whole_image_fits`).
     channel_axis : int, optional
         Channel axis of ``image``.
     device : str or torch.device, optional
@@ -396,15 +510,19 @@ def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: i
 
     Notes
     -----
-    Windows start every ``tile_size - tile_overlap`` pixels and the last one is moved to
+    Whole image: the image is reflection-padded at the bottom and right to the next
+    multiple of ``p`` (not resized to the lower multiple as dino-saw does, nor cropped as
+    SINDER does), so that every pixel has a token at its native scale; the result is then
+    exactly ``backbone.forward_features`` of the padded image. Tiles: windows start every ``tile_size - tile_overlap`` pixels and the last one is moved to
     end at the image edge. In the token grid, each window's output is weighted by a
     separable linear ramp that rises from ``1/(ov+1)`` at an edge shared with a neighbour
     (``ov`` = actual overlap in tokens) to 1, and stays 1 at image borders; overlapping
     outputs are averaged with these weights (two windows: weights sum to 1). An image
     that fits in one window gives exactly ``backbone.forward_features`` of the padded
     image, transposed to channels last. DINOv2's features depend on the position in the
-    window (learned position embedding), so tiled and untiled features differ slightly;
-    the ramps hide the seams.
+    window (learned position embedding) and ALiBi's bias is normalised by the window's
+    grid, so tiled and whole-image features differ (``docs/backbones.md``, Tiling); the
+    ramps hide the seams.
 
     Memory: the normalised, padded image (3 x float32 per pixel), one batch of windows and
     the float32 (gh, gw, D) accumulator, i.e. about ``4 * D / p**2`` bytes per pixel.
@@ -421,7 +539,8 @@ def vit_patch_features(image, backbone, *, tile_size: int = 518, tile_overlap: i
     rgb = to_rgb01(image, channel_axis, intensity_range=intensity_range, intensity=intensity, dtype=dtype)
     return _patch_features_rgb01(rgb, backbone, tile_size=tile_size, tile_overlap=tile_overlap,
                                  batch_size=batch_size, device=device, autocast=autocast,
-                                 progress=progress, pos_embed_interp=pos_embed_interp)
+                                 progress=progress, pos_embed_interp=pos_embed_interp, tiling=tiling,
+                                 budget_mib=budget_mib)
 
 
 def vit_features(image, backbone, *, upsample: str = "guided", tile_size: int = 518,
@@ -432,8 +551,9 @@ def vit_features(image, backbone, *, upsample: str = "guided", tile_size: int = 
                  pca: PCAReducer | None = None,
                  intensity_range: tuple[float, float] | None = None,
                  intensity: str = "reference", dtype=None,
-                 pos_embed_interp: str | None = None) -> np.ndarray:
-    """Per-pixel ViT features of one plane: tiled patch features, upsampled.
+                 pos_embed_interp: str | None = None, tiling: str = "auto",
+                 budget_mib: float = VIT_BUDGET_MIB) -> np.ndarray:
+    """Per-pixel ViT features of one plane: patch features (whole or tiled), upsampled.
 
     Parameters
     ----------
@@ -447,7 +567,7 @@ def vit_features(image, backbone, *, upsample: str = "guided", tile_size: int = 
         the mean of the scaled RGB channels (as :class:`~napari_vitseg.features.stack.Featurizer`
         does; :func:`~napari_vitseg.features.upsample.upsample_guided` also takes a colour
         guide, at about 2.5x the cost).
-    tile_size, tile_overlap, batch_size, channel_axis, device, autocast, progress
+    tile_size, tile_overlap, batch_size, tiling, budget_mib, channel_axis, device, autocast, progress
         As in :func:`vit_patch_features`.
     guided_radius : int
         Guided-filter window radius in pixels.
@@ -502,7 +622,8 @@ def vit_features(image, backbone, *, upsample: str = "guided", tile_size: int = 
     del arr
     tokens = _patch_features_rgb01(rgb, backbone, tile_size=tile_size, tile_overlap=tile_overlap,
                                    batch_size=batch_size, device=device, autocast=autocast,
-                                   progress=progress, pos_embed_interp=pos_embed_interp)  # (gh, gw, D)
+                                   progress=progress, pos_embed_interp=pos_embed_interp, tiling=tiling,
+                                   budget_mib=budget_mib)  # (gh, gw, D)
     if pca is not None:
         tokens = _project_tokens(pca, tokens)
     p = int(backbone.patch_size)

@@ -12,6 +12,9 @@ take the checkpoint's tensors in the *released* key layout and share nothing wit
   ``interpolate_offset`` is non-zero, ``scale_factor=((h0 + off) / M, (w0 + off) / M)``.
 * haoqiwang/sinder @ 3b5cd45 (``sinder/utils.py`` ``load_model``): the same model with
   ``interpolate_antialias = True`` set after loading (offset kept).
+* ViT-g (``dinov2_vitg14``, ``dinov2g_sinder.pth``): ``SwiGLUFFNFused`` MLP with ``w12``
+  (both halves) and ``w3``: ``w3(silu(x1) * x2)`` with ``x1, x2 = w12(x).chunk(2)``
+  (``dinov2/layers/swiglu_ffn.py``).
 * tldr-group/dino-saw @ 636424c (``dinosaw/alibi_logic.py``): no position embedding;
   ``get_distance_matrix`` (per-axis ``min(d, n - d)`` wrap, Euclidean, ``D /= D.max()``,
   negated, zero-padded for CLS + 4 registers at the top / left) times the per-head slope
@@ -101,8 +104,12 @@ def _block(x, sd, i, heads, bias):
     a = F.linear(a.transpose(1, 2).reshape(b, n, d), sd[f"{k}.attn.proj.weight"], sd[f"{k}.attn.proj.bias"])
     x = x + sd[f"{k}.ls1.gamma"] * a
     h = _ln(x, sd, f"{k}.norm2")
-    h = F.linear(F.gelu(F.linear(h, sd[f"{k}.mlp.fc1.weight"], sd[f"{k}.mlp.fc1.bias"])),
-                 sd[f"{k}.mlp.fc2.weight"], sd[f"{k}.mlp.fc2.bias"])
+    if f"{k}.mlp.w12.weight" in sd:  # ViT-g: dinov2/layers/swiglu_ffn.py SwiGLUFFN.forward
+        x1, x2 = F.linear(h, sd[f"{k}.mlp.w12.weight"], sd[f"{k}.mlp.w12.bias"]).chunk(2, dim=-1)
+        h = F.linear(F.silu(x1) * x2, sd[f"{k}.mlp.w3.weight"], sd[f"{k}.mlp.w3.bias"])
+    else:  # Mlp: fc1, GELU, fc2
+        h = F.linear(F.gelu(F.linear(h, sd[f"{k}.mlp.fc1.weight"], sd[f"{k}.mlp.fc1.bias"])),
+                     sd[f"{k}.mlp.fc2.weight"], sd[f"{k}.mlp.fc2.bias"])
     return x + sd[f"{k}.ls2.gamma"] * h
 
 

@@ -110,3 +110,56 @@ def test_missing_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as ei:
         _run(argv)
     assert ei.value.code == 2
+
+
+def test_train_intensity_and_tiling_options(tmp_path, capsys):
+    """`vitseg train --intensity / --vit-tiling / --vit-budget-mib` reach the stored feature config."""
+    import json
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(40, 181, (42, 56)).astype(np.uint8)
+    scrib = np.zeros(img.shape, np.uint8)
+    scrib[2:10, 2:20], scrib[30:40, 30:50] = 1, 2
+    tifffile.imwrite(tmp_path / "im.tif", img)
+    tifffile.imwrite(tmp_path / "sc.tif", scrib)
+    common = ["train", str(tmp_path / "im.tif"), "--scribbles", str(tmp_path / "sc.tif"), "--quiet",
+              "--backbone", "dinov2_vits14_reg", "--random-weights", "--no-classical", "--vit-pca", "0",
+              "--upsample", "bilinear", "--n-estimators", "5"]
+    for name, extra, want in [
+        ("d", [], ("reference", "auto", 2048)),
+        ("p", ["--intensity", "percentile", "--vit-tiling", "always", "--vit-budget-mib", "512"],
+         ("percentile", "always", 512)),
+    ]:
+        assert _run([*common, *extra, "-o", str(tmp_path / f"{name}.vitseg")]) == 0
+        capsys.readouterr()
+        assert _run(["info", str(tmp_path / f"{name}.vitseg")]) == 0
+        fc = json.loads(capsys.readouterr().out)["feature_config"]
+        assert (fc["intensity"], fc["vit_tiling"], fc["vit_budget_mib"]) == want
+    with pytest.raises(SystemExit):
+        _run([*common, "--intensity", "minmax", "-o", str(tmp_path / "x.vitseg")])
+
+
+def test_repair_reference_preset(vits_reg, vits_reg_dirs, tmp_path, weights_folder, capsys, monkeypatch):
+    """`--preset reference` sets SINDER's schedule (resize + crop, window 1000 pre-filled, 10 blocks,
+    100,000 fit samples); explicit options override it."""
+    import napari_vitseg.backbones.sinder as sinder
+
+    seen = []
+    monkeypatch.setattr(sinder, "defect_directions",
+                        lambda *a, **k: seen.append(k["n_samples"]) or vits_reg_dirs)  # tested elsewhere
+    save_file(timm_state_dict(vits_reg), str(weights_folder / "dinov2_vits14_reg.safetensors"))
+    tifffile.imwrite(tmp_path / "x.tif", np.random.default_rng(1).integers(0, 255, (60, 90), dtype=np.uint8))
+    out = tmp_path / "r.safetensors"
+    assert _run(["repair", "--backbone", "dinov2_vits14_reg", "--images", str(tmp_path / "x.tif"), "-o", str(out),
+                 "--preset", "reference", "--max-steps", "1", "--size", "56"]) == 0
+    assert "(reference preset)" in capsys.readouterr().err and seen == [100_000]
+    _eps, meta = load_repair(out)
+    st = meta["settings"]
+    assert meta["image_shapes"] == [[56, 56]]  # 60 x 90 resized to 56 x 84, centre-cropped
+    assert (st["preset"], st["layer_window"], st["stop_window"], st["prefill_stop_window"], st["n_samples"],
+            st["max_steps"]) == ("reference", 10, 1000, True, 100_000, 1)
+    assert _run(["repair", "--backbone", "dinov2_vits14_reg", "--images", str(tmp_path / "x.tif"), "-o",
+                 str(tmp_path / "f.safetensors"), "--max-steps", "1", "--fit-samples", "500", "--quiet"]) == 0
+    st = load_repair(tmp_path / "f.safetensors")[1]["settings"]
+    assert (st["preset"], st["layer_window"], st["stop_window"], st["prefill_stop_window"], st["n_samples"]) == \
+        ("fast", 3, 4, False, 500)

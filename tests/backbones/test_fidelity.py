@@ -157,3 +157,99 @@ def test_registry_interpolation_follows_the_references():
         pi = cfg.pos_embed_interp
         assert (pi.mode, pi.antialias, pi.offset) == ("bicubic", *want[name]), name
         assert cfg.reference_code, name
+
+
+# -- ViT-B and ViT-g entries: full width, reduced depth -------------------------------------------
+#: name -> (file name in the released layout, antialias, offset). Full width, heads, MLP type
+#: (SwiGLU for ViT-g), registers and position embedding, but 2 blocks instead of 12 / 40 so
+#: that the suite stays small (a 40-block ViT-g is 1.1 B parameters, 4.5 GB).
+WIDE = {
+    "dinov2_vitb14": ("dinov2_vitb14_pretrain.pth", *FB_HUB["dinov2_vitb14"]),
+    "dinov2_vitb14_reg": ("dinov2_vitb14_reg4_pretrain.pth", *FB_HUB["dinov2_vitb14_reg"]),
+    "sinder_dinov2_vitb14": ("sinder_dinov2_vitb14.pth", *SINDER["sinder_dinov2_vitb14"]),
+    "sinder_dinov2_vitb14_reg": ("sinder_dinov2_vitb14_reg.pth", *SINDER["sinder_dinov2_vitb14_reg"]),
+    "dinov2_vitg14": ("dinov2_vitg14_pretrain.pth", *FB_HUB["dinov2_vitg14"]),
+    "sinder_dinov2_vitg14": ("dinov2g_sinder.pth", *SINDER["sinder_dinov2_vitg14"]),
+}
+WIDE_DEPTH = 2
+
+
+@pytest.fixture(scope="module")
+def released_wide(tmp_path_factory):
+    """name -> (loaded ViTBackbone of a 2-block copy of the entry, the checkpoint's tensors)."""
+    import dataclasses
+
+    from napari_vitseg.backbones import get_backbone_cfg
+    from napari_vitseg.backbones._base import ViTBackbone, build_timm_model
+    from napari_vitseg.backbones.weights import load_pretrained
+
+    folder = tmp_path_factory.mktemp("released_wide")
+    cache: dict = {}
+
+    def get(name):
+        if name not in cache:
+            fname = WIDE[name][0]
+            cfg = dataclasses.replace(get_backbone_cfg(name), depth=WIDE_DEPTH)
+            with torch.random.fork_rng():
+                torch.manual_seed(5)
+                model = build_timm_model(cfg, init_values=1.0)
+            with torch.no_grad():
+                model.pos_embed.normal_(0, 0.5, generator=torch.Generator().manual_seed(11))
+            ck = to_facebookresearch(timm_state_dict(ViTBackbone(cfg, model, pretrained=False)))
+            path = folder / fname
+            torch.save(ck, path)
+            ck = torch.load(path, weights_only=True)
+            bb = load_pretrained(cfg, build_timm_model(cfg, device="meta"), weights=path)
+            cache[name] = (bb.eval(), ck, cfg)
+        return cache[name]
+
+    return get
+
+
+#: ViT-B at the three grids; ViT-g (2 blocks of width 1536: 60 M parameters) off the 37 x 37 grid
+#: only, where the interpolation arguments matter
+WIDE_CASES = [(n, g) for n in WIDE for g in ((182, 252), (224, 224), (518, 518))
+              if not (n.endswith("vitg14") and g == (518, 518))]
+
+
+@pytest.mark.parametrize("name, grid", WIDE_CASES, ids=lambda v: f"{v[0]}x{v[1]}" if isinstance(v, tuple) else v)
+def test_wide_entries_match_reference(released_wide, name, grid):
+    """ViT-B / ViT-g entries load their released key layout (facebookresearch names; ViT-g's
+    SwiGLU ``mlp.w12`` / ``mlp.w3``; register tokens; CLS position in ``pos_embed``) and give
+    the reference's features with the reference's interpolation arguments."""
+    backbone, ck, cfg = released_wide(name)
+    assert len(backbone.model.blocks) == WIDE_DEPTH
+    if "vitg" in name:
+        assert "blocks.0.mlp.w12.weight" in ck and "blocks.0.mlp.fc1.weight" not in ck
+        assert ck["pos_embed"].shape == (1, 1370, 1536)
+    if "reg" in name:
+        assert ck["register_tokens"].shape == (1, 4, 768) and ck["pos_embed"].shape == (1, 1370, 768)
+    img = _image(grid)
+    ours = _ours(backbone, img)
+    _fname, aa, off = WIDE[name]
+    ref = reference_features(ck, img, kind="fb", heads=cfg.num_heads, antialias=aa, offset=off)
+    assert ours.shape == ref.shape == (cfg.embed_dim, grid[0] // 14, grid[1] // 14)
+    rel = _rel_max(ours, ref)
+    assert rel <= RTOL_MAX, f"{name} at {grid}: max |diff| / max |ref| = {rel:.3g}"
+    if grid != (518, 518) and "reg" not in name:  # timm's resampling would not match these entries
+        assert _rel_max(_ours(backbone, img, pos_embed_interp="timm"), ref) > 100 * RTOL_MAX
+
+
+def test_diagnostics_scale_intensities_as_the_features():
+    """The diagnostics prepare images with the features' intensity rule (``intensity`` argument,
+    'reference' by default as FeatureConfig), so token norms are those of the classifier's features."""
+    from napari_vitseg.backbones import create_backbone
+    from napari_vitseg.diagnostics._common import prepare_image
+    from napari_vitseg.diagnostics.norms import token_norms
+    from napari_vitseg.features.vit import to_rgb01
+
+    img = _image((56, 70))[..., 0]  # uint8 grey, 40-180
+    for mode in ("reference", "percentile"):
+        p = prepare_image(img, intensity=mode)
+        np.testing.assert_array_equal(p.rgb, to_rgb01(img, intensity=mode))
+    bb = create_backbone("dinov2_vits14_reg", pretrained=False, seed=0, init_values=1.0)
+    ref = token_norms(bb, img)
+    np.testing.assert_array_equal(ref, token_norms(bb, img, intensity="reference"))
+    pct = token_norms(bb, img, intensity="percentile")
+    assert ref.shape == pct.shape == (12, 4, 5)
+    assert np.abs(ref - pct).max() > 1e-2 * np.abs(ref).max()

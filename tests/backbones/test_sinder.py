@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from _bb_helpers import PLANT, PLANT_POSITIONS, Planted, timm_state_dict
@@ -295,6 +296,65 @@ def test_vits_repair_job_smoke(vits_reg, vits_reg_dirs):
     result = run(iter_repair(vits_reg, imgs, max_steps=3, directions=vits_reg_dirs, stop_window=10))
     assert result.steps == 3 and result.directions.shape == (12, 384)
     assert result.metadata["base"] == "dinov2_vits14_reg" and result.metadata["settings"]["layer_window"] == 3
+
+
+def test_repair_presets():
+    from napari_vitseg.backbones.sinder import REPAIR_PRESETS, repair_preset
+
+    assert repair_preset("reference") == {"size": 518, "resize": True, "max_steps": 30_000, "stop_window": 1000,
+                                          "prefill_stop_window": True, "layer_window": 10, "n_samples": 100_000}
+    assert repair_preset("fast")["max_steps"] == 150 and set(REPAIR_PRESETS) == {"fast", "reference"}
+    with pytest.raises(VitsegError, match="Unknown repair preset"):
+        repair_preset("slow")
+    with pytest.raises(VitsegError, match="Unknown repair preset"):
+        prepare_images([np.zeros((60, 60), np.uint8)], preset="slow")
+
+
+def test_prepare_images_reference_preset_resizes_then_crops():
+    """'reference': shorter side resized to 518 (bicubic, antialiased), then a centre crop, as
+    SINDER's Resize(518) + CenterCrop(518); 'fast': a 224-px crop at the native pixel size."""
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (300, 400)).astype(np.uint8)
+    (ref,) = prepare_images([img], preset="reference")
+    assert ref.shape == (3, 518, 518)
+    x = torch.from_numpy(img.astype(np.float32) / 255)[None, None].expand(1, 3, -1, -1)
+    want = F.interpolate(x, size=(518, 690), mode="bicubic", antialias=True).clamp(0, 1)[0, :, :, 86:604]
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    torch.testing.assert_close(ref, (want - mean) / std, atol=1e-5, rtol=0)
+    (fast,) = prepare_images([img])
+    assert fast.shape == (3, 224, 224)
+    torch.testing.assert_close(fast[0], (torch.from_numpy(img[38:262, 88:312] / 255).float() - 0.485) / 0.229)
+    big = rng.integers(0, 256, (1200, 700)).astype(np.uint8)
+    assert prepare_images([big], preset="reference")[0].shape == (3, 518, 518)  # downsized: 888 x 518, cropped
+    assert prepare_images([big], preset="reference", resize=False)[0].shape == (3, 518, 518)  # crop only
+    assert prepare_images([img], preset="reference", size=224)[0].shape == (3, 224, 224)
+
+
+def test_reference_stop_window_is_prefilled(planted, planted_dirs):
+    """SINDER starts its 1000-image history full of 'defect' entries: with no defects it stops
+    after stop_fraction x window steps; without pre-filling only after a full window."""
+    clean = [Planted.image(20 + i, []) for i in range(2)]
+    ref = run(iter_repair(planted.backbone(), clean, preset="reference", stop_window=8, directions=planted_dirs))
+    assert ref.converged and ref.steps == 6 and ref.epsilons == {}
+    st = ref.metadata["settings"]
+    assert (st["preset"], st["prefill_stop_window"], st["layer_window"], st["max_steps"], st["n_samples"]) == \
+        ("reference", True, 10, 30_000, 100_000)
+    fast = run(iter_repair(planted.backbone(), clean, stop_window=8, directions=planted_dirs))
+    assert fast.converged and fast.steps == 8 and fast.metadata["settings"]["prefill_stop_window"] is False
+
+
+def test_reference_preset_repairs_the_planted_defect_with_a_10_block_window(planted):
+    """The 'reference' schedule (100,000-sample directions, 10 trained blocks: all 4 here) finds the
+    planted direction and trains offsets on the defective steps (8 steps; its pre-filled window
+    would not let it stop before 750)."""
+    result = run(iter_repair(planted.backbone(), planted.images, preset="reference", max_steps=8))
+    assert result.metadata["settings"]["n_samples"] == 100_000
+    assert result.metadata["steps_with_defect"] >= 1 and result.epsilons
+    d_ref = result.directions[K]
+    d_fast = defect_directions(planted.backbone(), n_samples=20_000, seed=0)[K]
+    assert float(torch.abs(d_ref @ d_fast)) > 0.99  # the same planted direction
 
 
 def test_prepare_images_rejects_tiny_and_stacks():

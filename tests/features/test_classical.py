@@ -47,8 +47,9 @@ def test_default_names():
         "gaussian_s2",
     ]
     assert "dog_s8-s16" in names and "dog_s1-s2" in names and not any("s0" in n for n in names)
-    cfg = FeatureConfig()
-    assert classical_feature_names(cfg.sigmas, cfg.families, cfg.include_intensity) == names
+    cfg = FeatureConfig()  # the default adds the three bilateral channels after the classical ones
+    default = classical_feature_names(cfg.sigmas, cfg.families, cfg.include_intensity)
+    assert default[:40] == names and default[40:] == ["bilateral_s2", "bilateral_s4", "bilateral_s8"]
 
 
 def test_names_canonical_order():

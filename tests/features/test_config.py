@@ -21,7 +21,7 @@ def test_new_configs_get_the_reference_defaults():
     cfg = FeatureConfig()
     assert (cfg.intensity, cfg.pos_embed_interp, cfg.vit_autocast) == ("reference", "reference", False)
     d = cfg.to_dict()
-    assert d["version"] == FEATURE_CONFIG_VERSION == 2
+    assert d["version"] == FEATURE_CONFIG_VERSION == 3
     assert FeatureConfig.from_dict(d) == cfg
     assert FeatureConfig.from_json(cfg.to_json()) == cfg
 
@@ -31,7 +31,7 @@ def test_version1_dict_migrates_to_what_releases_did():
     for d in (v1, {**v1, "version": 1}):
         cfg = FeatureConfig.from_dict(d)
         assert (cfg.intensity, cfg.pos_embed_interp, cfg.vit_autocast) == ("percentile", "timm", None)
-        assert cfg.to_dict()["version"] == 2  # re-saved as version 2, same behaviour
+        assert cfg.to_dict()["version"] == FEATURE_CONFIG_VERSION  # re-saved as the current version, same behaviour
         assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
     assert V1_DEFAULTS == {"intensity": "percentile", "pos_embed_interp": "timm", "vit_autocast": None}
 
@@ -39,8 +39,8 @@ def test_version1_dict_migrates_to_what_releases_did():
 def test_version1_dict_may_not_carry_version2_keys():
     with pytest.raises(VitsegError, match="Unknown feature config keys.*intensity"):
         FeatureConfig.from_dict({"version": 1, "intensity": "reference"})
-    with pytest.raises(VitsegError, match="version 3 is not supported"):
-        FeatureConfig.from_dict({"version": 3})
+    with pytest.raises(VitsegError, match="version 4 is not supported"):
+        FeatureConfig.from_dict({"version": 4})
 
 
 @pytest.mark.parametrize("field, bad", [("intensity", "minmax"), ("pos_embed_interp", "bilinear"),

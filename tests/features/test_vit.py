@@ -231,7 +231,7 @@ def test_tile_layout_covers_and_blends(gh, gw, t, o):
 def test_tiled_equals_untiled_for_position_independent_backbone(fake, shape, tile_size, overlap):
     img = _image(shape)
     ref = vit_patch_features(img, fake, tile_size=10_000, tile_overlap=0)
-    got = vit_patch_features(img, fake, tile_size=tile_size, tile_overlap=overlap, batch_size=3)
+    got = vit_patch_features(img, fake, tile_size=tile_size, tile_overlap=overlap, batch_size=3, tiling="always")
     gh, gw = -(-shape[0] // 14), -(-shape[1] // 14)
     assert got.shape == (gh, gw, 8) and got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_allclose(got, ref, atol=1e-5)
@@ -249,7 +249,7 @@ def test_single_tile_is_exactly_forward_features(fake):
 def test_batches_and_progress(fake):
     img = _image((300, 330))
     seen = []
-    vit_patch_features(img, fake, tile_size=112, tile_overlap=28, batch_size=4,
+    vit_patch_features(img, fake, tile_size=112, tile_overlap=28, batch_size=4, tiling="always",
                        progress=lambda d, t: seen.append((d, t)))
     # 22 x 24 tokens, windows of 8 with stride 6: starts (0, 6, 12, 14) x (0, 6, 12, 16)
     assert [c[0] for c in fake.calls] == [4, 4, 4, 4]
@@ -266,7 +266,8 @@ def test_progress_can_cancel(fake):
             raise Stop
 
     with pytest.raises(Stop):
-        vit_patch_features(_image((300, 300)), fake, tile_size=112, tile_overlap=28, batch_size=1, progress=cb)
+        vit_patch_features(_image((300, 300)), fake, tile_size=112, tile_overlap=28, batch_size=1, progress=cb,
+                           tiling="always")
     assert len(fake.calls) == 1
 
 
@@ -280,7 +281,8 @@ def test_blending_weights_favour_window_interiors():
             return torch.full((x.shape[0], self.embed_dim, x.shape[2] // 14, x.shape[3] // 14), float(n))
 
     bb = Counter(dim=1)
-    tok = vit_patch_features(_image((14, 14 * 20)), bb, tile_size=14 * 12, tile_overlap=14 * 4, batch_size=1)[0, :, 0]
+    tok = vit_patch_features(_image((14, 14 * 20)), bb, tile_size=14 * 12, tile_overlap=14 * 4, batch_size=1,
+                             tiling="always")[0, :, 0]
     # windows start at tokens 0 and 8 (12 wide): overlap tokens 8..11 ramp 0 -> 1 linearly
     np.testing.assert_allclose(tok[:8], 0.0)
     np.testing.assert_allclose(tok[8:12], [0.2, 0.4, 0.6, 0.8], atol=1e-6)
@@ -303,6 +305,9 @@ def test_tiny_and_thin_images(fake, shape):
     ({"tile_overlap": -1}, "tile_overlap"),
     ({"batch_size": 0}, "batch_size"),
     ({"device": "meta"}, "device"),
+    ({"tiling": "never"}, "tiling"),
+    ({"budget_mib": 0}, "budget_mib"),
+    ({"budget_mib": "2GB"}, "budget_mib"),
 ])
 def test_bad_parameters(fake, kw, match):
     with pytest.raises(VitsegError, match=match):
@@ -367,7 +372,7 @@ def test_dinov2_single_tile_exact_and_multi_tile(dinov2):
     # several windows (smaller than the default 518 px to keep the test quick on a CPU)
     big = _image((300, 330), seed=1)
     calls = []
-    tok = vit_patch_features(big, dinov2, tile_size=224, tile_overlap=56, batch_size=2,
+    tok = vit_patch_features(big, dinov2, tile_size=224, tile_overlap=56, batch_size=2, tiling="always",
                              progress=lambda d, t: calls.append((d, t)))
     assert tok.shape == (22, 24, 384) and tok.dtype == np.float32 and np.isfinite(tok).all()
     assert calls[-1] == (4, 4)      # starts (0, 6) x (0, 8) in windows of 16 tokens
@@ -459,3 +464,110 @@ def test_feature_names():
     assert names[0] == "dinov2_vits14_reg_000" and names[-1] == "dinov2_vits14_reg_383" and len(names) == 384
     assert vit_feature_names("dinov2_vitg14", 1536)[-1] == "dinov2_vitg14_1535"
     assert vit_feature_names("b", 3, pca=True) == ["b_pc000", "b_pc001", "b_pc002"]
+
+
+# -- whole-image inference under a memory budget (issue 12) -----------------------------------
+def test_attention_bytes_and_the_budget_rule():
+    from napari_vitseg.backbones import get_backbone_cfg
+    from napari_vitseg.features.vit import attention_bytes, whole_image_fits
+
+    assert attention_bytes(10, 3) == 4 * 3 * 100 * 2
+    assert attention_bytes(10, 3, bias=True) == 4 * 3 * 100 * 3
+    vits, alibi, vitg = (get_backbone_cfg(n) for n in ("dinov2_vits14_reg", "alibi_dv2_vits14_reg", "dinov2_vitg14"))
+    # 1134 px: 81 x 81 + 5 tokens = 6566 -> 987 MiB x 2 for ViT-S; 82 x 82 does not fit
+    assert whole_image_fits((1134, 1134), vits) and not whole_image_fits((1135, 1135), vits)
+    n = 81 * 81 + 5
+    assert attention_bytes(n, 6) <= 2048 * 2**20 < attention_bytes(82 * 82 + 5, 6)
+    assert whole_image_fits((1022, 1022), alibi) and not whole_image_fits((1036, 1036), alibi)  # bias counted
+    assert whole_image_fits((798, 798), vitg) and not whole_image_fits((812, 812), vitg)
+    assert not whole_image_fits((518, 518), vits, budget_mib=50) and whole_image_fits((518, 518), vits, budget_mib=90)
+
+
+class _Recorder(FakeBackbone):
+    """A fake with a registered name and ViT-S's attention shape (6 heads, 5 prefix tokens)."""
+
+    name = "dinov2_vits14_reg"
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = SimpleNamespace(name=self.name, mean=MEAN, std=STD, num_heads=6, num_prefix_tokens=5,
+                                   position="learned", patch_size=14)
+
+    def forward_features(self, x, pos_embed_interp=None):
+        return super().forward_features(x)
+
+
+def test_auto_runs_whole_below_the_budget_and_tiles_above(fake):
+    img = _image((700, 560))  # 50 x 40 tokens
+    whole = vit_patch_features(img, fake, tiling="auto")
+    assert fake.calls == [(1, 3, 700, 560)]
+    with torch.inference_mode():
+        want = fake.forward_features(_normalised_padded(img))[0].numpy().transpose(1, 2, 0)
+    np.testing.assert_array_equal(whole, want)
+
+    rec = _Recorder()
+    need = 4 * 6 * (50 * 40 + 5) ** 2 * 2 / 2**20  # 184 MiB
+    got = vit_patch_features(img, rec, tiling="auto", budget_mib=need - 1)  # just above the budget: tiles
+    assert rec.calls == [(4, 3, 518, 518)]  # 2 x 2 windows of 518 px in one batch of 4
+    np.testing.assert_array_equal(got, vit_patch_features(img, rec, tiling="always"))
+    rec.calls.clear()
+    vit_patch_features(img, rec, tiling="auto", budget_mib=need)  # exactly the budget: whole
+    assert rec.calls == [(1, 3, 700, 560)]
+
+
+@pytest.mark.parametrize("name", ["dinov2_vits14", "alibi_dv2_vits14_reg"])
+def test_whole_image_equals_one_forward_and_differs_from_tiles(name):
+    """Random-weight backbones: 'auto' gives exactly one forward pass of the padded image; tiling
+    (here 224-px windows, to keep the test small) changes the features."""
+    from napari_vitseg.backbones import create_backbone
+
+    bb = create_backbone(name, pretrained=False, seed=3, init_values=1.0)
+    img = _image((290, 320), seed=2).astype(np.uint8)  # not a multiple of 14: padded to 294 x 322
+    whole = vit_patch_features(img, bb, tile_size=224, tile_overlap=56)
+    with torch.inference_mode():  # uint8 / 255, ImageNet mean / std, reflection-padded
+        want = bb.forward_features(_normalised_padded(img))[0].numpy().transpose(1, 2, 0)
+    assert whole.shape == (21, 23, 384)
+    np.testing.assert_array_equal(whole, want)
+    tiled = vit_patch_features(img, bb, tile_size=224, tile_overlap=56, tiling="always")
+    rel = np.linalg.norm(tiled - whole) / np.linalg.norm(whole)
+    assert rel > 1e-3, rel
+
+
+def _old_cfg(version):
+    d = {"backbone": "dinov2_vits14_reg", "classical": False, "vit_pca": None, "upsample": "bilinear"}
+    if version == 2:
+        d.update(version=2, intensity="reference", pos_embed_interp="reference", vit_autocast=False)
+    return d
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_configs_keep_518_px_tiles(version):
+    from napari_vitseg.features.config import FEATURE_CONFIG_VERSION, V2_DEFAULTS, FeatureConfig
+    from napari_vitseg.features.stack import Featurizer
+
+    assert FEATURE_CONFIG_VERSION == 3 and V2_DEFAULTS == {"vit_tiling": "always", "vit_budget_mib": 2048}
+    cfg = FeatureConfig.from_dict(_old_cfg(version))
+    assert (cfg.vit_tiling, cfg.tile_size, cfg.tile_overlap) == ("always", 518, 112)
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["version"] == 3
+    with pytest.raises(VitsegError, match="Unknown feature config keys.*vit_tiling"):
+        FeatureConfig.from_dict({**_old_cfg(version), "vit_tiling": "auto"})
+    rec = _Recorder()
+    img = _image((700, 560))
+    Featurizer(cfg, backbone=rec).vit_tokens(img)
+    assert rec.calls == [(4, 3, 518, 518)]  # the old 518-px windows
+    rec.calls.clear()
+    new = FeatureConfig(backbone="dinov2_vits14_reg", classical=False, vit_pca=None, upsample="bilinear")
+    assert (new.vit_tiling, new.vit_budget_mib) == ("auto", 2048)
+    Featurizer(new, backbone=rec).vit_tokens(img)
+    assert rec.calls == [(1, 3, 700, 560)]  # a new config: the whole image
+    rec.calls.clear()
+    Featurizer(new.replace(vit_budget_mib=100), backbone=rec).vit_tokens(img)
+    assert rec.calls == [(4, 3, 518, 518)]
+
+
+@pytest.mark.parametrize("field, bad", [("vit_tiling", "never"), ("vit_budget_mib", 0), ("vit_budget_mib", 1.5)])
+def test_bad_tiling_config(field, bad):
+    from napari_vitseg.features.config import FeatureConfig
+
+    with pytest.raises(VitsegError, match=field):
+        FeatureConfig(**{field: bad})
