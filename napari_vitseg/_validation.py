@@ -40,11 +40,34 @@ def check_option(value, options, name: str):
     VitsegError
         "The 'name' parameter must be one of [...]; got ... instead."
     """
-    if value not in options:
+    try:
+        ok = value in options
+    except (TypeError, ValueError):  # unhashable (a list) in a dict of options; an array compared elementwise
+        ok = False
+    if not ok:
         raise VitsegError(
             f"The {name!r} parameter must be one of {sorted(map(str, options))}; got {value!r} instead."
         )
     return value
+
+
+def as_array(value, name: str = "image"):
+    """``value`` itself when it is already an array (numpy, dask, zarr: anything with ``ndim``
+    and ``dtype``), else ``np.asarray(value)``.
+
+    Raises
+    ------
+    VitsegError
+        A ragged nested list (rows of different lengths) or anything numpy cannot make an
+        array of: "The image is not an array of numbers ...".
+    """
+    if hasattr(value, "ndim") and hasattr(value, "dtype"):
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise VitsegError(f"The {name} is not an array of numbers (a ragged list, rows of different lengths?): "
+                          f"{str(e).splitlines()[0][:100]}; give a numpy array.") from None
 
 
 def check_channel_axis(ndim: int, channel_axis: int | None, name: str = "image") -> int | None:
@@ -68,7 +91,7 @@ def check_channel_axis(ndim: int, channel_axis: int | None, name: str = "image")
     """
     if channel_axis is None:
         return None
-    if not isinstance(channel_axis, (int, np.integer)):
+    if not isinstance(channel_axis, (int, np.integer)) or isinstance(channel_axis, (bool, np.bool_)):
         raise VitsegError(f"channel_axis must be an int or None; got {channel_axis!r} instead.")
     if not -ndim <= channel_axis < ndim:
         raise VitsegError(
@@ -157,7 +180,13 @@ def as_float32(array, name: str = "image") -> np.ndarray:
     array = np.asarray(array)
     check_dtype(array, name)
     check_finite(array, name)
-    return array.astype(np.float32, copy=False)
+    if array.dtype == np.float32:
+        return array
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = array.astype(np.float32)
+    if out.dtype.kind == "f" and not np.all(np.isfinite(out)):  # float64 beyond float32's range
+        raise VitsegError(f"{name} holds values beyond float32's range (about ±3.4e38); rescale it first.")
+    return out
 
 
 def check_number(value, name: str, *, kind: str = "int", low=None, high=None, allow_none: bool = False,

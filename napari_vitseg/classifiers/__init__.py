@@ -1,5 +1,6 @@
 """Pixel classifiers (random forest, XGBoost) and the safe classifier file format."""
 
+from ._engines import ENGINES, engine_info
 from ._estimators import (
     CLASSIFIERS,
     RandomForestPixelClassifier,
@@ -16,10 +17,12 @@ from ._file import (
 
 __all__ = [
     "CLASSIFIERS",
+    "ENGINES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "RandomForestPixelClassifier",
     "XGBoostPixelClassifier",
+    "engine_info",
     "load_classifier_file",
     "make_classifier",
     "read_metadata",

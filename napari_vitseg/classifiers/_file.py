@@ -7,11 +7,16 @@ Layout (``*.vitseg``)::
                          names, colours), classifier kind and parameters, training statistics
     model.skops          random forest, in skops' code-free format   (kind 'rf')
     model.ubj            XGBoost booster in its own UBJSON format      (kind 'xgb')
+    stage1.skops ...     earlier stages of an auto-context classifier (format 2), same formats
     arrays.npz           optional numeric state (e.g. the ViT PCA basis), loaded with
                          ``allow_pickle=False``
 
 Loading checks the zip magic first and refuses pickles, truncated files and anything that
 is not a napari-vitseg classifier, with a message that names the file.
+
+Format versions: 1 (napari-vitseg 0.1.x) holds one classifier; 2 adds the auto-context
+section and the earlier stages. Every file is written as version 2 and both are read; a file of
+a later version is refused with a message to upgrade.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,12 +33,13 @@ import numpy as np
 from .._validation import VitsegError
 from ..io._atomic import atomic_write
 from ._estimators import CLASSIFIERS, RandomForestPixelClassifier, XGBoostPixelClassifier
-from ._schema import LIMITS, validate_metadata
+from ._schema import LIMITS, STAGE_FILES, validate_metadata
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_classifier_file", "load_classifier_file", "read_metadata"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_classifier_file", "load_classifier_file", "load_classifier_stages",
+           "read_metadata"]
 
 FORMAT_NAME = "napari-vitseg classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # scikit-learn types a random-forest file may contain; anything else is refused.
 _TRUSTED_SKOPS_TYPES = [
@@ -55,8 +62,13 @@ def _estimator_bytes(estimator) -> tuple[str, bytes]:
     raise VitsegError(f"Cannot save a classifier of type {type(estimator).__name__}.")
 
 
+def _section(estimator, name: str) -> dict:
+    return {"kind": estimator.kind, "params": estimator.get_params(), "classes": estimator.classes_.tolist(),
+            "n_features_in": int(estimator.n_features_in_), "model_file": name}
+
+
 def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = None, *,
-                         inputs: Iterable = ()) -> Path:
+                         inputs: Iterable = (), stages: Iterable = ()) -> Path:
     """Write a classifier file atomically (a unique temporary name, then rename).
 
     Parameters
@@ -71,6 +83,10 @@ def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = 
         Extra numeric state, stored in ``arrays.npz``.
     inputs : iterable of path, optional
         Files the caller read (image, scribbles): the classifier file must be none of them.
+    stages : iterable of estimators, optional
+        The earlier stages of an auto-context classifier (stage 1 first; ``estimator`` is the
+        last stage), stored as ``stage{i}.skops`` / ``.ubj`` and listed in the metadata's
+        ``stages``; the metadata must then hold the ``autocontext`` section.
 
     Returns
     -------
@@ -86,17 +102,18 @@ def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = 
     meta = dict(metadata)
     meta["format"] = FORMAT_NAME
     meta["format_version"] = FORMAT_VERSION
-    meta["classifier"] = {
-        "kind": estimator.kind,
-        "params": estimator.get_params(),
-        "classes": estimator.classes_.tolist(),
-        "n_features_in": int(estimator.n_features_in_),
-        "model_file": name,
-    }
+    meta["classifier"] = _section(estimator, name)
+    members = [(name, blob)]
+    meta["stages"] = []
+    for i, st in enumerate(stages, start=1):
+        ext, data = _estimator_bytes(st)
+        members.append((f"stage{i}.{ext.split('.')[1]}", data))
+        meta["stages"].append(_section(st, members[-1][0]))
     with atomic_write(path, inputs=inputs, what="classifier file") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("metadata.json", json.dumps(meta, indent=2, sort_keys=True))
-            zf.writestr(name, blob)
+            for member, data in members:
+                zf.writestr(member, data)
             if arrays:
                 buf = io.BytesIO()
                 np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
@@ -151,6 +168,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
         _check_members(zf, path, {"metadata.json": LIMITS["metadata_bytes"], "model.skops": LIMITS["model_bytes"],
                                   "model.ubj": LIMITS["model_bytes"], "arrays.npz": LIMITS["arrays_bytes"],
+                                  **{f: LIMITS["model_bytes"] for f in STAGE_FILES},
                                   "*": 0, "total": LIMITS["model_bytes"] + LIMITS["arrays_bytes"]
                                   + LIMITS["metadata_bytes"]},
                        LIMITS["members"], "The zip")
@@ -166,8 +184,8 @@ def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
         return zf.read(name)
     except KeyError:
         raise VitsegError(f"{str(path)!r} lacks its member {name!r}; save the classifier again.") from None
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as e:
-        raise VitsegError(f"Classifier file {str(path)!r} is damaged ({name}: {e}); save it again.") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as e:
+        raise VitsegError(f"Classifier file {str(path)!r} is damaged ({name}: {str(e)[:100]}); save it again.") from None
 
 
 def read_metadata(path) -> dict:
@@ -230,7 +248,7 @@ def _read_npz(data: bytes, path: Path) -> dict[str, np.ndarray]:
                     out[info.filename[:-4]] = (arr.reshape(shape[::-1]).transpose() if fortran
                                                else arr.reshape(shape))
             return out
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, NotImplementedError, RuntimeError) as e:
         if isinstance(e, VitsegError):
             raise
         raise VitsegError(f"arrays.npz of {str(path)!r} is damaged ({str(e)[:100]}); save the classifier again.") from None
@@ -303,13 +321,42 @@ def load_classifier_file(path):
         Missing, pickled, truncated, oversized or foreign files; invalid metadata; untrusted
         types or out-of-range trees inside the model.
     """
+    ests, meta, arrays = _load(path, stages=False)
+    return ests[-1], meta, arrays
+
+
+def load_classifier_stages(path):
+    """Load every stage of a classifier file, with the checks of :func:`load_classifier_file`.
+
+    Returns
+    -------
+    estimators : list of RandomForestPixelClassifier or XGBoostPixelClassifier
+        Stage 1 first, the last stage last (one estimator for a file without auto-context).
+    metadata : dict
+    arrays : dict of str to ndarray
+    """
+    return _load(path, stages=True)
+
+
+def _load(path, stages: bool):
     path = Path(path)
     meta = read_metadata(path)
-    c = meta["classifier"]
-    kind = c["kind"]
+    sections = (list(meta.get("stages") or []) if stages else []) + [meta["classifier"]]
     with _open_zip(path) as zf:
-        blob = _read_member(zf, c["model_file"], path)
+        blobs = [_read_member(zf, c["model_file"], path) for c in sections]
         arrays = _read_npz(_read_member(zf, "arrays.npz", path), path) if "arrays.npz" in zf.namelist() else {}
+    ests = []
+    for i, (c, blob) in enumerate(zip(sections, blobs, strict=True)):
+        last = i == len(sections) - 1
+        names = meta.get("feature_names")
+        if not last and names is not None:
+            names = names[: int(c["n_features_in"])] if i == 0 else names
+        ests.append(_load_estimator(c, blob, names, path))
+    return ests, meta, arrays
+
+
+def _load_estimator(c: dict, blob: bytes, feature_names, path: Path):
+    kind = c["kind"]
     try:
         est = CLASSIFIERS[kind](**c.get("params", {}))
         est.validate_params()
@@ -328,9 +375,9 @@ def load_classifier_file(path):
         est.booster_ = _load_xgboost(blob, path, n_features, len(classes))
     est.classes_ = classes
     est.n_features_in_ = n_features
-    if meta.get("feature_names") is not None:
-        est.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
-    return est, meta, arrays
+    if feature_names is not None:
+        est.feature_names_in_ = np.asarray(feature_names, dtype=object)
+    return est
 
 
 def _load_skops(blob: bytes, path: Path):
@@ -358,9 +405,128 @@ def _load_skops(blob: bytes, path: Path):
     return model
 
 
+def _xgb_int(value, what: str, bad: str) -> int:
+    """An integer that XGBoost stores as a decimal string (``"45"``) or a number."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise VitsegError(f"{bad} has no valid {what}; refusing the file.")
+
+
+def _xgb_array(tree: dict, key: str, n: int, kind: str, bad: str) -> np.ndarray:
+    arr = tree.get(key)
+    arr = np.asarray(arr if isinstance(arr, (np.ndarray, list)) else None)
+    if arr.shape != (n,) or (n and arr.dtype.kind not in ("iu" if kind == "i" else "iuf")):
+        raise VitsegError(f"{bad} has a {key!r} array of the wrong length or type; refusing the file.")
+    return arr.astype(np.int64 if kind == "i" else np.float64)
+
+
+def _check_xgboost_model(doc, n_features: int, n_classes: int, path: Path) -> None:
+    """Check a decoded XGBoost model (see :mod:`._ubjson`) before XGBoost loads it.
+
+    XGBoost's prediction trusts the tree arrays: a child index outside the tree, a feature index
+    >= the feature count or a tree's class group outside the classes reads or writes outside
+    memory (a crash, not an exception). Checked: a ``gbtree`` booster of ``n_features`` features
+    and the classes of the metadata; as many trees as rounds x class groups x parallel trees,
+    each with a valid class group; in every tree, arrays of ``num_nodes`` entries, children in
+    range or -1 (a leaf has both -1), each node the child of at most one node and never of the
+    root (so the nodes reachable from the root form a tree: no cycles), numerical splits only,
+    split features in ``0..n_features-1``, finite split conditions (leaf values) and weights,
+    and one value per leaf. Deleted nodes (left by XGBoost's pruner) must be unreachable.
+    """
+    where = f"The XGBoost model in {str(path)!r}"
+    try:
+        learner = doc["learner"]
+        param = learner["learner_model_param"]
+        gb = learner["gradient_booster"]
+        model = gb["model"]
+        trees, tree_info = model["trees"], model["tree_info"]
+        gparam = model["gbtree_model_param"]
+    except (KeyError, TypeError):
+        raise VitsegError(f"{where} lacks its learner, booster or trees; refusing the file.") from None
+    if gb.get("name") != "gbtree":
+        raise VitsegError(f"{where} is not a tree booster (gbtree); refusing the file.")
+    if _xgb_int(param.get("num_feature"), "feature count", where) != n_features:
+        raise VitsegError(f"{where} takes {param.get('num_feature')} features, its metadata says {n_features}; "
+                          "refusing the file.")
+    n_out = _xgb_int(param.get("num_class", "0"), "class count", where)
+    if (n_classes == 2 and n_out not in (0, 1)) or (n_classes > 2 and n_out != n_classes):
+        raise VitsegError(f"{where} predicts {n_out} classes, its metadata says {n_classes}; refusing the file.")
+    if _xgb_int(param.get("num_target", "1"), "target count", where) != 1:
+        raise VitsegError(f"{where} has several targets; refusing the file.")
+    groups = max(n_out, 1)
+    tree_info = np.asarray(tree_info if isinstance(tree_info, (list, np.ndarray)) else None)
+    n_trees = _xgb_int(gparam.get("num_trees"), "tree count", where)
+    parallel = _xgb_int(gparam.get("num_parallel_tree", "1"), "parallel tree count", where)
+    if (not isinstance(trees, list) or len(trees) != n_trees or tree_info.shape != (n_trees,)
+            or (n_trees and tree_info.dtype.kind not in "iu") or parallel < 1):
+        raise VitsegError(f"{where} declares {n_trees} trees but holds another number; refusing the file.")
+    if n_trees % (groups * parallel) or np.any(tree_info < 0) or np.any(tree_info >= groups):
+        raise VitsegError(f"{where} does not hold one tree per round and class; refusing the file.")
+    rounds = n_trees // (groups * parallel)
+    if n_trees and not np.array_equal(np.bincount(tree_info.astype(np.int64), minlength=groups),
+                                      np.full(groups, rounds * parallel)):
+        raise VitsegError(f"{where} does not hold one tree per round and class; refusing the file.")
+    indptr = model.get("iteration_indptr")
+    if indptr is not None and not np.array_equal(np.asarray(indptr),
+                                                 np.arange(rounds + 1) * (groups * parallel)):
+        raise VitsegError(f"{where} has an inconsistent round index (iteration_indptr); refusing the file.")
+    for t, tree in enumerate(trees):
+        bad = f"Tree {t} of {where[4:]}"
+        if not isinstance(tree, dict) or not isinstance(tree.get("tree_param"), dict):
+            raise VitsegError(f"{bad} is not a tree; refusing the file.")
+        tp = tree["tree_param"]
+        n = _xgb_int(tp.get("num_nodes"), "node count", bad)
+        if n < 1 or _xgb_int(tp.get("num_feature"), "feature count", bad) != n_features \
+                or _xgb_int(tp.get("size_leaf_vector", "1"), "leaf size", bad) not in (0, 1):
+            raise VitsegError(f"{bad} does not match the model's features or has vector leaves; refusing the file.")
+        left = _xgb_array(tree, "left_children", n, "i", bad)
+        right = _xgb_array(tree, "right_children", n, "i", bad)
+        split = _xgb_array(tree, "split_indices", n, "i", bad)
+        stype = _xgb_array(tree, "split_type", n, "i", bad)
+        default = _xgb_array(tree, "default_left", n, "i", bad)
+        values = [_xgb_array(tree, k, n, "f", bad) for k in ("split_conditions", "base_weights")]
+        parents = _xgb_array(tree, "parents", n, "i", bad)
+        for k in ("loss_changes", "sum_hessian"):
+            _xgb_array(tree, k, n, "f", bad)
+        leaf = left == -1
+        internal = ~leaf
+        children = np.concatenate([left[internal], right[internal]])
+        if (np.any(right[leaf] != -1) or np.any(children < 1) or np.any(children >= n)
+                or np.any(np.bincount(children, minlength=n) > 1)):
+            raise VitsegError(f"{bad} has child indices outside the tree or shared; refusing the file.")
+        # the nodes reachable from the root (the root is nobody's child and no node has two
+        # parents, so a cycle cannot be reached): only they are ever visited by a prediction
+        reach = np.zeros(n, bool)
+        reach[0] = True
+        frontier = np.array([0])
+        while frontier.size:
+            frontier = frontier[internal[frontier]]
+            frontier = np.concatenate([left[frontier], right[frontier]])
+            reach[frontier] = True
+        r_int = reach & internal
+        if np.any(parents[left[r_int]] != np.flatnonzero(r_int)) or np.any(parents[right[r_int]] != np.flatnonzero(r_int)):
+            raise VitsegError(f"{bad} has parent indices that disagree with its children; refusing the file.")
+        if np.any(split[r_int] < 0) or np.any(split[r_int] >= n_features):
+            raise VitsegError(f"{bad} splits on features outside 0..{n_features - 1}; refusing the file.")
+        if np.any(stype[reach] != 0) or np.any((default[reach] != 0) & (default[reach] != 1)):
+            raise VitsegError(f"{bad} holds categorical splits or invalid flags; refusing the file.")
+        if any(not np.all(np.isfinite(v[reach])) for v in values):
+            raise VitsegError(f"{bad} holds non-finite split conditions or leaf values; refusing the file.")
+
+
 def _load_xgboost(blob: bytes, path: Path, n_features: int, n_classes: int):
     import xgboost as xgb
 
+    from ._ubjson import UBJSONError, decode
+
+    try:  # in bounded Python first: XGBoost's own reader trusts declared lengths (abort, segfault)
+        doc = decode(blob)
+    except (UBJSONError, RecursionError, MemoryError) as e:
+        raise VitsegError(f"The XGBoost model in {str(path)!r} is not valid UBJSON ({str(e)[:100]}); "
+                          "save the classifier again.") from None
+    _check_xgboost_model(doc, n_features, n_classes, path)
     booster = xgb.Booster()
     try:
         booster.load_model(bytearray(blob))

@@ -75,6 +75,31 @@ class ClassifierSection(_Model):
         return self
 
 
+#: Member names of the earlier stages of an auto-context classifier (stage 1..3).
+STAGE_FILES = tuple(f"stage{i}.{ext}" for i in (1, 2, 3) for ext in ("skops", "ubj"))
+
+
+class StageSection(_Model):
+    """An earlier stage of an auto-context classifier (format 2): as :class:`ClassifierSection`,
+    stored as ``stage{i}.skops`` / ``stage{i}.ubj``."""
+
+    kind: Literal["rf", "xgb"]
+    params: Annotated[dict[Annotated[str, Field(max_length=64)], Param], Field(max_length=32)] = {}
+    classes: Annotated[list[ClassId], Field(min_length=2, max_length=255)]
+    n_features_in: Annotated[int, Field(ge=1, le=1_000_000)]
+    model_file: Literal[STAGE_FILES]
+
+
+class AutoContextEntry(_Model):
+    """How the auto-context stages were made (format 2; see :mod:`napari_vitseg.pipeline._autocontext`)."""
+
+    stages: Annotated[int, Field(ge=2, le=4)]
+    folds: Annotated[int, Field(ge=2, le=100)]
+    context_sigmas: Annotated[list[Annotated[float, Field(gt=0, le=1000)]], Field(min_length=1, max_length=16)]
+    context_families: Annotated[list[Annotated[str, Field(max_length=32)]], Field(min_length=1, max_length=16)]
+    context_names: Annotated[list[Annotated[str, Field(max_length=200)]], Field(min_length=1, max_length=100_000)]
+
+
 class ClassifierMetadata(_Model):
     """``metadata.json`` of a classifier file (the fields napari-vitseg reads)."""
 
@@ -88,6 +113,8 @@ class ClassifierMetadata(_Model):
     classes: Annotated[list[ClassEntry], Field(max_length=255)] = []
     training: dict[str, Any] = {}
     classifier: ClassifierSection
+    stages: Annotated[list[StageSection], Field(max_length=3)] = []
+    autocontext: AutoContextEntry | None = None
 
     @field_validator("classes")
     @classmethod
@@ -105,6 +132,21 @@ class ClassifierMetadata(_Model):
         table = {e.id for e in self.classes}
         if table and not set(c.classes) <= table:
             raise ValueError(f"the classifier's classes {c.classes} are not all in the class table {sorted(table)}")
+        ac = self.autocontext
+        if (ac is None) != (not self.stages) or (ac is not None and len(self.stages) != ac.stages - 1):
+            raise ValueError("the auto-context section and the earlier stages do not match")
+        if ac is not None:
+            n_ctx = len(ac.context_names)
+            for i, st in enumerate(self.stages, start=1):
+                if st.kind != c.kind or st.classes != c.classes:
+                    raise ValueError(f"stage {i} is not a {c.kind!r} classifier of classes {c.classes}")
+                if st.model_file != f"stage{i}.{'skops' if st.kind == 'rf' else 'ubj'}":
+                    raise ValueError(f"stage {i} is stored as {st.model_file!r}")
+                want = c.n_features_in - (n_ctx if i == 1 else 0)
+                if st.n_features_in != want:
+                    raise ValueError(f"stage {i} takes {st.n_features_in} features, not {want}")
+            if c.n_features_in <= n_ctx:
+                raise ValueError("the last stage takes fewer features than its context features")
         return self
 
 

@@ -14,11 +14,14 @@ from pathlib import Path
 from .._validation import VitsegError
 from ..classifiers import CLASSIFIERS, RandomForestPixelClassifier
 from ..features import UPSAMPLERS, FeatureConfig
+from ..features.config import INTENSITY_MODES, TILING_MODES
+from ..pipeline.segmenter import SegmenterConfig
 from ._common import floats, ints, resolve_backbone_name, run_job
 
 __all__ = ["add_subcommands", "cmd_train", "cmd_apply", "cmd_info", "cmd_demo"]
 
 _FEATURE_DEFAULTS = FeatureConfig()
+_SEGMENTER_DEFAULTS = SegmenterConfig()
 
 
 def _check_output_folder(path: Path) -> None:
@@ -49,7 +52,8 @@ def _train(args, out: Path, image, scribbles, channel_axis) -> int:
 
     backbone_name = resolve_backbone_name(args.backbone)
     cfg_kwargs = dict(backbone=backbone_name, upsample=args.upsample, vit_pca=args.vit_pca or None,
-                      classical=not args.no_classical)
+                      classical=not args.no_classical, intensity=args.intensity, vit_tiling=args.vit_tiling,
+                      vit_budget_mib=args.vit_budget_mib)
     if args.sigmas is not None:
         cfg_kwargs["sigmas"] = args.sigmas
     if args.vit_channels is not None:
@@ -60,7 +64,8 @@ def _train(args, out: Path, image, scribbles, channel_axis) -> int:
         backbone = create_backbone(backbone_name, pretrained=False, seed=0, device=args.device or "cpu")
     params = {k: v for k, v in (("n_estimators", args.n_estimators), ("max_depth", args.max_depth)) if v is not None}
     names = args.class_names.split(",") if args.class_names else None
-    seg = Segmenter(config, args.classifier, params, class_names=names, backbone=backbone, device=args.device)
+    seg = Segmenter(config, args.classifier, params, class_names=names, backbone=backbone, device=args.device,
+                    autocontext_stages=args.autocontext_stages)
     run_job(seg.iter_fit(image, scribbles, channel_axis=channel_axis), desc="train", quiet=args.quiet)
     seg.save(out, inputs=[args.image, args.scribbles])
     if not args.quiet:
@@ -98,6 +103,12 @@ def cmd_apply(args) -> int:
     files = expand_inputs(args.inputs)
     model = Path(args.model)
     seg = Segmenter.load(model, device=args.device, allow_random_weights=args.random_weights)
+    if getattr(args, "engine", None):
+        seg.classifier_.set_engine(args.engine)
+        if args.workers is not None:  # local worker processes inherit the environment
+            os.environ["VITSEG_ENGINE"] = args.engine
+    if getattr(args, "exact", False):
+        seg.prediction = "exact"  # dask workers get it through the classifier payload's load keywords
     out = Path(args.output)
     text = str(args.output)
     single = len(files) == 1 and not text.endswith(("/", "\\")) and (
@@ -181,6 +192,21 @@ def add_subcommands(subparsers) -> None:
     t.add_argument("--vit-pca", type=int, default=_FEATURE_DEFAULTS.vit_pca or 0,
                    help=f"reduce ViT channels to N principal components (default {_FEATURE_DEFAULTS.vit_pca}; "
                         "0 keeps all)")
+    t.add_argument("--intensity", choices=INTENSITY_MODES, default=_FEATURE_DEFAULTS.intensity,
+                   help="how image values are scaled for the ViT: 'reference' as the papers' code (uint8 / 255, "
+                        "uint16 / 65535, floats as given), 'percentile' stretches each plane's 0.5-99.5 "
+                        f"percentiles (for data using a fraction of their dtype's range; default "
+                        f"{_FEATURE_DEFAULTS.intensity})")
+    t.add_argument("--vit-tiling", choices=TILING_MODES, default=_FEATURE_DEFAULTS.vit_tiling,
+                   help="'auto': the whole image in one ViT pass when it fits --vit-budget-mib, 518-px tiles "
+                        f"above; 'always': tiles (default {_FEATURE_DEFAULTS.vit_tiling})")
+    t.add_argument("--vit-budget-mib", type=int, default=_FEATURE_DEFAULTS.vit_budget_mib, metavar="MIB",
+                   help="memory budget of whole-image ViT inference, attention of one block "
+                        f"(default {_FEATURE_DEFAULTS.vit_budget_mib})")
+    t.add_argument("--autocontext-stages", type=int, default=_SEGMENTER_DEFAULTS.autocontext_stages, metavar="N",
+                   help="auto-context (Tu & Bai 2010): N classifier stages, each also fed the previous stage's "
+                        "smoothed class probabilities; 1 = off (default "
+                        f"{_SEGMENTER_DEFAULTS.autocontext_stages}; see docs/autocontext.md)")
     t.add_argument("--class-names", default=None, help="comma-separated names of classes 1..K")
     t.add_argument("--device", default=None, help="torch device for the ViT (default: cuda if available)")
     t.add_argument("--quiet", action="store_true")
@@ -208,6 +234,12 @@ def add_subcommands(subparsers) -> None:
                    help="predict on a running dask.distributed cluster (e.g. tcp://host:8786; SLURM via "
                         "dask-jobqueue, Kubernetes); the inputs must be on a filesystem the workers share")
     a.add_argument("--channel-axis", type=int, default=None)
+    a.add_argument("--engine", choices=["auto", "sklearn", "compiled"], default=None,
+                   help="how the trees are evaluated (same labels): auto (default, or $VITSEG_ENGINE), sklearn "
+                        "(the library's own predictor) or compiled (C code built locally on first use)")
+    a.add_argument("--exact", action="store_true",
+                   help="classify every pixel (default: coarse-to-fine, about half the work, >= 99.5%% of the "
+                        "labels; or $VITSEG_PREDICTION=exact)")
     a.add_argument("--device", default=None)
     a.add_argument("--quiet", action="store_true")
     a.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)

@@ -51,14 +51,16 @@ def classifier_payload(seg) -> tuple[bytes, str, dict]:
     sha256 : str
         Of ``data`` (which holds a creation time: two saves of one segmenter differ).
     load_kwargs : dict
-        ``device`` and ``allow_random_weights`` for :meth:`Segmenter.load`.
+        ``device``, ``allow_random_weights`` and ``prediction`` for :meth:`Segmenter.load`
+        (``prediction`` None: the worker's ``$VITSEG_PREDICTION``, else coarse-to-fine).
     """
     with tempfile.TemporaryDirectory(prefix="vitseg-") as d:
         path = Path(d) / "classifier.vitseg"
         seg.save(path)
         data = path.read_bytes()
     ident = seg.featurizer.backbone_identity
-    kwargs = {"device": seg.device, "allow_random_weights": bool(ident) and not ident.get("pretrained", True)}
+    kwargs = {"device": seg.device, "allow_random_weights": bool(ident) and not ident.get("pretrained", True),
+              "prediction": getattr(seg, "prediction", None)}  # an inference setting, not in the file
     return data, hashlib.sha256(data).hexdigest(), kwargs
 
 
@@ -68,6 +70,7 @@ def _worker_segmenter(key: str, data: bytes, load_kwargs: dict):
         seg = _SEGMENTERS.get(key)
         if seg is not None:
             _SEGMENTERS.move_to_end(key)
+            seg.prediction = load_kwargs.get("prediction")  # a setting: follows the latest run
             return seg
         import warnings
 

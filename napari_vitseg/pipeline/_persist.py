@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .. import __version__
 from .._validation import VitsegError
-from ..classifiers import load_classifier_file, save_classifier_file
+from ..classifiers import save_classifier_file
+from ..classifiers._file import load_classifier_stages
 from ..features.config import FeatureConfig
 from .segmenter import Segmenter, SegmenterConfig, default_class_color, default_class_name
 
@@ -39,7 +40,7 @@ def segmenter_metadata(seg: Segmenter) -> dict:
         If ``seg`` is not fitted.
     """
     table = seg.class_table()
-    return {
+    meta = {
         "package": "napari-vitseg",
         "package_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -50,6 +51,14 @@ def segmenter_metadata(seg: Segmenter) -> dict:
         "classes": table,
         "training": seg.training_stats_,
     }
+    if seg.n_stages > 1:
+        from ._autocontext import CONTEXT_FAMILIES, CONTEXT_SIGMAS, N_FOLDS, context_feature_names
+
+        ctx = context_feature_names(seg.classes_)
+        meta["feature_names"] = meta["feature_names"] + ctx  # those of the last stage
+        meta["autocontext"] = {"stages": seg.n_stages, "folds": N_FOLDS, "context_sigmas": list(CONTEXT_SIGMAS),
+                               "context_families": list(CONTEXT_FAMILIES), "context_names": ctx}
+    return meta
 
 
 def save_segmenter(seg: Segmenter, path, *, inputs=()) -> Path:
@@ -72,7 +81,8 @@ def save_segmenter(seg: Segmenter, path, *, inputs=()) -> Path:
     """
     meta = segmenter_metadata(seg)
     arrays = seg.featurizer.pca_.to_arrays() if seg.featurizer.pca_ is not None else None
-    return save_classifier_file(path, seg.classifier_, meta, arrays=arrays, inputs=inputs)
+    chain = seg._stages()
+    return save_classifier_file(path, chain[-1], meta, arrays=arrays, inputs=inputs, stages=chain[:-1])
 
 
 def config_from_metadata(meta: dict, estimator, path) -> SegmenterConfig:
@@ -96,7 +106,9 @@ def config_from_metadata(meta: dict, estimator, path) -> SegmenterConfig:
     n = max(table, default=0)
     names = tuple(table[i]["name"] if i in table else default_class_name(i) for i in range(1, n + 1))
     colors = tuple(table[i]["color"] if i in table else default_class_color(i) for i in range(1, n + 1))
-    return SegmenterConfig(features, estimator.kind, estimator.get_params(), names or None, colors or None)
+    ac = meta.get("autocontext") or {}
+    return SegmenterConfig(features, estimator.kind, estimator.get_params(), names or None, colors or None,
+                           int(ac.get("stages", 1)))
 
 
 def _random_weights_backbone(meta: dict, path, allow: bool, device):
@@ -146,7 +158,8 @@ def load_segmenter(path, *, backbone=None, device=None, expected_config: Feature
         differs from those the classifier was trained with, or random-weights classifiers
         without ``allow_random_weights``.
     """
-    est, meta, arrays = load_classifier_file(path)
+    chain, meta, arrays = load_classifier_stages(path)
+    est = chain[-1]
     config = config_from_metadata(meta, est, path)
     if expected_config is not None and expected_config != config.features:
         a, b = expected_config.to_dict(), config.features.to_dict()
@@ -160,6 +173,18 @@ def load_segmenter(path, *, backbone=None, device=None, expected_config: Feature
     seg.n_channels_ = int(meta.get("n_channels", 1))
     want = meta.get("feature_names")
     have = seg.featurizer.feature_names(seg.n_channels_)
+    ac = meta.get("autocontext")
+    if ac is not None:
+        from ._autocontext import CONTEXT_FAMILIES, CONTEXT_SIGMAS, context_feature_names
+
+        ctx = context_feature_names(est.classes_)
+        if (list(ac["context_names"]) != ctx or tuple(ac["context_sigmas"]) != CONTEXT_SIGMAS
+                or tuple(ac["context_families"]) != CONTEXT_FAMILIES):
+            raise VitsegError(
+                f"{str(path)!r} was trained on auto-context features this napari-vitseg computes differently "
+                f"(sigmas {ac['context_sigmas']}, families {ac['context_families']}); retrain the classifier."
+            )
+        have = have + ctx
     if want is not None and list(want) != have:
         missing = sorted(set(want) - set(have))[:5]
         extra = sorted(set(have) - set(want))[:5]
@@ -181,7 +206,11 @@ def load_segmenter(path, *, backbone=None, device=None, expected_config: Feature
 
         seg.featurizer.pca_ = PCAReducer.from_arrays(arrays)
     seg.classifier_ = est
+    seg.stage_classifiers_ = chain
     seg.classes_ = est.classes_
     seg.training_stats_ = meta.get("training", {})
+    # files of format 1 (napari-vitseg 0.1) were applied pixel by pixel: they keep predicting exactly as
+    # they did unless coarse-to-fine is asked for (Segmenter.prediction / $VITSEG_PREDICTION)
+    seg.default_prediction_ = "exact" if int(meta.get("format_version", 1)) < 2 else "coarse-to-fine"
     return seg
 

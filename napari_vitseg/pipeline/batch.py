@@ -53,6 +53,7 @@ from .._progress import Progress
 from .._validation import VitsegError, check_option
 from ..io import expand_inputs, image_stem, is_pattern, open_image, pattern_files
 from ..io._atomic import check_output_path, same_file
+from ..io._tiff import VITSEG_KEY, class_table_metadata
 from ..io._writers import (
     MANIFEST_NAME,
     OutputSpec,
@@ -145,18 +146,21 @@ def _segmenter_identity(seg: Segmenter) -> str:
     desc = {"features": seg.feature_config.to_dict(), "feature_names": seg.featurizer.feature_names(nc),
             "n_channels": nc, "classes": [int(c) for c in seg.classes_], "classifier": seg.classifier,
             "backbone": seg.featurizer.backbone_identity, "state": seg.featurizer.state_key}
+    stages = getattr(seg, "stage_classifiers_", None) or [seg.classifier_]
+    if len(stages) > 1:  # auto-context: every stage decides the labels (one stage hashes as before)
+        desc["autocontext_stages"] = len(stages)
     h.update(json.dumps(desc, sort_keys=True, default=str).encode())
-    clf = seg.classifier_
-    forest = getattr(clf, "estimator_", None)
-    if forest is not None and hasattr(forest, "estimators_"):
-        for tree in forest.estimators_:  # skops output is not byte-stable; the tree arrays are
-            state = tree.tree_.__getstate__()
-            nodes = state["nodes"]
-            for name in nodes.dtype.names:  # field by field: the record's padding bytes are garbage
-                h.update(np.ascontiguousarray(nodes[name]).tobytes())
-            h.update(np.ascontiguousarray(state["values"]).tobytes())
-    else:
-        h.update(_estimator_bytes(clf)[1])
+    for clf in stages:
+        forest = getattr(clf, "estimator_", None)
+        if forest is not None and hasattr(forest, "estimators_"):
+            for tree in forest.estimators_:  # skops output is not byte-stable; the tree arrays are
+                state = tree.tree_.__getstate__()
+                nodes = state["nodes"]
+                for name in nodes.dtype.names:  # field by field: the record's padding bytes are garbage
+                    h.update(np.ascontiguousarray(nodes[name]).tobytes())
+                h.update(np.ascontiguousarray(state["values"]).tobytes())
+        else:
+            h.update(_estimator_bytes(clf)[1])
     return h.hexdigest()
 
 
@@ -220,7 +224,11 @@ class _Run:
         seg = self.seg
         for j, z in jobs:
             plane = _read_plane(image, nsp, z, input_path)
-            p = seg.predict_plane(plane, use_cache=False)
+            try:
+                p = seg.predict_plane(plane, use_cache=False)
+            except VitsegError as e:  # bad values (NaN, ...): the message names the file
+                where = f"plane {z} of " if z is not None else ""
+                raise VitsegError(f"{where}{str(input_path)!r}: {e}") from None
             yield j, seg.labels_from_proba(p), (p.astype(np.float16) if probabilities else None)
 
     def close(self) -> None:
@@ -301,7 +309,7 @@ def _specs(seg: Segmenter, outputs: list[Path], spatial: tuple, zs: range | None
 
 def _attrs(seg: Segmenter, spec: OutputSpec) -> dict:
     table = seg.class_table()
-    info = {"napari_vitseg": {"version": __version__, "role": spec.role, "axes": spec.axes, "classes": table}}
+    info = {VITSEG_KEY: class_table_metadata(table, role=spec.role, axes=spec.axes)}  # TIFF and OME-Zarr
     if spec.role == "labels":
         info["image-label"] = {
             "version": "0.4",
@@ -349,6 +357,7 @@ def _iter_apply_one(run: _Run, input_path, output_path, probabilities_path, chan
             depends = {
                 "package": f"napari-vitseg {__version__}",
                 "segmenter": run.identity,
+                "prediction": seg.prediction_mode,  # coarse-to-fine and exact labels may differ
                 "input": {"path": os.path.abspath(input_path), **_input_signature(input_path),
                           "shape": list(lazy.shape), "dtype": str(lazy.dtype), "channel_axis": channel_axis},
                 "planes": [zs.start, zs.stop, zs.step] if zs is not None else None,
@@ -608,9 +617,14 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
         run.close()
     if failed:
         first, why = failed[0]
+        locked = sum(w.startswith("Another run is writing") for _, w in failed)  # io/_writers.py's lock message
+        todo = (f"Fix or remove {'it' if len(failed) == 1 else 'them'} and rerun" if not locked else
+                "Another run is writing " + ("it" if len(failed) == 1 else f"{locked} of them")
+                + ": wait for that run to finish" + (", fix or remove the others" if locked < len(failed) else "")
+                + " and rerun")
         raise VitsegError(
-            f"{len(failed)} of {n} inputs failed and have no output (first: {why}); the other outputs are "
-            f"complete. Fix or remove {'it' if len(failed) == 1 else 'them'} and rerun: finished outputs are skipped."
+            f"{len(failed)} of {n} inputs failed and have no output (first: {why.rstrip('.')}); the other outputs are "
+            f"complete. {todo}: finished outputs are skipped."
         )
     yield Progress(units, units, f"{n} file(s) done", unit="plane", count=(planes_done, total_planes))
     return [out for _, out, _ in rows]

@@ -29,7 +29,7 @@ import hashlib
 
 import numpy as np
 
-from .._validation import VitsegError
+from .._validation import VitsegError, as_array
 
 __all__ = ["ScribbleIndex"]
 
@@ -107,7 +107,7 @@ class ScribbleIndex:
             Wrong shape or dtype, negative values, or class ids above 255.
         """
         if not hasattr(scribbles, "shape") or not hasattr(scribbles, "dtype"):
-            scribbles = np.asarray(scribbles)
+            scribbles = as_array(scribbles, "scribbles")
         shape = tuple(int(s) for s in scribbles.shape)
         if spatial_shape is not None and shape != tuple(spatial_shape):
             raise VitsegError(

@@ -46,13 +46,29 @@ from .._validation import (
     check_dtype,
     check_finite,
     check_ndim,
+    check_number,
     check_option,
 )
 from ..classifiers import CLASSIFIERS, make_classifier
+from ..classifiers._estimators import _iter_in_thread
 from ..features.cache import FeatureCache, content_digest
 from ..features.config import FeatureConfig
 from ..features.stack import Featurizer
+from ._autocontext import (
+    N_FOLDS,
+    context_feature_names,
+    context_features,
+    context_halo,
+    expand_proba,
+    stroke_folds,
+)
+from ._coarse import coarse_rows_needed, coarse_to_fine_rows
 from .scribbles import ScribbleIndex
+
+#: Ways to predict full-resolution planes (:attr:`Segmenter.prediction`).
+PREDICTION_MODES = ("coarse-to-fine", "exact")
+#: Environment variable giving the prediction mode when none was set on the segmenter.
+PREDICTION_ENV = "VITSEG_PREDICTION"
 
 __all__ = [
     "DEFAULT_COLORS",
@@ -98,12 +114,16 @@ class SegmenterConfig:
     class_colors : tuple of str or None
         Colours of classes 1..K, stored as ``'#rrggbb'`` (any matplotlib colour is accepted;
         default :data:`DEFAULT_COLORS`).
+    autocontext_stages : int
+        Classifier stages (1..4): 1 = one classifier on the image features; ``s > 1`` adds
+        auto-context stages, each trained on the image features plus filtered class
+        probabilities of the stage before (:mod:`napari_vitseg.pipeline._autocontext`).
 
     Raises
     ------
     VitsegError
         Unknown classifier kind or parameter, a parameter out of range, names longer than 200
-        characters, colours that are not colours.
+        characters, colours that are not colours, stages out of range.
 
     Examples
     --------
@@ -119,12 +139,26 @@ class SegmenterConfig:
     classifier_params: dict = field(default_factory=dict)
     class_names: tuple[str, ...] | None = None
     class_colors: tuple[str, ...] | None = None
+    autocontext_stages: int = 1
 
     def __post_init__(self):
+        from ._autocontext import MAX_STAGES
+
+        check_number(self.autocontext_stages, "autocontext_stages", kind="int", low=1, high=MAX_STAGES,
+                     owner="SegmenterConfig")
+        object.__setattr__(self, "autocontext_stages", int(self.autocontext_stages))
         if not isinstance(self.features, FeatureConfig):
             raise VitsegError(f"features must be a FeatureConfig; got {type(self.features).__name__}.")
         check_option(self.classifier, CLASSIFIERS, "classifier")
-        object.__setattr__(self, "classifier_params", dict(self.classifier_params or {}))
+        params = self.classifier_params
+        if params is not None and (not isinstance(params, dict) or not all(isinstance(k, str) for k in params)):
+            raise VitsegError(f"classifier_params must be a dict of parameter names to values; got {params!r}.")
+        object.__setattr__(self, "classifier_params", dict(params or {}))
+        for name in ("class_names", "class_colors"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__")):
+                raise VitsegError(f"{name} must be a list (one entry per class, class 1 first) or None; "
+                                  f"got {value!r}.")
         if self.class_names is not None:
             names = tuple(str(x) for x in self.class_names)
             if len(names) > 255 or any(len(n) > 200 for n in names):
@@ -135,7 +169,7 @@ class SegmenterConfig:
 
             try:
                 colors = tuple(to_hex(c) for c in self.class_colors)
-            except ValueError as e:
+            except (ValueError, TypeError) as e:
                 raise VitsegError(f"Class colours must be colour names or '#rrggbb' ({e}).") from None
             object.__setattr__(self, "class_colors", colors)
         make_classifier(self.classifier, **self.classifier_params)  # unknown parameters fail here
@@ -216,8 +250,9 @@ def as_channels_last(image, channel_axis: int | None):
     VitsegError
         Unsupported dimensionality or dtype, or a channel axis out of range.
     """
-    if not hasattr(image, "ndim") or not hasattr(image, "dtype"):
-        image = np.asarray(image)
+    from .._validation import as_array
+
+    image = as_array(image, "image")
     check_dtype(image, "image")
     ca = check_channel_axis(image.ndim, channel_axis, "image")
     nsp = check_ndim(image, (2, 3), ca, "image")
@@ -234,6 +269,14 @@ def as_channels_last(image, channel_axis: int | None):
     else:
         nc = 1
     return image, nsp, nc
+
+
+def _stage_proba(clf, classes: np.ndarray):
+    """``X -> (n, K)`` probabilities over ``classes`` of one stage model."""
+    def proba(X):
+        return expand_proba(clf.predict_proba(X), clf.classes_, classes)
+
+    return proba
 
 
 def plane_of(image, n_spatial: int, z: int | None) -> np.ndarray:
@@ -256,6 +299,8 @@ class Segmenter:
         Names of classes 1..K (default ``'class k'``).
     class_colors : sequence of str, optional
         Hex colours of classes 1..K.
+    autocontext_stages : int
+        1 (default: one classifier) to 4; see :class:`SegmenterConfig`.
     featurizer : Featurizer, optional
         A featurizer of exactly ``feature_config`` to share (the napari widget shares one,
         with its backbone and ViT PCA basis, between every model it trains).
@@ -268,15 +313,23 @@ class Segmenter:
         torch device for the ViT ('cpu', 'cuda'); default CUDA when available.
     cache_bytes : int
         Byte budget of a new feature cache.
+    prediction : {'coarse-to-fine', 'exact'}, optional
+        How full-resolution planes are predicted (an inference setting, never stored in the
+        classifier file; see :attr:`prediction_mode`). Default ``None``: ``$VITSEG_PREDICTION``
+        if set, else ``'coarse-to-fine'``.
 
     Attributes
     ----------
     config : SegmenterConfig
         Everything above that describes the model (stored in the classifier file).
+    prediction : str or None
+        The prediction setting (may be changed at any time).
     featurizer : Featurizer
     cache : FeatureCache
     classifier_ : RandomForestPixelClassifier or XGBoostPixelClassifier
-        The fitted classifier.
+        The fitted classifier (the last stage with auto-context).
+    stage_classifiers_ : list of classifiers
+        Every stage, first to last (``[classifier_]`` without auto-context).
     classes_ : ndarray of int, (K,)
     n_channels_ : int
         Channels of the training image.
@@ -291,11 +344,13 @@ class Segmenter:
 
     def __init__(self, feature_config: FeatureConfig | None = None, classifier: str = "rf",
                  classifier_params: dict | None = None, *, class_names: Sequence[str] | None = None,
-                 class_colors: Sequence[str] | None = None, featurizer: Featurizer | None = None,
-                 cache: FeatureCache | None = None, backbone=None, device=None,
-                 cache_bytes: int = 4 * 2**30):
+                 class_colors: Sequence[str] | None = None, autocontext_stages: int = 1,
+                 featurizer: Featurizer | None = None, cache: FeatureCache | None = None, backbone=None,
+                 device=None, cache_bytes: int = 4 * 2**30, prediction: str | None = None):
+        self.prediction = prediction
         config = SegmenterConfig(feature_config if feature_config is not None else FeatureConfig(),
-                                 classifier, classifier_params or {}, class_names, class_colors)
+                                 classifier, classifier_params or {}, class_names, class_colors,
+                                 autocontext_stages)
         self._config = config
         self.device = device
         if featurizer is not None:
@@ -320,7 +375,50 @@ class Segmenter:
             constructor.
         """
         return cls(config.features, config.classifier, config.classifier_params,
-                   class_names=config.class_names, class_colors=config.class_colors, **kwargs)
+                   class_names=config.class_names, class_colors=config.class_colors,
+                   autocontext_stages=config.autocontext_stages, **kwargs)
+
+    # -- prediction setting (not part of the model) -------------------------------
+    @property
+    def prediction(self) -> str | None:
+        """The prediction setting given (``None``: from the environment); see :attr:`prediction_mode`."""
+        return getattr(self, "_prediction", None)
+
+    @prediction.setter
+    def prediction(self, value: str | None) -> None:
+        if value is not None:
+            check_option(value, PREDICTION_MODES, "prediction")
+        self._prediction = value
+
+    @property
+    def prediction_mode(self) -> str:
+        """How full-resolution planes are predicted now.
+
+        ``'coarse-to-fine'`` (default): the forest classifies a stride-2 grid, then only the
+        pixels near a label boundary or where the two largest probabilities are within 0.2
+        (:mod:`napari_vitseg.pipeline._coarse`); about half the forest work, >= 99.98 % of the
+        labels of ``'exact'`` on the shared sets (``docs/apply_speed.md``). ``'exact'``: every
+        pixel. Order: :attr:`prediction`, else ``$VITSEG_PREDICTION`` (read at every
+        prediction, so the widget and dask workers follow it), else ``'coarse-to-fine'`` —
+        except for classifier files of format 1 (napari-vitseg 0.1), which keep predicting
+        exactly as they did (``'exact'``).
+
+        Raises
+        ------
+        VitsegError
+            ``$VITSEG_PREDICTION`` is set to something else than the two modes.
+        """
+        if self.prediction is not None:
+            return self.prediction
+        import os
+
+        env = os.environ.get(PREDICTION_ENV, "").strip().lower()
+        if not env:
+            return getattr(self, "default_prediction_", "coarse-to-fine")
+        if env not in PREDICTION_MODES:
+            raise VitsegError(f"The environment variable {PREDICTION_ENV} must be one of "
+                              f"{list(PREDICTION_MODES)}; got {env!r}. Unset it or fix its value.")
+        return env
 
     # -- configuration ------------------------------------------------------------
     @property
@@ -339,6 +437,11 @@ class Segmenter:
     @property
     def classifier_params(self) -> dict:
         return dict(self._config.classifier_params)
+
+    @property
+    def autocontext_stages(self) -> int:
+        """Stages of the model (1 = no auto-context)."""
+        return self._config.autocontext_stages
 
     @property
     def class_names(self) -> list[str] | None:
@@ -398,6 +501,10 @@ class Segmenter:
         Yields
         ------
         Progress
+            While features are computed (per plane) and while the classifier grows (every
+            ~0.4 s: chunks of trees, boosting rounds; ``'training rf: 40/100 trees'``), so a
+            caller that closes the generator (the widget's Cancel) stops within about a second.
+            With auto-context, also per fold model and per out-of-fold plane prediction.
 
         Returns
         -------
@@ -422,8 +529,11 @@ class Segmenter:
             index = ScribbleIndex.from_array(scribbles, spatial)
         index.check_trainable()
         planes = index.planes
-        total = len(planes) + 1
-        xs, ys = [], []
+        n_stages = self.autocontext_stages
+        n_fits = n_stages + (n_stages - 1) * N_FOLDS
+        # progress units: 1 per plane of features, 10 per classifier fit, 1 per out-of-fold plane prediction
+        total = len(planes) + 10 * n_fits + (n_stages - 1) * N_FOLDS * len(planes)
+        xs, ys, pix = [], [], []
         # the ViT PCA basis (if any) is fitted on the first training plane and then kept, so that
         # retraining after more strokes reuses cached features; only planes with scribbles are read
         for i, z in enumerate(planes):
@@ -431,16 +541,29 @@ class Segmenter:
             plane = plane_of(image, nsp, z)
             check_finite(plane, "image")
             rows, cols, lab = index.plane(z)
-            feats = self.plane_features(plane)
+            if self.feature_config.backbone is None:
+                # in a worker thread, so that closing this generator (Cancel) is not held up by a
+                # large plane; an abandoned computation only fills the (thread-safe) cache.
+                # Not with a ViT: its first plane may fit the featurizer's PCA basis.
+                feats = yield from _iter_in_thread(lambda plane=plane: self.plane_features(plane), 0.25,
+                                                   lambda i=i, z=z: Progress(i, total, f"features of plane {z}"))
+            else:
+                feats = self.plane_features(plane)
             xs.append(feats[rows, cols])
             ys.append(lab)
+            pix.append((rows, cols, lab, tuple(plane.shape[:2])))
         X = np.concatenate(xs)
         y = np.concatenate(ys)
-        yield Progress(total - 1, total, f"training {self.classifier} on {len(y)} labelled pixels")
         names = self.featurizer.feature_names(nc)
-        clf = make_classifier(self.classifier, **self.classifier_params).fit(X, y, feature_names=names)
-        self.classifier_ = clf
-        self.classes_ = clf.classes_
+        done = [len(planes)]
+        if n_stages == 1:
+            clf = yield from self._iter_fit_one(X, y, names, done, total, "")
+            chain = [clf]
+        else:
+            chain = yield from self._iter_fit_autocontext(image, nsp, planes, pix, X, y, names, done, total)
+        self.stage_classifiers_ = chain
+        self.classifier_ = chain[-1]
+        self.classes_ = chain[-1].classes_
         self.n_channels_ = nc
         ids, counts = np.unique(y, return_counts=True)
         self.training_stats_ = {
@@ -451,6 +574,72 @@ class Segmenter:
         yield Progress(total, total, "trained")
         return self
 
+    def _iter_fit_one(self, X, y, names, done: list, total: int, prefix: str):
+        """Fit one classifier of this segmenter's kind, re-yielding its progress as 10 units of ``total``."""
+        clf = make_classifier(self.classifier, **self.classifier_params)
+        job = clf.iter_fit(X, y, feature_names=names)
+        base = done[0]
+        while True:
+            try:
+                p = next(job)
+            except StopIteration as stop:
+                done[0] = base + 10
+                return stop.value
+            frac = p.done / p.total if p.total else 0.0
+            yield Progress(base + int(10 * frac), total, prefix + p.msg)
+
+    def _iter_fit_autocontext(self, image, nsp, planes, pix, X, y, names, done: list, total: int):
+        """Train the auto-context chain (:mod:`napari_vitseg.pipeline._autocontext`); returns the stages."""
+        n_stages = self.autocontext_stages
+        folds = np.concatenate(stroke_folds(pix, N_FOLDS))
+        offsets = np.cumsum([0] + [len(p[2]) for p in pix])
+        classes = np.unique(y)
+        ctx_names = context_feature_names(classes)
+        keep = self._keep_training_internals
+        if keep:
+            self.training_internals_ = {"folds": folds, "context": {}, "fold_models": {}, "fold_proba": {}}
+        chain, C = [], None
+        prev = {}  # (fold, plane index) -> the fold chain's probabilities of that plane, (K, Y, X)
+        for s in range(1, n_stages + 1):
+            Xs = X if C is None else np.concatenate([X, C], axis=1)
+            names_s = names if C is None else names + ctx_names
+            head = f"stage {s}/{n_stages}: "
+            clf = yield from self._iter_fit_one(Xs, y, names_s, done, total, head)
+            chain.append(clf)
+            if s == n_stages:
+                break
+            C = np.zeros((len(y), len(ctx_names)), np.float32)
+            for f in range(N_FOLDS):
+                out = folds == f
+                fold_clf = yield from self._iter_fit_one(Xs[~out], y[~out], names_s, done, total,
+                                                         f"{head}fold model {f + 1}/{N_FOLDS}: ")
+                if hasattr(fold_clf, "set_engine"):
+                    fold_clf.set_engine("sklearn")  # a throw-away model: never worth compiling
+                if keep:
+                    self.training_internals_["fold_models"][(s, f)] = fold_clf
+                for i, z in enumerate(planes):
+                    yield Progress(done[0], total, f"{head}fold model {f + 1}/{N_FOLDS}: predicting plane {z}")
+                    plane = plane_of(image, nsp, z)
+                    p = self._predict_stage(fold_clf, plane, prev.get((f, i)), classes,
+                                            coarse=False)  # training stays exact
+                    prev[(f, i)] = p
+                    if keep:
+                        self.training_internals_["fold_proba"][(s, f, i)] = p
+                    sel = np.flatnonzero(out[offsets[i]:offsets[i + 1]])
+                    if sel.size:
+                        rows, cols = pix[i][0][sel], pix[i][1][sel]
+                        r0, r1 = int(rows.min()), int(rows.max()) + 1
+                        ctx = context_features(p, rows=(r0, r1))
+                        C[offsets[i] + sel] = ctx[rows - r0, cols]
+                    done[0] += 1
+            if keep:
+                self.training_internals_["context"][s + 1] = C
+        return chain
+
+    #: Keep the out-of-fold folds, fold models and context features in ``training_internals_``
+    #: after an auto-context fit (tests).
+    _keep_training_internals = False
+
     def fit(self, image, scribbles, *, channel_axis: int | None = None) -> Segmenter:
         """Train on scribbles; see :meth:`iter_fit`. Returns ``self``."""
         return run(self.iter_fit(image, scribbles, channel_axis=channel_axis))
@@ -460,7 +649,100 @@ class Segmenter:
         if not self.is_fitted:
             raise VitsegError("The segmenter is not trained yet: paint scribbles and train it, or load a classifier.")
 
-    def predict_plane(self, plane: np.ndarray, *, use_cache: bool = True, stride: int = 1, progress=None):
+    @property
+    def n_stages(self) -> int:
+        """Stages of the fitted model (``len(stage_classifiers_)``; 1 without auto-context)."""
+        self._check_fitted()
+        return len(self._stages())
+
+    def stages_used(self, stride: int = 1) -> int:
+        """How many stages a prediction uses: all of them, except the stride > 1 preview of
+        :meth:`predict_plane` (live mode's coarse first overlay), which is stage 1 only (its
+        "fast form"). :meth:`predict_rows` always uses every stage (exact, with a halo)."""
+        return 1 if stride > 1 else self.n_stages
+
+    def _stages(self) -> list:
+        return getattr(self, "stage_classifiers_", None) or [self.classifier_]
+
+    def _check_plane(self, plane) -> int:
+        nc = 1 if plane.ndim == 2 else plane.shape[-1]
+        if nc != self.n_channels_:
+            raise VitsegError(
+                f"The classifier was trained on images with {self.n_channels_} channel(s); this one has {nc}. "
+                "Set the channel axis (channel_axis, CLI --channel-axis) to match the training image."
+            )
+        check_finite(plane, "image")
+        return nc
+
+    def _predict_stage(self, clf, plane: np.ndarray, prev: np.ndarray | None, classes: np.ndarray,
+                       feats: np.ndarray | None = None, coarse: bool | None = None) -> np.ndarray:
+        """Probabilities (K, Y, X) over ``classes`` of one stage model on a whole plane, in row bands.
+
+        ``prev`` are the previous stage's probabilities of the plane (context features are made
+        from them), ``None`` for stage 1; ``feats`` the plane's features when already at hand.
+        Coarse-to-fine (:attr:`prediction_mode`) when ``coarse``.
+        """
+        if coarse is None:
+            coarse = self.prediction_mode == "coarse-to-fine"
+        if coarse:
+            return self._predict_stage_coarse(clf, plane, prev, classes, feats)
+        nc = 1 if plane.ndim == 2 else plane.shape[-1]
+        ny, nx = plane.shape[:2]
+        k = len(classes)
+        nf = self.featurizer.n_features(nc)
+        out = np.empty((k, ny, nx), dtype=np.float32)
+        if feats is not None:
+            bands = [(0, ny)]
+        else:
+            digest = content_digest(plane)
+            step = self.featurizer.strip_rows(plane.shape, nc)
+            bands = [(y, min(ny, y + step)) for y in range(0, ny, step)]
+        rows_per_chunk = max(1, (1 << 22) // max(nx, 1))  # ~4M pixels per predict call
+        for y0, y1 in bands:
+            fb = feats[y0:y1] if feats is not None else self.featurizer.compute(plane, rows=(y0, y1), key=digest)
+            for r0 in range(0, y1 - y0, rows_per_chunk):
+                r1 = min(y1 - y0, r0 + rows_per_chunk)
+                Xb = fb[r0:r1].reshape(-1, nf)
+                if prev is not None:
+                    ctx = context_features(prev, rows=(y0 + r0, y0 + r1))
+                    Xb = np.concatenate([Xb, ctx.reshape(Xb.shape[0], -1)], axis=1)
+                p = expand_proba(clf.predict_proba(Xb), clf.classes_, classes)
+                out[:, y0 + r0:y0 + r1] = p.T.reshape(k, r1 - r0, nx)
+        return out
+
+    def _predict_stage_coarse(self, clf, plane: np.ndarray, prev: np.ndarray | None, classes: np.ndarray,
+                              feats: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`_predict_stage` by coarse-to-fine prediction: each band and chunk of rows is
+        widened by the rows its coarse cells' neighbours need (:func:`coarse_rows_needed`, a
+        few rows), so the result equals the whole plane's coarse-to-fine prediction."""
+        ny, nx = plane.shape[:2]
+        out = np.empty((len(classes), ny, nx), dtype=np.float32)
+        proba = _stage_proba(clf, classes)
+        if feats is not None:
+            bands = [(0, ny)]
+        else:
+            nc = 1 if plane.ndim == 2 else plane.shape[-1]
+            digest = content_digest(plane)
+            step = self.featurizer.strip_rows(plane.shape, nc)
+            bands = [(y, min(ny, y + step)) for y in range(0, ny, step)]
+        rows_per_chunk = max(1, (1 << 22) // max(nx, 1))  # ~4M pixels per chunk
+        for y0, y1 in bands:
+            if feats is not None:
+                fb, off = feats, 0
+            else:
+                off, e1 = coarse_rows_needed((y0, y1), ny)
+                fb = self.featurizer.compute(plane, rows=(off, e1), key=digest)
+            for a in range(y0, y1, rows_per_chunk):
+                b = min(y1, a + rows_per_chunk)
+                f0, f1 = coarse_rows_needed((a, b), ny)
+                X = fb[f0 - off:f1 - off]
+                if prev is not None:
+                    X = np.concatenate([X, context_features(prev, rows=(f0, f1))], axis=-1)
+                out[:, a:b] = coarse_to_fine_rows(proba, X, offset=f0, n_rows=ny, rows=(a, b))
+        return out
+
+    def predict_plane(self, plane: np.ndarray, *, use_cache: bool = True, stride: int = 1, progress=None,
+                      stages: int | None = None):
         """Probabilities of one plane.
 
         Parameters
@@ -472,52 +754,53 @@ class Segmenter:
         stride : int
             Predict only every ``stride``-th pixel along rows and columns (a fast preview for
             live mode; features are still computed, or taken from the cache, at full resolution).
+            The preview uses stage 1 only (:meth:`stages_used`).
+        stages : int, optional
+            Use only the first ``stages`` stages of an auto-context model (default: all).
 
         Returns
         -------
         ndarray, (K, ceil(Y / stride), ceil(X / stride)) float32
+
+        Notes
+        -----
+        With auto-context, stage 1 runs over the whole plane (in row bands), then each further
+        stage in bands with context features from the previous stage's whole-plane
+        probabilities (K planes held in memory). Without the cache, the plane's features are
+        computed once and kept for all stages when they take at most 1 GiB, else again per
+        stage in bands.
         """
         self._check_fitted()
-        nc = 1 if plane.ndim == 2 else plane.shape[-1]
-        if nc != self.n_channels_:
-            raise VitsegError(
-                f"The classifier was trained on images with {self.n_channels_} channel(s); this one has {nc}. "
-                "Set the channel axis (channel_axis, CLI --channel-axis) to match the training image."
-            )
-        check_finite(plane, "image")
+        nc = self._check_plane(plane)
+        chain = self._stages()
+        n = len(chain) if stages is None else max(1, min(int(stages), len(chain)))
+        k = len(self.classes_)
         if stride > 1:
             feats = self.plane_features(plane, progress=progress)[::stride, ::stride]
-            k = len(self.classes_)
-            p = self.classifier_.predict_proba(feats.reshape(-1, feats.shape[-1]))
+            p = chain[0].predict_proba(feats.reshape(-1, feats.shape[-1]))
             return np.ascontiguousarray(p.T.reshape(k, *feats.shape[:2]))
         ny, nx = plane.shape[:2]
-        k = len(self.classes_)
-        out = np.empty((k, ny, nx), dtype=np.float32)
         nf = self.featurizer.n_features(nc)
         digest = content_digest(plane)
-        cached = None
+        feats = None
         if use_cache and ny * nx * nf * 4 <= self.cache.max_bytes:  # one lookup, computed on a miss
-            cached = self.plane_features(plane, digest=digest, progress=progress)
-        if cached is not None:
-            bands = [(0, ny)]
-        else:
-            step = self.featurizer.strip_rows(plane.shape, nc)
-            bands = [(y, min(ny, y + step)) for y in range(0, ny, step)]
-        rows_per_chunk = max(1, (1 << 22) // max(nx, 1))  # ~4M pixels per predict call
-        for y0, y1 in bands:
-            feats = cached if cached is not None else self.featurizer.compute(plane, rows=(y0, y1), key=digest)
-            for r0 in range(0, y1 - y0, rows_per_chunk):
-                r1 = min(y1 - y0, r0 + rows_per_chunk)
-                p = self.classifier_.predict_proba(feats[r0:r1].reshape(-1, nf))
-                out[:, y0 + r0:y0 + r1] = p.T.reshape(k, r1 - r0, nx)
-        return out
+            feats = self.plane_features(plane, digest=digest, progress=progress)
+        elif n > 1 and ny * nx * nf * 4 <= min(self.cache.max_bytes, 2**30):
+            feats = self.featurizer.compute(plane, key=digest)
+        p = None
+        for clf in chain[:n]:
+            p = self._predict_stage(clf, plane, p, self.classes_, feats)
+        return p
 
     def predict_rows(self, plane: np.ndarray, rows: tuple[int, int], *, digest: str | None = None,
-                     use_cache: bool = True) -> np.ndarray:
+                     use_cache: bool = True, stages: int | None = None) -> np.ndarray:
         """Probabilities of the rows ``[y0, y1)`` of a plane (e.g. the part visible in a viewer).
 
         The band's features (with the halo the featurizer takes from the plane, so they equal
-        the whole plane's) are cached under the plane's digest and the band.
+        the whole plane's) are cached under the plane's digest and the band. With auto-context
+        every stage is used and the result equals :meth:`predict_plane`'s rows (up to float32
+        rounding): stage 1 is predicted over ``(stages - 1) * context_halo()`` (64) more rows
+        on each side, and each later stage over 64 rows fewer.
 
         Parameters
         ----------
@@ -527,6 +810,8 @@ class Segmenter:
         digest : str, optional
             Content hash of the plane (computed when omitted).
         use_cache : bool
+        stages : int, optional
+            Use only the first ``stages`` stages (default: all).
 
         Returns
         -------
@@ -537,16 +822,48 @@ class Segmenter:
         if nc != self.n_channels_:
             return self.predict_plane(plane)  # raises the channel-count message
         check_finite(plane, "image")
+        chain = self._stages()
+        n = len(chain) if stages is None else max(1, min(int(stages), len(chain)))
+        ny, nx = plane.shape[:2]
         y0, y1 = (int(r) for r in rows)
+        halo = context_halo() if n > 1 else 0
+        e0, e1 = max(0, y0 - (n - 1) * halo), min(ny, y1 + (n - 1) * halo)
+        coarse = self.prediction_mode == "coarse-to-fine"
+        if coarse:  # rows of each stage: the next one's coarse neighbourhood, plus the context halo
+            spans = [(y0, y1)]
+            for _ in range(n - 1):
+                f0, f1 = coarse_rows_needed(spans[0], ny)
+                spans.insert(0, (max(0, f0 - halo), min(ny, f1 + halo)))
+            e0, e1 = coarse_rows_needed(spans[0], ny)
         digest = digest or content_digest(plane)
-        key = (("rows", digest, y0, y1), self.featurizer.state_key)
+        key = (("rows", digest, e0, e1), self.featurizer.state_key)
         feats = self.cache.get(key) if use_cache else None
         if feats is None:
-            feats = self.featurizer.compute(plane, rows=(y0, y1), key=digest)
+            feats = self.featurizer.compute(plane, rows=(e0, e1), key=digest)
             if use_cache:
                 self.cache.put(key, feats)
-        p = self.classifier_.predict_proba(feats.reshape(-1, feats.shape[-1]))
-        return np.ascontiguousarray(p.T.reshape(len(self.classes_), y1 - y0, plane.shape[1]), dtype=np.float32)
+        nf = feats.shape[-1]
+        k = len(self.classes_)
+        if coarse:
+            p, a = None, e0
+            for s, clf in enumerate(chain[:n]):
+                f0, f1 = coarse_rows_needed(spans[s], ny)
+                X = feats[f0 - e0:f1 - e0]
+                if p is not None:
+                    X = np.concatenate([X, context_features(p, rows=(f0 - a, f1 - a))], axis=-1)
+                p = coarse_to_fine_rows(_stage_proba(clf, self.classes_), X, offset=f0, n_rows=ny, rows=spans[s])
+                a = spans[s][0]
+            return p
+        p, a = None, e0  # p: the previous stage's probabilities of rows [a, a + p.shape[1])
+        for s, clf in enumerate(chain[:n]):
+            o0, o1 = max(0, y0 - (n - 1 - s) * halo), min(ny, y1 + (n - 1 - s) * halo)
+            Xb = feats[o0 - e0:o1 - e0].reshape(-1, nf)
+            if p is not None:
+                ctx = context_features(p, rows=(o0 - a, o1 - a))
+                Xb = np.concatenate([Xb, ctx.reshape(Xb.shape[0], -1)], axis=1)
+            q = clf.predict_proba(Xb)
+            p, a = np.ascontiguousarray(q.T.reshape(k, o1 - o0, nx), dtype=np.float32), o0
+        return p
 
     def labels_from_proba(self, proba: np.ndarray) -> np.ndarray:
         """Class ids (uint8) from probabilities (K, ...) in ``classes_`` order."""
@@ -649,7 +966,13 @@ class Segmenter:
 
     @classmethod
     def load(cls, path, **kwargs) -> Segmenter:
-        """Load a classifier file; see :func:`napari_vitseg.pipeline._persist.load_segmenter`."""
+        """Load a classifier file; see :func:`napari_vitseg.pipeline._persist.load_segmenter`.
+
+        ``prediction`` (keyword) sets :attr:`prediction` of the loaded segmenter (it is not in the file).
+        """
         from ._persist import load_segmenter
 
-        return load_segmenter(path, **kwargs)
+        prediction = kwargs.pop("prediction", None)
+        seg = load_segmenter(path, **kwargs)
+        seg.prediction = prediction
+        return seg

@@ -163,6 +163,156 @@ def test_xgboost_feature_count_mismatch_is_refused(xgb_file, tmp_path):
         load_classifier_file(_with_meta(xgb_file, tmp_path / "x.vitseg", change))
 
 
+# -- XGBoost models: bounded UBJSON decoding and tree checks before XGBoost sees the bytes ---------
+RELEASE_XGB = Path(__file__).resolve().parents[1] / "data" / "v0.1.0_xgb.vitseg"
+
+
+def _plain(x):
+    """Decoded UBJSON / parsed JSON as plain Python with float32-rounded floats (to compare)."""
+    if isinstance(x, np.ndarray):
+        return [_plain(v) for v in x.tolist()]
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    return float(np.float32(x)) if isinstance(x, float) else x
+
+
+@pytest.mark.parametrize("source", ["release", "new"])
+def test_ubjson_decoder_reads_what_xgboost_writes(xgb_file, source):
+    import xgboost as xgb
+
+    from napari_vitseg.classifiers._ubjson import decode
+
+    blob = _members(RELEASE_XGB if source == "release" else xgb_file)["model.ubj"]
+    booster = xgb.Booster()
+    booster.load_model(bytearray(blob))
+    assert _plain(decode(blob)) == _plain(json.loads(booster.save_raw("json")))
+
+
+def test_release_xgboost_file_loads_the_exact_model():
+    """The 0.1.0 XGBoost file passes the new checks and its booster is the file's, byte for byte."""
+    import xgboost as xgb
+
+    est, _, _ = load_classifier_file(RELEASE_XGB)
+    raw = xgb.Booster()
+    raw.load_model(bytearray(_members(RELEASE_XGB)["model.ubj"]))
+    assert bytes(est.booster_.save_raw("ubj")) == bytes(raw.save_raw("ubj"))
+    x = np.random.default_rng(0).normal(0, 50, (2000, est.n_features_in_)).astype(np.float32)
+    np.testing.assert_array_equal(est.booster_.predict(xgb.DMatrix(x)), raw.predict(xgb.DMatrix(x)))
+
+
+@pytest.mark.parametrize("blob, match", [
+    (b"", "no data"),
+    (b"{L\x00\x00\x00\x00\x10\x00\x00\x00", "larger than"),  # a key of 256 MiB declared in 10 bytes
+    (b"SL\x7f\xff\xff\xff\xff\xff\xff\xff", "larger than"),  # a string of 2**63 - 1 bytes
+    (b"SL\xff\xff\xff\xff\xff\xff\xff\xff", "larger than"),  # a negative length
+    (b"[$d#L\x00\x00\x00\x00\x00\x00\x00\x05" + b"\x00" * 8, "runs past the end"),  # 5 float32 in 8 bytes
+    (b"[$Z#L\x00\x00\x00\x00\x7f\x00\x00\x00", "container of type"),  # zero-byte elements: a count bomb
+    (b"[#L\x00\x00\x00\x00\x10\x00\x00\x00", "larger than"),
+    (b"[" * 40 + b"]" * 40, "nesting deeper"),
+    (b"{i\x01ai\x01i\x01ai\x02}", "duplicate key"),
+    (b"i\x01i\x02", "trailing"),
+    (b"N", "unexpected marker"),
+    (b"H", "unexpected marker"),
+    (b"Si\x02\xff\xfe", "UTF-8"),
+    (b"{i\x01a", "runs past the end"),
+])
+def test_ubjson_decoder_refuses_malformed_and_over_declared_input(blob, match):
+    from napari_vitseg.classifiers._ubjson import UBJSONError, decode
+
+    with pytest.raises(UBJSONError, match=match):
+        decode(blob)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=256), prefix=st.sampled_from([b"", b"{", b"[", b"[$l#", b"{L", b"SL", b"[#i"]))
+def test_fuzz_ubjson_decoder(data, prefix):
+    """Random bytes: decoded (bounded by their length) or UBJSONError, nothing else."""
+    from napari_vitseg.classifiers._ubjson import UBJSONError, decode
+
+    try:
+        decode(prefix + data)
+    except UBJSONError as e:
+        assert str(e)
+
+
+def _xgb_doc(path):
+    from napari_vitseg.classifiers._ubjson import decode
+
+    doc = _plain(decode(_members(path)["model.ubj"]))
+    model = doc["learner"]["gradient_booster"]["model"]
+    return doc, model, model["trees"][0]
+
+
+def _set(key, value):
+    return lambda doc, model, tree: tree.__setitem__(key, value) if key in tree else model.__setitem__(key, value)
+
+
+def _set_at(key, i, value):
+    return lambda doc, model, tree: tree[key].__setitem__(i if i >= 0 else tree["left_children"].index(-1), value)
+
+
+@pytest.mark.parametrize("change, match", [
+    (_set_at("left_children", 0, 10**5), "child"),
+    (_set_at("right_children", 0, 0), "child"),  # back to the root: a cycle
+    (lambda d, m, t: t["right_children"].__setitem__(0, t["left_children"][0]), "child"),  # a shared node
+    (_set_at("left_children", 0, -5), "child"),
+    (lambda d, m, t: t["right_children"].__setitem__(t["left_children"].index(-1), 1), "child"),  # half a leaf
+    (_set_at("split_indices", 0, 10**6), "features outside"),
+    (_set_at("split_indices", 0, -1), "features outside"),
+    (_set_at("split_conditions", 0, float("inf")), "non-finite"),
+    (_set_at("split_conditions", -1, float("nan")), "non-finite"),
+    (_set_at("base_weights", 0, float("nan")), "non-finite"),
+    (_set_at("split_type", 0, 1), "categorical"),
+    (_set_at("default_left", 0, 7), "flags"),
+    (_set_at("parents", 1, 5), "parent"),
+    (lambda d, m, t: t.__setitem__("left_children", t["left_children"][:-1]), "wrong length"),
+    (lambda d, m, t: t["tree_param"].__setitem__("num_nodes", "100000"), "wrong length"),
+    (lambda d, m, t: t["tree_param"].__setitem__("num_nodes", "-3"), "node count"),
+    (lambda d, m, t: t["tree_param"].__setitem__("num_feature", "99"), "features"),
+    (lambda d, m, t: t["tree_param"].__setitem__("size_leaf_vector", "2"), "vector leaves"),
+    (lambda d, m, t: m["tree_info"].__setitem__(0, 5), "one tree per round"),
+    (lambda d, m, t: m["tree_info"].__setitem__(0, -1), "one tree per round"),
+    (lambda d, m, t: m.__setitem__("trees", m["trees"][:-1]), "trees"),
+    (lambda d, m, t: m["gbtree_model_param"].__setitem__("num_trees", "1000000"), "trees"),
+    (lambda d, m, t: m.__setitem__("iteration_indptr", [0, 5]), "iteration_indptr"),
+    (lambda d, m, t: d["learner"]["gradient_booster"].__setitem__("name", "gblinear"), "gbtree"),
+    (lambda d, m, t: d["learner"]["learner_model_param"].__setitem__("num_feature", "99"), "features"),
+    (lambda d, m, t: d["learner"]["learner_model_param"].__setitem__("num_class", "5"), "classes"),
+    (lambda d, m, t: d["learner"]["learner_model_param"].__setitem__("num_target", "2"), "targets"),
+    (lambda d, m, t: d["learner"].pop("gradient_booster"), "lacks"),
+    (lambda d, m, t: m.__setitem__("trees", [5] * len(m["trees"])), "not a tree"),
+])
+def test_xgboost_trees_are_checked(xgb_file, tmp_path, change, match):
+    """Every tree of an XGBoost model is checked before XGBoost loads it (its predict trusts child,
+    feature and class-group indices: out of range they crash the process)."""
+    from napari_vitseg.classifiers._file import _check_xgboost_model
+
+    meta = read_metadata(xgb_file)
+    n_features, n_classes = meta["classifier"]["n_features_in"], len(meta["classifier"]["classes"])
+    doc, model, tree = _xgb_doc(xgb_file)
+    _check_xgboost_model(doc, n_features, n_classes, xgb_file)  # the unchanged model passes
+    change(doc, model, tree)
+    with pytest.raises(VitsegError, match=match):
+        _check_xgboost_model(doc, n_features, n_classes, xgb_file)
+
+
+def test_damaged_deflate_stream_is_a_clear_error(rf_file, tmp_path):
+    """A member whose deflate stream is damaged (zlib.error inside zipfile) ends in VitsegError."""
+    data = bytearray(rf_file.read_bytes())
+    with zipfile.ZipFile(rf_file) as zf:
+        info = zf.getinfo("model.skops")
+    start = info.header_offset + 30 + len(info.filename.encode()) + int.from_bytes(
+        data[info.header_offset + 28:info.header_offset + 30], "little")
+    data[start:start + 16] = b"\xff" * 16
+    bad = tmp_path / "deflate.vitseg"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(VitsegError, match="damaged") as info:
+        load_classifier_file(bad)
+    assert str(bad) in str(info.value)
+
+
 # -- size bombs -------------------------------------------------------------------------------
 def _npz_header_bomb() -> bytes:
     """An arrays.npz whose .npy declares a (30000, 25000) float64 array (6 GB) with no data."""

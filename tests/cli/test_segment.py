@@ -55,7 +55,7 @@ def test_random_weight_vit_changes_classifier_input(tmp_path, capsys):
     main(["info", str(tmp_path / "v.vitseg")])
     meta = json.loads(capsys.readouterr().out)
     assert meta["backbone"] == {"name": "dinov2_vits14_reg", "weights_sha256": "random", "pretrained": False}
-    assert meta["classifier"]["n_features_in"] == 16 + 384  # intensity + 7 x 2 sigmas + 1 DoG
+    assert meta["classifier"]["n_features_in"] == 19 + 384  # intensity + 7 x 2 sigmas + 1 DoG + 3 bilateral
     assert sum(n.startswith("dinov2_vits14_reg_") for n in meta["feature_names"]) == 384
     # the forest actually uses ViT channels
     from napari_vitseg.backbones import create_backbone
@@ -377,3 +377,25 @@ def test_a_truncated_tiff_gives_exactly_one_line_in_a_real_process(tmp_path):
     assert proc.stderr.splitlines() == [ln for ln in proc.stderr.splitlines() if ln.startswith("vitseg: error: ")]
     assert len(proc.stderr.splitlines()) == 1 and "cut.tif" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "m.vitseg"]
+
+
+def test_train_with_autocontext_stages_saves_every_stage(tmp_path, capsys):
+    """`vitseg train --autocontext-stages 2` stores both stages; `apply` equals the API's prediction."""
+    from napari_vitseg.pipeline import Segmenter
+
+    image = tifffile.imread(NANO / "image.tif")[:200, :200]
+    scribbles = tifffile.imread(NANO / "scribbles.tif")[:200, :200]
+    assert set(np.unique(scribbles)) >= {1, 2}
+    img_path, scr_path, model = tmp_path / "img.tif", tmp_path / "scr.tif", tmp_path / "m.vitseg"
+    tifffile.imwrite(img_path, image)
+    tifffile.imwrite(scr_path, scribbles)
+    assert main(["train", str(img_path), "--scribbles", str(scr_path), "-o", str(model), "--backbone", "none",
+                 "--n-estimators", "10", "--autocontext-stages", "2", "--quiet"]) == 0
+    seg = Segmenter.load(model)
+    assert seg.autocontext_stages == 2 and seg.n_stages == 2
+    out = tmp_path / "seg.tif"
+    assert main(["apply", str(model), str(img_path), "-o", str(out), "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out), seg.predict(image))
+    assert main(["train", str(img_path), "--scribbles", str(scr_path), "-o", str(tmp_path / "x.vitseg"),
+                 "--backbone", "none", "--autocontext-stages", "0", "--quiet"]) == 2
+    assert "autocontext_stages" in capsys.readouterr().err and not (tmp_path / "x.vitseg").exists()

@@ -1,0 +1,374 @@
+"""Benchmark: apply (featurise + predict) throughput of each inference engine.
+
+Run ``python benchmarks/bench_apply.py [--quick] [--kinds rf xgb] [--engines sklearn compiled]
+[--predictions exact coarse-to-fine]``.
+
+What is measured, end to end through the real :class:`~napari_vitseg.pipeline.Segmenter`
+(``predict_plane(plane, use_cache=False)``: the row-strip batch path ``vitseg apply`` uses;
+classical features with their defaults, the default classifier of each kind):
+
+- a 1024^2 plane, a 2048^2 plane, and a stack of 1024^2 planes (200; ``--quick``: 8), all cut
+  from the real TEM nanoparticle image (``shared/data/tem_nanoparticles``, 518^2, mirrored
+  to size; the stack's planes are shifted / flipped copies, so no two are equal);
+- the classifier is trained once on that image's real scribbles (seeded) and saved; every
+  engine's subprocess loads that file, as ``vitseg apply`` does;
+- each (classifier kind, engine, prediction) runs in its own subprocess, so that its peak RSS
+  (``ru_maxrss``) is its own; the engine's one-off cost (compiling the forest, then kept in a
+  per-user cache) is timed separately and reported, not counted in Mpx/s;
+- throughput = pixels / wall seconds; CPU seconds (user + sys of all threads) are reported
+  too, as wall time on a shared machine depends on the other processes;
+- prediction: ``exact`` (every pixel) or ``coarse-to-fine`` (the Segmenter's default: a
+  stride-2 grid, then only pixels near label boundaries or uncertain ones;
+  ``napari_vitseg.pipeline._coarse``), set with ``Segmenter.load(..., prediction=...)``;
+- labels of every row are compared with the ``'sklearn'`` engine (the library's own
+  predictor: scikit-learn ``predict_proba`` for the forest, XGBoost ``inplace_predict``) with
+  ``exact`` prediction of the same kind in the same run: agreement (fraction of equal labels)
+  and mIoU;
+- the ratio columns are Mpx/s (wall, and per CPU-second) / those of sklearn + exact of the same
+  kind, same run (> 1: faster).
+
+ISB (tldr-group/interactive-seg-backend) is not on PyPI and cannot be installed here, so it
+is not in the run (the script says so in its output).
+
+``--predict-only`` times the predict step alone on the 1024^2 plane's real features for every
+candidate engine, including the ones not wired in (Treelite GTIL, ONNX Runtime TreeEnsemble
+via skl2onnx), with build / compile time, agreement and max |probability difference|.
+
+``--coarse`` measures coarse-to-fine prediction (``napari_vitseg.pipeline._coarse``) on whole
+planes against the exact prediction on every shared set with ground truth: fraction of pixels
+classified, label agreement, worst per-class IoU vs exact, mIoU vs ground truth.
+
+Results go to ``benchmarks/results/bench_apply_<timestamp>.json`` (``bench_apply_predict_*``
+for ``--predict-only``, ``bench_apply_coarse_*`` for ``--coarse``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("VITSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+SET = DATA / "tem_nanoparticles"
+
+
+def plane(size: int, i: int = 0) -> np.ndarray:
+    import tifffile
+
+    img = tifffile.imread(SET / "image.tif")
+    reps = -(-size // img.shape[0]) + 1
+    big = np.pad(img, ((0, img.shape[0] * reps), (0, img.shape[1] * reps)), mode="symmetric")
+    y0, x0 = (37 * i) % img.shape[0], (53 * i) % img.shape[1]
+    out = big[y0:y0 + size, x0:x0 + size]
+    if i % 2:
+        out = out[::-1]
+    if i % 4 >= 2:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def worker(kind: str, method: str, cases: list, out_dir: Path) -> dict:
+    """Load the classifier, warm the engine up, apply every case; save labels to ``out_dir``.
+    ``method`` is ``'<engine>.<prediction>'``."""
+    from napari_vitseg.classifiers._engines import engine_info, model_hash
+    from napari_vitseg.pipeline import Segmenter
+
+    engine, prediction = method.split(".", 1)
+    # trained once by the parent: one model for all engines and prediction settings
+    seg = Segmenter.load(out_dir / f"{kind}.vitseg", prediction=prediction)
+    clf = seg.classifier_.set_engine(engine)
+    forest = getattr(clf, "estimator_", None)
+    info = {"kind": kind, "engine": engine, "prediction": seg.prediction_mode, "model_sha256": model_hash(clf)}
+    if forest is not None:
+        info["trees"] = len(forest.estimators_)
+        info["max_depth"] = int(max(t.tree_.max_depth for t in forest.estimators_))
+        info["leaves"] = int(sum(t.tree_.n_leaves for t in forest.estimators_))
+    t0 = time.perf_counter()
+    seg.predict_plane(plane(256), use_cache=False)  # builds (or loads) a compiled forest
+    info["warmup_s"] = round(time.perf_counter() - t0, 2)
+    info["engine_used"] = engine_info(clf)["used"]
+    info["engine_reason"] = engine_info(clf)["reason"]
+    rows = []
+    for name, size, n in cases:
+        planes = [plane(size, i) for i in range(n)] if n <= 8 else None
+        labels = np.lib.format.open_memmap(out_dir / f"{kind}_{method}_{name}.npy", mode="w+", dtype=np.uint8,
+                                           shape=(n, size, size))
+        w0, c0 = time.perf_counter(), cpu_s()
+        for i in range(n):
+            p = planes[i] if planes is not None else plane(size, i)
+            labels[i] = seg.labels_from_proba(seg.predict_plane(p, use_cache=False))
+        wall, cpu = time.perf_counter() - w0, cpu_s() - c0
+        labels.flush()
+        mpx = n * size * size / 1e6
+        rows.append({"case": name, "size": size, "planes": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                     "mpx_per_s": round(mpx / wall, 3), "mpx_per_cpu_s": round(mpx / cpu, 3)})
+        print(f"  {kind:4s} {engine:9s} {prediction:14s} {name:12s} {mpx / wall:6.2f} Mpx/s", file=sys.stderr,
+              flush=True)
+    info["engine_used_after"] = engine_info(clf)["used"]
+    info["rows"] = rows
+    info["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return info
+
+
+def _predict_only_kind(kind: str, rows: int, img: np.ndarray, scr: np.ndarray) -> list[dict]:
+    from napari_vitseg.pipeline import Segmenter
+
+    seg = Segmenter(classifier=kind).fit(img, scr)
+    feats = seg.featurizer.compute(plane(1024))
+    X = np.ascontiguousarray(feats.reshape(-1, feats.shape[-1])[:rows])
+    clf = seg.classifier_
+    ncores = len(os.sched_getaffinity(0))
+
+    def timed(fn):
+        fn(X[:1000])
+        w0, c0 = time.perf_counter(), cpu_s()
+        p = fn(X)
+        return time.perf_counter() - w0, cpu_s() - c0, np.asarray(p, dtype=np.float64).reshape(len(X), -1)
+
+    wall, cpu, ref = timed(lambda x: clf.set_engine("sklearn").predict_proba(x))
+    cands = {}
+    try:
+        import tl2cgen
+        import treelite
+        import treelite.frontend
+        import treelite.gtil
+        import treelite.sklearn
+
+        model = (treelite.sklearn.import_model(clf.estimator_) if kind == "rf"
+                 else treelite.frontend.from_xgboost(clf.booster_))
+        cands["treelite GTIL"] = (0.0, lambda x: treelite.gtil.predict(model, x, nthread=ncores))
+        lib = Path(tempfile.mkdtemp()) / "forest.so"
+        t0 = time.perf_counter()
+        tl2cgen.export_lib(model, toolchain="gcc", libpath=str(lib), params={"parallel_comp": 2 * ncores},
+                           nthread=ncores)
+        build = time.perf_counter() - t0
+        pred = tl2cgen.Predictor(str(lib), nthread=ncores)
+        cands["tl2cgen compiled"] = (build, lambda x: pred.predict(tl2cgen.DMatrix(x, dtype="float32")))
+    except ImportError as e:
+        print(f"treelite / tl2cgen not installed ({e}); skipped", file=sys.stderr)
+    if kind == "rf":
+        try:
+            import onnxruntime as ort
+            from skl2onnx import to_onnx
+
+            t0 = time.perf_counter()
+            onx = to_onnx(clf.estimator_, X[:1], options={id(clf.estimator_): {"zipmap": False}},
+                          target_opset={"": 17, "ai.onnx.ml": 3})
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = ncores, 1
+            sess = ort.InferenceSession(onx.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            build = time.perf_counter() - t0
+            name_in = sess.get_inputs()[0].name
+            cands["onnxruntime"] = (build, lambda x: sess.run(["probabilities"], {name_in: x})[0])
+        except ImportError as e:
+            print(f"onnxruntime / skl2onnx not installed ({e}); skipped", file=sys.stderr)
+    rows_out = [{"kind": kind, "engine": "library (sklearn / xgboost)", "rows": len(X), "wall_s": wall,
+                 "cpu_s": cpu, "build_s": 0.0, "agreement": 1.0, "max_abs_diff": 0.0}]
+    for name, (build, fn) in cands.items():
+        w, c, p = timed(fn)
+        if p.shape[1] == 1:
+            p = np.concatenate([1 - p, p], axis=1)
+        rows_out.append({"kind": kind, "engine": name, "rows": len(X), "wall_s": w, "cpu_s": c, "build_s": build,
+                         "agreement": float(np.mean(p.argmax(1) == ref.argmax(1))),
+                         "max_abs_diff": float(np.abs(p - ref).max())})
+    forest = getattr(clf, "estimator_", None)
+    if forest is not None:
+        print(f"rf forest: {len(forest.estimators_)} trees, max depth "
+              f"{max(t.tree_.max_depth for t in forest.estimators_)}, "
+              f"{sum(t.tree_.n_leaves for t in forest.estimators_)} leaves")
+    return rows_out
+
+
+def predict_only(rows: int) -> list[dict]:
+    """Predict step alone on real features (the 1024^2 plane): every candidate engine, all cores.
+
+    Candidates: the library's predictor, Treelite GTIL, TL2cgen-compiled (compile time
+    reported), ONNX Runtime's TreeEnsemble via skl2onnx (random forest only). Each is timed
+    once after a warm-up; wall and CPU seconds; label agreement and max |dp| against the library.
+    """
+    import tifffile
+
+
+    img, scr = tifffile.imread(SET / "image.tif"), tifffile.imread(SET / "scribbles.tif")
+    out = []
+    for kind in ("rf", "xgb"):
+        out += _predict_only_kind(kind, rows, img, scr)
+    print(f"\npredict only ({rows} rows of real features, {len(os.sched_getaffinity(0))} threads)")
+    print(f"{'kind':4s} {'engine':28s} {'Mpx/s':>7s} {'Mpx/cpu-s':>9s} {'build s':>8s} {'agree':>8s} {'max|dp|':>8s}")
+    for r in out:
+        r["mpx_per_s"] = r["rows"] / r["wall_s"] / 1e6
+        r["mpx_per_cpu_s"] = r["rows"] / r["cpu_s"] / 1e6
+        print(f"{r['kind']:4s} {r['engine']:28s} {r['mpx_per_s']:7.2f} {r['mpx_per_cpu_s']:9.2f} {r['build_s']:8.1f} "
+              f"{r['agreement']:8.5f} {r['max_abs_diff']:8.1e}")
+    return out
+
+
+GT_SETS = {"tem_nanoparticles": None, "flyem_medulla_fibsem": None, "bbbc039_u2os_nuclei": None,
+           "sandstone_xrm": None, "dsb2018_histology": -1}
+
+
+def coarse(halos=(0, 1), margin: float = 0.2) -> dict:
+    """Coarse-to-fine vs exact on every plane of every shared set with ground truth."""
+    import tifffile
+
+    from napari_vitseg.pipeline import Segmenter
+    from napari_vitseg.pipeline._coarse import coarse_to_fine_proba
+
+    out = {}
+    print(f"\ncoarse-to-fine (margin {margin}) vs exact, default random forest")
+    print(f"{'set':22s} {'halo':>4s} {'classified':>10s} {'agreement':>9s} {'worst IoU':>9s} {'mIoU exact':>10s} "
+          f"{'mIoU c2f':>8s}")
+    for name, cax in GT_SETS.items():
+        d = DATA / name
+        img, scr = tifffile.imread(d / "image.tif"), tifffile.imread(d / "scribbles.tif")
+        gt = tifffile.imread(d / "ground_truth.tif")
+        seg = Segmenter().fit(img, scr, channel_axis=cax)
+        clf = seg.classifier_.set_engine("sklearn")
+        cls = seg.classes_.astype(np.uint8)
+        planes = [img] if (img.ndim == 2 or cax is not None) else list(img)
+        feats = [seg.plane_features(p) for p in planes]
+        exact = np.stack([cls[clf.predict_proba(f.reshape(-1, f.shape[-1])).argmax(1)].reshape(f.shape[:2])
+                          for f in feats])
+        gt = gt.reshape(exact.shape)
+        ks = np.unique(gt)
+        for halo in halos:
+            labs, fracs = [], []
+            for f in feats:
+                p, frac = coarse_to_fine_proba(clf.predict_proba, f, margin=margin, halo=halo, return_fraction=True)
+                labs.append(cls[p.argmax(0)])
+                fracs.append(frac)
+            c2f = np.stack(labs)
+            ious = [_iou(c2f, exact, k) for k in ks]
+            row = {"classified": float(np.mean(fracs)), "agreement": float(np.mean(c2f == exact)),
+                   "worst_class_iou_vs_exact": float(min(ious)),
+                   "miou_exact_vs_gt": float(np.mean([_iou(exact, gt, k) for k in ks])),
+                   "miou_c2f_vs_gt": float(np.mean([_iou(c2f, gt, k) for k in ks]))}
+            out[f"{name}/halo{halo}"] = row
+            print(f"{name:22s} {halo:4d} {row['classified']:10.3f} {row['agreement']:9.5f} "
+                  f"{row['worst_class_iou_vs_exact']:9.4f} {row['miou_exact_vs_gt']:10.4f} {row['miou_c2f_vs_gt']:8.4f}")
+    return out
+
+
+def _iou(a, b, c) -> float:
+    union = np.count_nonzero((a == c) | (b == c))
+    return np.count_nonzero((a == c) & (b == c)) / union if union else 1.0
+
+
+def miou(a: np.ndarray, b: np.ndarray) -> float:
+    ious = []
+    for c in np.union1d(np.unique(a), np.unique(b)):
+        inter = np.count_nonzero((a == c) & (b == c))
+        union = np.count_nonzero((a == c) | (b == c))
+        ious.append(inter / union if union else 1.0)
+    return float(np.mean(ious))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="8 stack planes instead of 200")
+    ap.add_argument("--kinds", nargs="+", default=["rf", "xgb"], choices=["rf", "xgb"])
+    ap.add_argument("--engines", nargs="+", default=["sklearn", "compiled", "auto"],
+                    choices=["sklearn", "compiled", "auto"])
+    ap.add_argument("--predictions", nargs="+", default=["exact", "coarse-to-fine"],
+                    choices=["exact", "coarse-to-fine"], help="Segmenter prediction settings to run")
+    ap.add_argument("--stack-planes", type=int, default=None, help="planes of the stack case (0: no stack)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--predict-only", action="store_true",
+                    help="time the predict step alone for every candidate engine (GTIL, TL2cgen, ONNX Runtime)")
+    ap.add_argument("--coarse", action="store_true",
+                    help="coarse-to-fine agreement and work on the shared sets with ground truth")
+    ap.add_argument("--rows", type=int, default=2**20, help="rows for --predict-only (default 1024^2)")
+    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    n_stack = args.stack_planes if args.stack_planes is not None else (8 if args.quick else 200)
+    cases = [("plane_1024", 1024, 1), ("plane_2048", 2048, 1)] + (
+        [(f"stack_{n_stack}x1024", 1024, n_stack)] if n_stack > 0 else [])
+    if args.worker:
+        kind, engine, out_dir = args.worker
+        print(json.dumps(worker(kind, engine, cases, Path(out_dir))))
+        return 0
+    if args.coarse:
+        res = coarse()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"bench_apply_coarse_{stamp}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"meta": {"machine": platform.platform()}, "results": res}, indent=1))
+        print(f"wrote {out}")
+        return 0
+    if args.predict_only:
+        rows = predict_only(args.rows)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"bench_apply_predict_{stamp}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"meta": {"machine": platform.platform(), "cpus": os.cpu_count(),
+                                            "load_avg_at_end": os.getloadavg()}, "results": rows}, indent=1))
+        print(f"wrote {out}")
+        return 0
+    engines = ["sklearn"] + [e for e in args.engines if e != "sklearn"]
+    methods = ["sklearn.exact"] + [f"{e}.{p}" for e in engines for p in args.predictions
+                                   if f"{e}.{p}" != "sklearn.exact"]
+    print("ISB (interactive-seg-backend) is not on PyPI and not installable here: not in this run.")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_apply_") as tmp:
+        import tifffile
+
+        from napari_vitseg.pipeline import Segmenter
+
+        img, scr = tifffile.imread(SET / "image.tif"), tifffile.imread(SET / "scribbles.tif")
+        for kind in args.kinds:
+            Segmenter(classifier=kind).fit(img, scr).save(Path(tmp) / f"{kind}.vitseg")
+            for method in methods:
+                cmd = [sys.executable, __file__, "--worker", kind, method, tmp]
+                cmd += ["--stack-planes", str(n_stack)]
+                r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+                info = json.loads(r.stdout.strip().splitlines()[-1])
+                for row in info["rows"]:
+                    lab = np.load(Path(tmp) / f"{kind}_{method}_{row['case']}.npy", mmap_mode="r")
+                    ref = np.load(Path(tmp) / f"{kind}_sklearn.exact_{row['case']}.npy", mmap_mode="r")
+                    row["agreement"] = float(np.mean(lab == ref))
+                    row["miou_vs_sklearn"] = miou(np.asarray(lab), np.asarray(ref))
+                results.append(info)
+    base_rows = [r for r in results if r["engine"] == "sklearn" and r["prediction"] == "exact"]
+    base = {(r["kind"], row["case"]): row["mpx_per_s"] for r in base_rows for row in r["rows"]}
+    base_cpu = {(r["kind"], row["case"]): row["mpx_per_cpu_s"] for r in base_rows for row in r["rows"]}
+    print(f"\n{'kind':4s} {'engine':9s} {'used':9s} {'prediction':14s} {'case':15s} {'Mpx/s':>7s} {'ratio':>6s} {'Mpx/cpu-s':>9s} "
+          f"{'cpu ratio':>9s} {'agree':>8s} {'mIoU':>6s} {'RSS MiB':>8s} {'warm-up s':>9s}")
+    for r in results:
+        for row in r["rows"]:
+            row["ratio_vs_sklearn"] = round(row["mpx_per_s"] / base[(r["kind"], row["case"])], 3)
+            row["cpu_ratio_vs_sklearn"] = round(row["mpx_per_cpu_s"] / base_cpu[(r["kind"], row["case"])], 3)
+            print(f"{r['kind']:4s} {r['engine']:9s} {r['engine_used_after']:9s} {r['prediction']:14s} {row['case']:15s} "
+                  f"{row['mpx_per_s']:7.2f} {row['ratio_vs_sklearn']:6.2f} {row['mpx_per_cpu_s']:9.2f} "
+                  f"{row['cpu_ratio_vs_sklearn']:9.2f} {row['agreement']:8.5f} {row['miou_vs_sklearn']:6.4f} "
+                  f"{r['peak_rss_mib']:8.0f} {r['warmup_s']:9.1f}")
+    for r in results:
+        if "max_depth" in r and r["engine"] == "sklearn":
+            print(f"{r['kind']} forest: {r['trees']} trees, max depth {r['max_depth']}, {r['leaves']} leaves")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"bench_apply_{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
+            "python": sys.version.split()[0], "quick": args.quick, "isb": "not installable (not on PyPI)"}
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
