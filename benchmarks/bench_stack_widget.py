@@ -111,6 +111,7 @@ def run_scenario(kind: str, path: Path, n_strokes: int, planes: tuple[int, int])
     import tifffile
     from qtpy.QtWidgets import QApplication
 
+    from napari_vitseg._reader import read_tiff
     from napari_vitseg._widgets._segmentation import SegmentationWidget
 
     rng = np.random.default_rng(0)
@@ -123,7 +124,9 @@ def run_scenario(kind: str, path: Path, n_strokes: int, planes: tuple[int, int])
         tifffile.imwrite(path, plane)
     viewer = napari.Viewer(show=True)
     t = time.perf_counter()
-    viewer.open(str(path), plugin="napari-vitseg")
+    # our reader's lazy (dask) path; plain `*.tif` names go to napari's builtin reader by default
+    for data, kwargs, _ in read_tiff(path):
+        viewer.add_image(data, **kwargs)
     t_open = time.perf_counter() - t
     image = viewer.layers[0]
     widget = SegmentationWidget(viewer)

@@ -80,7 +80,7 @@ def test_live_train_small_model_reused_when_scribbles_unchanged(nanoparticles):
     assert of_type(values, ModelReady) == [ready]
     assert ready.live and c.model is ready and c.n_trainings == 1
     assert ready.digest == ScribbleIndex.from_array(scribbles).digest()
-    assert ready.description == "live preview: random forest, 16 trees, depth 10"
+    assert ready.description == "live preview: random forest, 16 trees, depth 10, at most 1,000 labelled pixels per class"
     # the small live model: 16 trees of depth <= 10 on at most 1,000 pixels per class
     live = LIVE_PARAMS["rf"]
     assert ready.segmenter.classifier_params == live
@@ -118,7 +118,7 @@ def test_full_train_miou_and_probabilities(nanoparticles):
     inputs = JobInputs(image=image, scribbles=scribbles.copy(), probabilities=True)
     values, ready = drive(c, c.iter_train(inputs, live=False))
     assert not ready.live and c.model is ready
-    assert ready.description == "full model: random forest, 100 trees, depth unlimited"
+    assert ready.description == "full model: random forest, 100 trees, depth unlimited, at most 20,000 labelled pixels per class"
     assert len(ready.segmenter.classifier_.estimator_.estimators_) == 100
     (upd,) = of_type(values, PlaneUpdate)  # a full train shows no coarse preview
     assert not upd.coarse
@@ -477,3 +477,68 @@ def test_memory_guard_counts_the_job_and_points_at_apply_to_files(two_region_ima
     from napari_vitseg._widgets._controller import available_memory
 
     assert available_memory() > 0
+
+
+# ------------------------------------------------------------------ channel axes from any reader (issue 14)
+@pytest.mark.parametrize(("shape", "metadata", "axis"), [
+    ((2, 518, 518), None, 0),                 # CYX from napari's builtin reader
+    ((3, 256, 256), {}, 0),
+    ((800, 422, 2), None, 2),                 # (Y, X, 2) TIFF
+    ((6, 518, 518), None, None),              # a short z-stack stays a stack
+    ((4, 518, 518), None, None),
+    ((518, 518), None, None),
+    ((6, 518, 518), {"axes": "ZYX", "channel_axis": None}, None),   # our reader: no channel axis
+    ((2, 6, 64, 64), {"axes": "CZYX"}, 0),    # ImageJ / OME axes
+    ((6, 64, 64, 3), {"axes": "ZYXS"}, 3),
+    ((6, 64, 64), {"channel_axis": 0}, 0),    # the reader said so
+    ((10, 64, 64), None, None),
+])
+def test_guess_channel_axis(shape, metadata, axis):
+    from napari_vitseg._widgets._controller import guess_channel_axis
+
+    got, why = guess_channel_axis(shape, metadata)
+    assert got == axis
+    if axis is not None:
+        assert why  # a reason for the user to confirm
+
+
+def test_carry_scribbles_between_channel_axes():
+    from napari_vitseg._widgets._controller import carry_scribbles
+
+    s = np.zeros((2, 8, 9), np.uint8)
+    s[0, 1, 1] = 1
+    s[1, 2, 3] = 2
+    s[0, 2, 3] = 1  # overlapping strokes: the larger label wins
+    flat = carry_scribbles(s, (2, 8, 9), None, 0)
+    assert flat.shape == (8, 9) and flat[1, 1] == 1 and flat[2, 3] == 2 and flat.sum() == 3
+    back = carry_scribbles(flat, (2, 8, 9), 0, None)
+    assert back.shape == (2, 8, 9) and (back[0] == flat).all() and (back[1] == flat).all()
+    assert carry_scribbles(flat, (2, 8, 9), 0, 0) is None
+    assert carry_scribbles(s, (2, 8, 9), 0, 2) is None  # one axis for another: not guessed
+
+
+def test_apply_stack_numbers_planes_like_napari(tmp_path):
+    stack, truth = two_region_stack(3)
+    c = SegmentationController()
+    c.classifier_params = {"n_estimators": 5}
+    scr = np.zeros(stack.shape, np.uint8)
+    scr[1, :, :4] = 1
+    scr[1, :, -4:] = 2
+    values, n = drive(c, c.iter_apply_stack(JobInputs(stack, None, scr, z=1)))
+    msgs = [v.msg for v in of_type(values, Progress) if "(" in v.msg and "/3)" in v.msg]
+    assert msgs == ["plane 1 (1/3)", "plane 0 (2/3)", "plane 2 (3/3)"], msgs
+
+
+def test_suggest_region_finds_the_uncertain_patch_and_skips_scribbles():
+    from napari_vitseg._widgets._controller import suggest_region
+
+    u = np.zeros((200, 300), np.uint8)
+    u[150:170, 40:60] = 255
+    u[20:40, 250:270] = 200
+    y, x, mean = suggest_region(u, window=20)
+    assert 150 <= y < 170 and 40 <= x < 60 and mean > 0.9
+    lab = np.zeros(u.shape, bool)
+    lab[140:180, 30:70] = True  # already painted there: the next patch
+    y, x, _ = suggest_region(u, window=20, labelled=lab)
+    assert 20 <= y < 40 and 250 <= x < 270
+    assert suggest_region(np.zeros((10, 10), np.uint8)) is None

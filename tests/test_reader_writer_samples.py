@@ -30,7 +30,8 @@ def test_manifest_is_valid_and_points_at_these_functions():
     r = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     (reader,) = pm.contributions.readers
-    assert reader.accepts_directories and {"*.tif", "*.tiff", "*.zarr"} <= set(reader.filename_patterns)
+    assert reader.accepts_directories and {"*_seg.tif", "*.ome.tif", "*.zarr"} <= set(reader.filename_patterns)
+    assert "*.tif" not in reader.filename_patterns  # plain TIFFs are left to napari's builtin reader
 
 
 def test_npe2_contributions_import_no_qt():
@@ -230,7 +231,7 @@ def test_sample_data_opens_in_napari(make_napari_viewer):
 def test_writer_through_napari(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     viewer.add_labels(np.eye(8, dtype=np.uint8) * 2, name="seg")
-    out = viewer.layers["seg"].save(str(tmp_path / "seg.tif"), plugin="napari-vitseg")
+    out = viewer.layers["seg"].save(str(tmp_path / "a_seg.tif"), plugin="napari-vitseg")
     assert out and tifffile.imread(out[0]).max() == 2
-    viewer.open(str(tmp_path / "seg.tif"), plugin="napari-vitseg")
-    assert viewer.layers[-1].data.shape == (8, 8)
+    viewer.open(str(tmp_path / "a_seg.tif"), plugin="napari-vitseg")
+    assert viewer.layers[-1].data.shape == (8, 8) and type(viewer.layers[-1]).__name__ == "Labels"

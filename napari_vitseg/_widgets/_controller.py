@@ -75,9 +75,13 @@ __all__ = [
     "PlaneUpdate",
     "SegmentationController",
     "Status",
+    "RGB_CLASS_COLORS",
     "available_memory",
+    "carry_scribbles",
+    "guess_channel_axis",
     "history_regions",
     "row_bands",
+    "suggest_region",
     "uncertainty_u8",
 ]
 
@@ -126,6 +130,141 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+#: Largest last axis that :func:`guess_channel_axis` takes for channels.
+MAX_GUESSED_CHANNELS = 8
+#: Largest first axis that :func:`guess_channel_axis` takes for channels: a first axis of 4..8
+#: is as often a short z-stack (the 6-plane TEM sample, 4-plane test stacks) as channels, and a
+#: wrong guess there would hide planes; 2 or 3 channels first is the usual fluorescence layout
+#: (CYX). The guess is shown for the user to confirm either way.
+MAX_GUESSED_FIRST = 3
+#: Class colours on colour (RGB) images: saturated cyan, yellow, lime, blue, red, violet... that
+#: stand out of stained tissue (pink / purple), etched metals (brown / grey) and optical
+#: micrographs; grey images keep :data:`~napari_vitseg.pipeline.DEFAULT_COLORS` (matplotlib's
+#: tab10, distinct on grey and the colours of the saved classifier files).
+RGB_CLASS_COLORS = ("#00e5ff", "#ffea00", "#76ff03", "#2962ff", "#ff1744", "#d500f9", "#ff9100", "#ffffff",
+                    "#00bfa5", "#f50057")
+
+
+def guess_channel_axis(shape: Sequence[int], metadata: dict | None = None) -> tuple[int | None, str]:
+    """Guess which axis of an image holds channels, whatever reader opened it.
+
+    In order: the reader's ``channel_axis`` (napari-vitseg's reader), an axes string in the
+    metadata (``'axes'``, ImageJ / OME / tifffile style, e.g. ``'CYX'``, ``'ZYXC'``, ``'YXS'``:
+    the ``C`` or ``S`` axis), then the shape: a last axis of at most :data:`MAX_GUESSED_CHANNELS`
+    or a first axis of at most :data:`MAX_GUESSED_FIRST` values on a 3D / 4D image, much shorter
+    than the image's sides (napari's builtin reader gives ``(Y, X, 2)`` TIFFs and ``(C, Y, X)``
+    files as such arrays). The widget shows the guess and its reason for the user to confirm.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The layer's data shape (not RGB).
+    metadata : dict, optional
+        The layer's metadata.
+
+    Returns
+    -------
+    axis : int or None
+        ``None``: no channel axis (a grey image or a stack of planes).
+    reason : str
+        Why, for the user to confirm (empty when there is nothing to say).
+    """
+    shape = tuple(int(n) for n in shape)
+    nd = len(shape)
+    md = metadata or {}
+    ca = md.get("channel_axis")
+    axes = md.get("axes")
+    if isinstance(ca, (int, np.integer)) and not isinstance(ca, bool) and -nd <= ca < nd:
+        return int(ca) % nd, "from the file's metadata"
+    if isinstance(axes, str) and len(axes) == nd:
+        up = axes.upper()
+        for letter in "CS":
+            if letter in up and shape[up.index(letter)] > 1:
+                return up.index(letter), f"from the file's axes {axes!r}"
+        return None, f"no channel axis in the file's axes {axes!r}"
+    if nd < 3 or nd > 4:
+        return None, ""
+    if 1 < shape[-1] <= MAX_GUESSED_CHANNELS and min(shape[-3:-1]) > 4 * shape[-1]:
+        return nd - 1, f"guessed: the last axis has {shape[-1]} values — set 'none' if these are not channels"
+    if 1 < shape[0] <= MAX_GUESSED_FIRST and min(shape[-2:]) > 4 * shape[0]:
+        return 0, (f"guessed: the first axis has {shape[0]} values — set 'none' if it is a stack of "
+                   f"{shape[0]} planes")
+    return None, ""
+
+
+def suggest_region(uncertainty_plane, *, window: int = 64, labelled=None) -> tuple[int, int, float] | None:
+    """Where to paint next: the centre of the most uncertain ``window`` x ``window`` region.
+
+    The uncertainty (1 - max class probability) is averaged over a sliding window
+    (``scipy.ndimage.uniform_filter``) and its maximum taken, after zeroing the labelled
+    pixels (they are known already), as ilastik's "uncertainty" view suggests by eye.
+
+    Parameters
+    ----------
+    uncertainty_plane : ndarray, (Y, X)
+        uint8 (0..255) or float (0..1) uncertainty of the plane in view.
+    window : int
+        Side of the region, in pixels (clipped to the plane).
+    labelled : ndarray of bool, (Y, X), optional
+        Pixels that have scribbles.
+
+    Returns
+    -------
+    (y, x, mean) or None
+        The region's centre (pixel indices) and its mean uncertainty in 0..1; ``None`` when the
+        plane holds no uncertainty at all (nothing predicted yet).
+    """
+    from scipy import ndimage as ndi
+
+    u = np.asarray(uncertainty_plane, dtype=np.float32)
+    if u.ndim != 2 or not u.size:
+        return None
+    if np.asarray(uncertainty_plane).dtype == np.uint8:
+        u = u / 255.0
+    if labelled is not None:
+        u = np.where(np.asarray(labelled, bool), 0.0, u)
+    if not np.any(u > 0):
+        return None
+    w = max(1, min(int(window), *u.shape))
+    mean = ndi.uniform_filter(u, size=w, mode="constant")
+    y, x = np.unravel_index(int(np.argmax(mean)), mean.shape)
+    return int(y), int(x), float(mean[y, x])
+
+
+def carry_scribbles(data, image_shape: Sequence[int], old_axis: int | None, new_axis: int | None):
+    """Scribbles painted with one channel axis, in the geometry of another one.
+
+    Parameters
+    ----------
+    data : array-like of int
+        The scribbles, of the image's spatial shape under ``old_axis``.
+    image_shape : sequence of int
+        The image layer's data shape.
+    old_axis, new_axis : int or None
+        Channel axes before and after.
+
+    Returns
+    -------
+    ndarray or None
+        No channel axis -> axis ``k``: the planes along ``k`` (which were channels) are merged,
+        the largest label winning where strokes overlap. Axis ``k`` -> none: the scribbles are
+        repeated along ``k``. ``None`` when the change is of another kind (one axis for
+        another); the caller then keeps the layer as it is.
+    """
+    image_shape = tuple(int(n) for n in image_shape)
+    if old_axis == new_axis:
+        return None
+    a = np.asarray(data)
+    if old_axis is None and new_axis is not None and a.shape == image_shape:
+        return a.max(axis=new_axis)
+    if new_axis is not None or old_axis is None:
+        return None
+    want = image_shape
+    if a.shape != want[:old_axis] + want[old_axis + 1:]:
+        return None
+    return np.ascontiguousarray(np.broadcast_to(np.expand_dims(a, old_axis), want))
 
 
 def uncertainty_u8(proba: np.ndarray) -> np.ndarray:
@@ -396,6 +535,8 @@ class SegmentationController:
         The index of the scribbles layer (read-only; see :meth:`index_scribbles`).
     scribbles_error : str or None
         Why the scribbles layer could not be indexed (class ids above 255, float labels...).
+    files_skipped : list of str
+        Input names that the last :meth:`iter_apply_files` skipped (their outputs existed).
     """
 
     def __init__(self, cache_bytes: int = WIDGET_CACHE_BYTES):
@@ -413,6 +554,7 @@ class SegmentationController:
         self.model: ModelReady | None = None
         self.n_trainings = 0
         self.scribbles_error: str | None = None
+        self.files_skipped: list[str] = []
         self._index: ScribbleIndex | None = None
         self.planes = FeatureCache(PLANE_CACHE_BYTES)
         self._planes_of = None
@@ -635,7 +777,18 @@ class SegmentationController:
         n = p.get("n_estimators", 100)
         depth = p.get("max_depth", None if self.classifier == "rf" else 6)
         what = "live preview" if live and self.live_fast else "full model"
-        return f"{what}: {kind}, {n} trees, depth {depth if depth else 'unlimited'}"
+        cap = p.get("max_samples_per_class", self._default_cap())
+        per_class = f", at most {cap:,} labelled pixels per class" if cap else ""
+        return f"{what}: {kind}, {n} trees, depth {depth if depth else 'unlimited'}{per_class}"
+
+    def _default_cap(self) -> int | None:
+        """The classifier's own ``max_samples_per_class`` (the training-set cap of the full model)."""
+        from ..classifiers import make_classifier
+
+        try:
+            return make_classifier(self.classifier).get_params().get("max_samples_per_class")
+        except Exception:  # noqa: BLE001 - a description only
+            return None
 
     def _backbone(self, name: str):
         """A random-weights backbone (testing only), built once per name."""
@@ -810,7 +963,7 @@ class SegmentationController:
             zs.remove(inputs.z)
             zs.insert(0, inputs.z)
         for i, z in enumerate(zs):
-            yield Progress(i, nz, f"plane {z + 1} ({i + 1}/{nz})")
+            yield Progress(i, nz, f"plane {z} ({i + 1}/{nz})")  # numbered as napari's slider
             p = seg.predict_plane(np.asarray(img[z]), use_cache=False)
             yield PlaneUpdate(z, seg.labels_from_proba(p), uncertainty_u8(p),
                               p if inputs.probabilities else None, seg.classes_.copy())
@@ -832,10 +985,21 @@ class SegmentationController:
         Returns
         -------
         list of pathlib.Path
+            The outputs, written now or already there (their inputs' names are then in
+            :attr:`files_skipped`).
         """
         ready = yield from self._iter_full_model(inputs)
-        return (yield from iter_apply_files(ready.segmenter, paths, output_dir, suffix=suffix,
-                                            probabilities=probabilities, skip_existing=skip_existing))
+        self.files_skipped = []
+        job = iter_apply_files(ready.segmenter, paths, output_dir, suffix=suffix, probabilities=probabilities,
+                               skip_existing=skip_existing)
+        while True:
+            try:
+                p = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(p, Progress) and p.msg.endswith(": already done"):
+                self.files_skipped.append(p.msg[: -len(": already done")])
+            yield p
 
     def iter_save(self, inputs: JobInputs, path):
         """Save the current model (a full-quality one, trained first if it is a live preview).
@@ -848,7 +1012,8 @@ class SegmentationController:
         seg = ready.segmenter
         seg.set_classes(self.class_names, self.class_colors)
         yield Status(f"saving {Path(path).name}")
-        return seg.save(path)
+        # never write over a file a layer was opened from (the image, the scribbles)
+        return seg.save(path, inputs=tuple(inputs.extra.get("source_paths", ())))
 
     def iter_load(self, inputs: JobInputs, path):
         """Load a classifier file and predict the current plane with it.

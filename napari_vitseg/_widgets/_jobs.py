@@ -157,6 +157,7 @@ class JobRunner:
         self._current: Job | None = None
         self._pending: Job | None = None
         self._counter = 0
+        self._last_error: str | None = None
 
     @property
     def current(self) -> Job | None:
@@ -206,11 +207,19 @@ class JobRunner:
             job.cancel()
             self._set_status(self.texts.cancelling.format(kind=job.kind), False)
 
-    def report_error(self, exc: BaseException) -> None:
+    def report_error(self, exc: BaseException, *, repeat: bool = True) -> None:
         """Show an error in the status line and as a notification.
 
         A :class:`~napari_vitseg._validation.VitsegError` is shown as its message (it says what
         to do); anything else as ``TypeName: message``, with the traceback logged.
+
+        Parameters
+        ----------
+        exc : BaseException
+        repeat : bool
+            Notify even when it is the error of the last report. ``False`` for background jobs:
+            a live job failing at every stroke pops up once, then only the status line says it
+            (until a job succeeds or the error differs).
         """
         if isinstance(exc, VitsegError):
             msg = str(exc)
@@ -218,7 +227,9 @@ class JobRunner:
             msg = f"{type(exc).__name__}: {exc}"
             _log.error("napari-vitseg job failed", exc_info=(type(exc), exc, exc.__traceback__))
         self._set_status(msg, True)
-        _notify.show_error(msg)
+        if repeat or msg != self._last_error:
+            _notify.show_error(msg)
+        self._last_error = msg
 
     # -- running ------------------------------------------------------------------------
     def _start(self, job: Job) -> Job:
@@ -301,6 +312,7 @@ class JobRunner:
                 self.report_error(e)
                 return
         job.final_msg = msg
+        self._last_error = None
         if msg:
             self._set_status(msg, False)
 
@@ -309,7 +321,7 @@ class JobRunner:
         job.failed = True
         if job.cancelled and not isinstance(exc, VitsegError):
             return
-        self.report_error(exc)
+        self.report_error(exc, repeat=job.kind not in self.background)
 
     def _on_finished(self, job: Job) -> None:
         if job.gen is not None:

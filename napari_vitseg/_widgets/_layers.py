@@ -24,7 +24,7 @@ import numpy as np
 from .._sample_data import class_colormap
 from ._controller import PlaneUpdate
 
-__all__ = ["OUTPUT_MEMORY_BYTES", "OUTPUT_NAMES", "OutputLayers", "OutputStores", "hex_color", "layer_data",
+__all__ = ["OUTPUT_MEMORY_BYTES", "OUTPUT_NAMES", "UNCERTAINTY_COLORMAP", "OutputLayers", "OutputStores", "hex_color", "layer_data",
            "write_classes"]
 
 OUTPUT_NAMES = {"labels": "segmentation", "uncertainty": "uncertainty", "probabilities": "probabilities"}
@@ -34,6 +34,8 @@ OUTPUT_MEMORY_BYTES = 256 * 2**20
 STORE_CHUNK = 1024
 #: Value of a probability or uncertainty of 1 in the uint8 layers.
 U8_ONE = 255
+#: Colormap of the uncertainty layer (dark = sure, bright = unsure; translucent blending).
+UNCERTAINTY_COLORMAP = "inferno"
 
 
 def hex_color(rgba) -> str:
@@ -134,6 +136,8 @@ class OutputLayers:
         The on-disk arrays behind the layers of big images.
     memory_limit : int
         Outputs above this many bytes go to :attr:`stores` (:data:`OUTPUT_MEMORY_BYTES`).
+    show_uncertainty : bool
+        The uncertainty layer is visible (the widget's *show uncertainty* box).
     """
 
     def __init__(self, viewer, controller, inputs):
@@ -144,6 +148,7 @@ class OutputLayers:
         self.predicted: set = set()
         self.stores = OutputStores()
         self.memory_limit = OUTPUT_MEMORY_BYTES
+        self.show_uncertainty = False
 
     def owns(self, layer) -> bool:
         """Whether ``layer`` is one of the outputs (not offered as an input)."""
@@ -206,6 +211,9 @@ class OutputLayers:
             layer.data = data
             if key != "labels":
                 layer.contrast_limits = (0, U8_ONE) if dtype == np.uint8 else (0, 1)
+            if key == "probabilities" and classes is not None:
+                layer.metadata = {**(layer.metadata or {}), "classes": [int(c) for c in classes]}
+                self._label_class_axis(layer)
             self.stores.remove(old)
             return layer
         scribbles = self.inputs.scribbles_layer
@@ -216,14 +224,18 @@ class OutputLayers:
                                            colormap=class_colormap(max(len(names), 1), colors),
                                            metadata={"class_names": list(names)}, **tr)
         elif key == "uncertainty":
-            layer = self.viewer.add_image(data, name=OUTPUT_NAMES[key], colormap="magma", contrast_limits=(0, U8_ONE),
-                                          blending="additive", opacity=0.6, visible=False,
-                                          metadata={"value_of_one": U8_ONE}, **tr)
+            # translucent, not additive: readable over colour images as well as grey ones
+            layer = self.viewer.add_image(data, name=OUTPUT_NAMES[key], colormap=UNCERTAINTY_COLORMAP,
+                                          contrast_limits=(0, U8_ONE), blending="translucent", opacity=0.6,
+                                          visible=self.show_uncertainty, metadata={"value_of_one": U8_ONE}, **tr)
         else:
             one = U8_ONE if dtype == np.uint8 else 1
+            cls = [int(c) for c in classes]
             layer = self.viewer.add_image(data, name=OUTPUT_NAMES[key], colormap="gray", contrast_limits=(0, one),
-                                          blending="additive", opacity=0.6, visible=False,
-                                          metadata={"classes": [int(c) for c in classes], "value_of_one": one}, **tr)
+                                          blending="translucent", opacity=0.6, visible=False,
+                                          metadata={"classes": cls, "value_of_one": one,
+                                                    "class_names": self._names_of(cls)}, **tr)
+            self._label_class_axis(layer)
         self.layers[key] = layer
         if idx is not None:  # keep the scribbles on top, and active for painting
             self.viewer.layers.move(self.viewer.layers.index(layer), idx)
@@ -232,6 +244,37 @@ class OutputLayers:
             write_classes(layer, names, colors)
         self.inputs.refresh()  # the new layer is an output, not an input
         return layer
+
+    def _names_of(self, classes) -> list[str]:
+        names = self.controller.class_names
+        return [names[c - 1] if 0 < c <= len(names) else f"class {c}" for c in classes]
+
+    def _label_class_axis(self, layer) -> None:
+        """Name the classes on the probabilities layer's first axis (napari's slider label)."""
+        cls = list((layer.metadata or {}).get("classes") or [])
+        names = self._names_of(cls)
+        md = dict(layer.metadata or {})
+        md["class_names"] = names
+        layer.metadata = md
+        labels = list(layer.axis_labels)
+        labels[0] = "class: " + ", ".join(f"{i}={n}" for i, n in enumerate(names))
+        try:
+            layer.axis_labels = tuple(labels)
+        except (ValueError, TypeError):  # cosmetic
+            pass
+
+    def name_classes(self) -> None:
+        """The class names changed: rename them on the probabilities layer."""
+        layer = self.layers.get("probabilities")
+        if layer is not None and layer in self.viewer.layers:
+            self._label_class_axis(layer)
+
+    def set_uncertainty_visible(self, on: bool) -> None:
+        """Show or hide the uncertainty layer (now and when it is made)."""
+        self.show_uncertainty = bool(on)
+        layer = self.layers.get("uncertainty")
+        if layer is not None and layer in self.viewer.layers:
+            layer.visible = self.show_uncertainty
 
     def show(self, upd: PlaneUpdate) -> None:
         """Draw one plane's prediction (or a band of its rows) into the output layers, in place."""

@@ -17,6 +17,7 @@ their signals to its actions.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
@@ -45,20 +46,23 @@ from qtpy.QtWidgets import (
 
 from .._sample_data import class_colormap
 from .._validation import VitsegError
-from ..backbones import NO_WEIGHTS_NOTICE, available_backbones, list_backbones
+from ..backbones import available_backbones, list_backbones
 from ..features.config import FeatureConfig
 from ..pipeline import DEFAULT_COLORS
 from ._controller import (
     LIVE_PARAMS,
     RANDOM_WEIGHTS_ENV,
     JobInputs,
+    guess_channel_axis,
     history_regions,
     random_weights_allowed,
 )
 from ._layers import hex_color, layer_data
 
 __all__ = [
+    "MISSING_ROW",
     "NO_BACKBONE",
+    "NO_WEIGHTS_GUI",
     "RANDOM_SUFFIX",
     "ActionsSection",
     "ClassesSection",
@@ -69,6 +73,12 @@ __all__ = [
 
 NO_BACKBONE = "none (classical features)"
 RANDOM_SUFFIX = " [random weights — testing only]"
+#: The combo row that stands for every backbone without weights (``{n}``: how many).
+MISSING_ROW = "{n} more need weights: Import weights…"
+#: What the widget says when no backbone has weights (no command line in the GUI).
+NO_WEIGHTS_GUI = ("No ViT backbone weights on this computer: segmenting with classical features. To use a "
+                  "ViT, press 'Import weights…' and choose a checkpoint file (e.g. DINOv2 ViT-S/14 with "
+                  "registers, dinov2_vits14_reg4_pretrain.pth).")
 
 
 def parse_sigmas(text: str) -> tuple[float, ...]:
@@ -118,11 +128,14 @@ class InputSection(QGroupBox):
         history item), or undo / redo moved items between the layer's history queues (they
         fire no ``paint`` event; the moved items name the regions). ``None`` when the data
         was replaced (``layer.data = ...``) or the change cannot be located: index it again.
+    channel_axis_changed(old, new)
+        The user set another channel axis of the same image (``int`` or ``None`` each).
     """
 
     image_changed = Signal()
     scribbles_changed = Signal(object)
     scribbles_edited = Signal(object)
+    channel_axis_changed = Signal(object, object)
 
     def __init__(self, viewer, is_output: Callable[[object], bool], parent=None):
         super().__init__("Input", parent)
@@ -141,9 +154,16 @@ class InputSection(QGroupBox):
         self.channel_spin.setRange(-1, 8)
         self.channel_spin.setSpecialValueText("none")
         self.channel_spin.setValue(-1)
-        self.channel_spin.setToolTip("Axis of the image that holds channels ('none' for a grey image; RGB is detected).")
-        self.channel_spin.valueChanged.connect(lambda *_: self.image_changed.emit())
+        self.channel_spin.setToolTip("Axis of the image that holds channels ('none' for a grey image or a stack "
+                                     "of planes; RGB is detected). Guessed when the image is chosen: check it.")
+        self.channel_spin.valueChanged.connect(self._on_channel_spin)
         self.form.addRow("Channel axis", self.channel_spin)
+        self.channel_hint = QLabel("")
+        self.channel_hint.setWordWrap(True)
+        self.channel_hint.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.channel_hint.setVisible(False)
+        self.form.addRow(self.channel_hint)
+        self._axis = None  # the channel axis the current scribbles were painted with
         row = QHBoxLayout()
         self.scribbles_combo = QComboBox()
         self.scribbles_combo.setToolTip("Labels layer with your brush strokes: 0 = unlabelled, 1..K = classes.")
@@ -203,15 +223,46 @@ class InputSection(QGroupBox):
                     spin.setEnabled(False)
                     spin.setValue(-1)
                     spin.setSpecialValueText("RGB (last)")
+                    self._show_hint("")
                 else:
                     spin.setEnabled(True)
                     spin.setSpecialValueText("none")
-                    spin.setRange(-1, max(0, layer_data(layer).ndim - 1))
-                    ca = (layer.metadata or {}).get("channel_axis")
-                    spin.setValue(ca if isinstance(ca, int) else -1)
+                    data = layer_data(layer)
+                    spin.setRange(-1, max(0, data.ndim - 1))
+                    ca, why = guess_channel_axis(data.shape, layer.metadata)
+                    spin.setValue(-1 if ca is None else ca)
+                    self._show_hint(self._describe_axis(ca, why))
                 spin.blockSignals(False)
+            else:
+                self._show_hint("")
+            self._axis = self.channel_axis()
             self.image_changed.emit()
         self._on_scribbles_changed()
+
+    def _describe_axis(self, ca: int | None, why: str) -> str:
+        layer = self.image_layer
+        if layer is None or not why:
+            return ""
+        shape = tuple(layer_data(layer).shape)
+        if ca is None:
+            return f"No channel axis ({why})."
+        return f"Channel axis {ca}: {shape[ca]} channels ({why})."
+
+    def _show_hint(self, text: str) -> None:
+        self.channel_hint.setText(text)
+        self.channel_hint.setVisible(bool(text))
+
+    def _on_channel_spin(self, *_):
+        old, new = self._axis, self.channel_axis()
+        self._axis = new
+        layer = self.image_layer
+        if layer is not None and not layer.rgb:
+            shape = tuple(layer_data(layer).shape)
+            self._show_hint("No channel axis: a grey image or a stack of planes." if new is None
+                            else f"Channel axis {new}: {shape[new]} channels.")
+        self.image_changed.emit()
+        if old != new:
+            self.channel_axis_changed.emit(old, new)
 
     # -- scribbles and their events ---------------------------------------------------------
     def _on_scribbles_changed(self, *_):
@@ -462,6 +513,7 @@ class ClassesSection(QWidget):
         super().__init__(parent)
         self._colors: list[str] = []
         self._updating = False
+        self.palette: tuple[str, ...] = tuple(DEFAULT_COLORS)  # colours of new classes
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         self.class_table = QTableWidget(0, 2)
@@ -492,7 +544,7 @@ class ClassesSection(QWidget):
         """Show these classes (missing colours get the default ones)."""
         names = list(names)
         colors = list(colors)[: len(names)]
-        colors += [DEFAULT_COLORS[k % len(DEFAULT_COLORS)] for k in range(len(colors), len(names))]
+        colors += [self.palette[k % len(self.palette)] for k in range(len(colors), len(names))]
         self._updating = True
         try:
             self.class_table.setRowCount(len(names))
@@ -533,9 +585,33 @@ class ClassesSection(QWidget):
         """Append a class (next label, next default colour) and choose it for painting."""
         names = self.names() + [f"class {self.class_table.rowCount() + 1}"]
         n = len(names)
-        self.set_classes(names, self.colors() + [DEFAULT_COLORS[(n - 1) % len(DEFAULT_COLORS)]])
+        self.set_classes(names, self.colors() + [self.palette[(n - 1) % len(self.palette)]])
         self.class_table.selectRow(n - 1)
         self.label_chosen.emit(n)
+
+    def ensure_classes(self, n: int) -> list[int]:
+        """Add rows ``class k`` (palette colours) up to label ``n``; returns the labels added.
+
+        A label painted by any napari control (its ``=`` / ``-`` keys, the label spin box, a
+        stroke into a layer made elsewhere) gets a named, coloured row rather than napari's grey.
+        """
+        have = self.class_table.rowCount()
+        if n <= have:
+            return []
+        names = self.names() + [f"class {k}" for k in range(have + 1, n + 1)]
+        colors = self.colors() + [self.palette[(k - 1) % len(self.palette)] for k in range(have + 1, n + 1)]
+        self.set_classes(names, colors)
+        return list(range(have + 1, n + 1))
+
+    def use_palette(self, palette) -> None:
+        """Colour new classes from ``palette``; rows still in the other default palette are recoloured."""
+        palette = tuple(palette)
+        if palette == self.palette:
+            return
+        old, self.palette = self.palette, palette
+        colors = self.colors()
+        if colors and all(c.lower() == old[i % len(old)].lower() for i, c in enumerate(colors)):
+            self.set_classes(self.names(), [palette[i % len(palette)] for i in range(len(colors))])
 
     def _on_item_changed(self, item) -> None:
         if not self._updating and item.column() == 1:
@@ -569,6 +645,7 @@ class FeaturesSection(QGroupBox):
 
     changed = Signal()
     invalid = Signal(str)
+    weights_imported = Signal(str)
 
     def __init__(self, controller, parent=None):
         super().__init__("Features", parent)
@@ -577,9 +654,18 @@ class FeaturesSection(QGroupBox):
         form = QFormLayout(self)
         self.backbone_combo = QComboBox()
         self.backbone_combo.setToolTip("ViT backbone for the features; classical filters are always available.")
+        # as narrow as the dock: long rows are elided, not widening the dock off a laptop screen
+        self.backbone_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.backbone_combo.setMinimumContentsLength(14)
         self.fill_backbones()
         self.backbone_combo.currentIndexChanged.connect(self.apply)
-        form.addRow("Backbone", self.backbone_combo)
+        row = QHBoxLayout()
+        row.addWidget(self.backbone_combo, 1)
+        self.import_weights_btn = QPushButton("Import weights…")
+        self.import_weights_btn.setToolTip("Add a backbone checkpoint file (.pth / .safetensors) from this computer.")
+        self.import_weights_btn.clicked.connect(self.import_weights)
+        row.addWidget(self.import_weights_btn)
+        form.addRow("Backbone", row)
         self.weights_notice = QLabel("")
         self.weights_notice.setWordWrap(True)
         self.weights_notice.setStyleSheet("color: #e0a030;")
@@ -612,23 +698,33 @@ class FeaturesSection(QGroupBox):
         return (self.backbone_combo, self.upsample_combo, self.classical_check, self.sigmas_edit, self.pca_spin)
 
     def fill_backbones(self) -> None:
-        """List every registered backbone; those without weights are disabled (or offered with
-        random weights when ``VITSEG_ALLOW_RANDOM_WEIGHTS=1``)."""
+        """List the backbones whose weights are here; the others are one disabled row
+        (:data:`MISSING_ROW`, their names in its tooltip) that points at *Import weights…*, or
+        are offered with random weights when ``VITSEG_ALLOW_RANDOM_WEIGHTS=1``."""
         self._allow_random = random_weights_allowed()
         self._available = set(available_backbones())
         combo = self.backbone_combo
+        current = combo.currentData()
         combo.blockSignals(True)
         combo.clear()
         combo.addItem(NO_BACKBONE, (None, False))
-        for name in list_backbones():
+        names = list_backbones()
+        missing = [n for n in names if n not in self._available]
+        for name in names:
             if name in self._available:
                 combo.addItem(name, (name, False))
-            else:
-                combo.addItem(f"{name} (weights missing)", (name, False))
-                combo.model().item(combo.count() - 1).setEnabled(False)
-                if self._allow_random:
+        if missing:
+            combo.insertSeparator(combo.count())
+            combo.addItem(MISSING_ROW.format(n=len(missing)), None)
+            item = combo.model().item(combo.count() - 1)
+            item.setEnabled(False)
+            item.setToolTip("Without weights: " + ", ".join(missing))
+            if self._allow_random:
+                for name in missing:
                     combo.addItem(name + RANDOM_SUFFIX, (name, True))
-        combo.setCurrentIndex(0)
+        self.missing_backbones = missing
+        idx = next((i for i in range(combo.count()) if current is not None and combo.itemData(i) == current), 0)
+        combo.setCurrentIndex(idx)
         combo.blockSignals(False)
 
     def update_weights_notice(self) -> None:
@@ -636,11 +732,62 @@ class FeaturesSection(QGroupBox):
             self.weights_notice.setText("")
             self.weights_notice.setVisible(False)
             return
-        text = NO_WEIGHTS_NOTICE
+        text = NO_WEIGHTS_GUI
         if self._allow_random:
             text += f"\n{RANDOM_SUFFIX.strip(' []')} backbones enabled by {RANDOM_WEIGHTS_ENV}=1."
         self.weights_notice.setText(text)
         self.weights_notice.setVisible(True)
+
+    # -- importing weights ------------------------------------------------------------------
+    def import_weights(self) -> str | None:
+        """Ask for a checkpoint file and the backbone it is for, check it and copy it into the
+        weights folder (:func:`napari_vitseg.backbones.import_weights`), then offer the backbone.
+
+        Returns
+        -------
+        str or None
+            The backbone now available, or ``None`` (cancelled or refused: the reason is shown).
+        """
+        from .. import backbones
+
+        path = self.ask_weights_file()
+        if not path:
+            return None
+        name = self.ask_backbone_name(path, self.missing_backbones or list_backbones())
+        if not name:
+            return None
+        try:
+            dest, _ = backbones.import_weights(path, name)
+        except VitsegError as e:
+            self.invalid.emit(f"Import weights: {e}")
+            return None
+        self.fill_backbones()
+        self.update_weights_notice()
+        idx = next((i for i in range(self.backbone_combo.count())
+                    if self.backbone_combo.itemData(i) == (name, False)), -1)
+        if idx >= 0:
+            self.backbone_combo.setCurrentIndex(idx)
+        self.weights_imported.emit(f"Imported weights of {name} ({Path(dest).name}); it is now in the Backbone list.")
+        return name
+
+    def ask_weights_file(self) -> str | None:
+        """File dialog for a checkpoint (a method so that tests can replace it)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self, "Import backbone weights", "",
+                                              "Checkpoints (*.pth *.pt *.safetensors *.bin);;All files (*)")
+        return path or None
+
+    def ask_backbone_name(self, path: str, names: list[str]) -> str | None:
+        """Which backbone the file is for (the one whose weights file has its name first)."""
+        from qtpy.QtWidgets import QInputDialog
+
+        from ..backbones import get_backbone_cfg
+
+        fname = Path(path).name
+        first = next((i for i, n in enumerate(names) if get_backbone_cfg(n).weights_file == fname), 0)
+        name, ok = QInputDialog.getItem(self, "Import backbone weights", f"Backbone of {fname}:", names, first, False)
+        return name if ok and name else None
 
     def apply(self, *_) -> None:
         """Write the fields to the controller (or report why they are invalid)."""
@@ -672,7 +819,8 @@ class FeaturesSection(QGroupBox):
         try:
             want = (cfg.backbone, bool(random and cfg.backbone))
             combo = self.backbone_combo
-            idx = next((i for i in range(combo.count()) if tuple(combo.itemData(i)) == want), -1)
+            idx = next((i for i in range(combo.count())
+                        if combo.itemData(i) is not None and tuple(combo.itemData(i)) == want), -1)
             if idx >= 0:
                 combo.setCurrentIndex(idx)
             self.upsample_combo.setCurrentText(cfg.upsample)
@@ -765,7 +913,8 @@ class ClassifierSection(QGroupBox):
 
 
 class ActionsSection(QGroupBox):
-    """Train, Live, Cancel, Save, Load, Apply to stack / files and *probabilities layer*.
+    """Train, Live, Cancel, Save, Load, Apply to stack / files (and *open the results*),
+    *show uncertainty* and *probabilities layer*.
 
     Parameters
     ----------
@@ -814,6 +963,21 @@ class ActionsSection(QGroupBox):
         self.apply_files_btn.setMenu(menu)
         row.addWidget(self.apply_files_btn)
         v.addLayout(row)
+        self.suggest_btn = QPushButton("Where to paint next?")
+        self.suggest_btn.setToolTip("Jump to the region of the plane in view where the classifier is least sure "
+                                    "(highest mean uncertainty, scribbles excluded) and show the uncertainty.")
+        v.addWidget(self.suggest_btn)
+        self.open_results_check = QCheckBox("open the results")
+        self.open_results_check.setChecked(True)
+        self.open_results_check.setToolTip("After 'Apply to files…', open the segmentations it wrote in napari.")
+        v.addWidget(self.open_results_check)
+        row = QHBoxLayout()
+        self.uncertainty_check = QCheckBox("show uncertainty")
+        self.uncertainty_check.setToolTip("Show where the classifier hesitates (1 - max class probability, "
+                                          "bright = unsure): paint more scribbles there.")
+        row.addWidget(self.uncertainty_check)
         self.proba_check = QCheckBox("probabilities layer")
-        self.proba_check.setToolTip("Also show per-class probabilities (K channels) as a layer.")
-        v.addWidget(self.proba_check)
+        self.proba_check.setToolTip("Also show per-class probabilities as a layer (its first slider picks the "
+                                    "class; the slider's label names them).")
+        row.addWidget(self.proba_check)
+        v.addLayout(row)

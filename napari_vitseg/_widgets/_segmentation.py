@@ -16,7 +16,11 @@ The widget is thin. Where things are:
   cancel, progress, errors);
 - ``_layers.py``: the output layers (numpy for small images, on-disk zarr stores for big
   stacks) and the class names / colours written to layers;
-- this module: :class:`SegmentationWidget`, which composes them, keeps the controller's
+- this module: :class:`SegmentationWidget`, which lays them out (Input and Actions, then the
+  feature and classifier fields folded under *Advanced*, in a vertical scroll area; the
+  progress bar and status line below it, always in view on a 1366 x 768 screen), keeps the
+  class table following every label painted, the channel axis guessed and the scribbles
+  carried across a channel-axis change, keeps the controller's
   scribbles index in sync with the scribbles layer's edits, checks memory before heavy jobs,
   captures a job's inputs on the UI thread, and draws what the jobs yield.
 """
@@ -26,20 +30,34 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QVBoxLayout, QWidget
+import numpy as np
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QLabel,
+    QProgressBar,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
 
+from .._sample_data import class_colormap
 from .._validation import VitsegError
 from ..pipeline import DEFAULT_COLORS
 from . import _notify
 from ._compat import return_large_frees
 from ._controller import (
+    RGB_CLASS_COLORS,
     WIDGET_CACHE_BYTES,
     JobInputs,
     ModelReady,
     PlaneUpdate,
     SegmentationController,
     Status,
+    carry_scribbles,
+    suggest_region,
 )
 from ._jobs import Job, JobRunner
 from ._layers import OutputLayers, layer_data, write_classes
@@ -51,7 +69,7 @@ from ._sections import (
     InputSection,
 )
 
-__all__ = ["LIVE_DEBOUNCE_MS", "SegmentationWidget"]
+__all__ = ["LIVE_DEBOUNCE_MS", "SegmentationWidget", "VerticalScrollArea"]
 
 #: Debounce between the end of a brush stroke and the live retraining, in ms.
 LIVE_DEBOUNCE_MS = 300
@@ -59,6 +77,36 @@ LIVE_DEBOUNCE_MS = 300
 BACKGROUND_JOBS = ("live", "predict")
 #: Jobs that a user action (Train, Apply, Save, Load) cancels: its result would supersede theirs.
 SUPERSEDABLE_JOBS = ("live", "predict", "train")
+
+
+class VerticalScrollArea(QScrollArea):
+    """Scrolls vertically only: as wide as its widget needs (hints follow the napari theme's
+    fonts), as tall as the screen allows."""
+
+    def _hint(self, h):
+        w = self.widget()
+        if w is None:
+            return h
+        bar = self.verticalScrollBar().sizeHint().width()
+        width = max(w.minimumSizeHint().width(), w.sizeHint().width()) + bar + 2 * self.frameWidth()
+        return QSize(width, h.height())
+
+    def setWidget(self, widget):
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event):
+        # the theme's style sheet or an expanded section changed the widget's hints: tell the dock
+        if obj is self.widget() and event.type() in (QEvent.LayoutRequest, QEvent.StyleChange,
+                                                     QEvent.FontChange, QEvent.Show):
+            self.updateGeometry()
+        return super().eventFilter(obj, event)
+
+    def minimumSizeHint(self):
+        return self._hint(super().minimumSizeHint())
+
+    def sizeHint(self):
+        return self._hint(super().sizeHint())
 
 
 class SegmentationWidget(QWidget):
@@ -102,6 +150,7 @@ class SegmentationWidget(QWidget):
         self._flush_timer.setInterval(0)
         self._flush_timer.timeout.connect(self.sync_scribbles)
 
+        # the sections scroll; the progress bar and the status line stay below them, always in view
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         self.input = InputSection(self.viewer, is_output=lambda layer: self.outputs.owns(layer))
@@ -110,8 +159,21 @@ class SegmentationWidget(QWidget):
         self.features = FeaturesSection(self.controller)
         self.classifier = ClassifierSection(self.controller)
         self.actions = ActionsSection(LIVE_DEBOUNCE_MS)
-        for section in (self.input, self.features, self.classifier, self.actions):
-            lay.addWidget(section)
+        self.advanced = QCollapsible("Advanced: features and classifier")
+        self.advanced.addWidget(self.features)
+        self.advanced.addWidget(self.classifier)
+        body = QWidget()
+        blay = QVBoxLayout(body)
+        blay.setContentsMargins(0, 0, 0, 0)
+        for section in (self.input, self.actions, self.advanced):
+            blay.addWidget(section)
+        blay.addStretch(1)
+        self.scroll = VerticalScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.scroll.setWidget(body)
+        lay.addWidget(self.scroll, 1)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -120,8 +182,8 @@ class SegmentationWidget(QWidget):
         lay.addWidget(self.progress)
         self.status = QLabel("Paint scribbles of two or more classes, then Train or tick Live.")
         self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         lay.addWidget(self.status)
-        lay.addStretch(1)
         self.outputs = OutputLayers(self.viewer, self.controller, self.input)
         self.jobs = JobRunner(set_status=self.set_status, progress_bar=self.progress,
                               cancel_button=self.actions.cancel_btn, background=BACKGROUND_JOBS,
@@ -142,15 +204,24 @@ class SegmentationWidget(QWidget):
         self.train_btn, self.live_check, self.cancel_btn = s.train_btn, s.live_check, s.cancel_btn
         self.save_btn, self.load_btn = s.save_btn, s.load_btn
         self.apply_stack_btn, self.apply_files_btn, self.proba_check = s.apply_stack_btn, s.apply_files_btn, s.proba_check
+        self.uncertainty_check, self.open_results_check = s.uncertainty_check, s.open_results_check
+        self.suggest_btn = s.suggest_btn
+        self.channel_hint, self.import_weights_btn = self.input.channel_hint, self.features.import_weights_btn
+        self._label_layer = None  # the scribbles layer whose selected label is followed
 
         self.input.new_scribbles_btn.clicked.connect(self.new_scribbles_layer)
         self.input.image_changed.connect(self.outputs.mark_stale)
+        self.input.image_changed.connect(self._use_palette)
+        self.input.channel_axis_changed.connect(self._carry_scribbles)
+        self.uncertainty_check.toggled.connect(self.outputs.set_uncertainty_visible)
+        self.suggest_btn.clicked.connect(self.suggest_where_to_paint)
+        self.features.weights_imported.connect(lambda msg: self.set_status(msg))
         self.input.scribbles_changed.connect(self._on_scribbles_changed)
         self.input.scribbles_edited.connect(self._on_scribbles_edited)
         self.classes.changed.connect(self._on_classes_changed)
         self.classes.label_chosen.connect(self._paint_with)
         self.features.changed.connect(self._on_features_changed)
-        self.features.invalid.connect(lambda msg: self.set_status(msg, error=True))
+        self.features.invalid.connect(self._on_invalid_fields)
         self.train_btn.clicked.connect(self.train)
         self.live_check.toggled.connect(self._on_live_toggled)
         self.cancel_btn.clicked.connect(self.cancel)
@@ -175,6 +246,9 @@ class SegmentationWidget(QWidget):
         self.input.refresh()
         self.features.apply()
         self.classifier.apply()
+        self._use_palette()
+        if self.classes.class_table.rowCount() == 0:  # no scribbles layer yet: the classes 'New' will make
+            self.classes.set_classes(self.controller.class_names, self.controller.class_colors)
 
     # ------------------------------------------------------------ state
     def set_status(self, msg: str, error: bool = False) -> None:
@@ -222,17 +296,99 @@ class SegmentationWidget(QWidget):
         c = self.controller
         names = c.class_names[:] if len(c.class_names) >= 2 else ["class 1", "class 2"]
         try:
-            return self.input.new_scribbles_layer(names, c.class_colors)
+            layer = self.input.new_scribbles_layer(names, c.class_colors)
         except VitsegError as e:
             _notify.show_error(str(e))
             return None
+        if self.status.styleSheet():  # an error about the old layer no longer applies
+            self.set_status(f"Paint in {layer.name!r}: pick a class in the table, then brush on the image.")
+        return layer
 
     def _on_scribbles_changed(self, layer) -> None:
+        if self._label_layer is not None:
+            try:
+                self._label_layer.events.selected_label.disconnect(self._on_selected_label)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self._label_layer = layer
         if layer is None:
             self.classes.set_classes(self.controller.class_names, self.controller.class_colors)
         else:
+            layer.events.selected_label.connect(self._on_selected_label)
             self.classes.load_from_layer(layer)
         self._reindex(layer)
+        self._follow_labels()
+
+    def _on_selected_label(self, event=None) -> None:
+        """napari's ``=`` key or label spin box chose a label beyond the table: add its row now,
+        so that it is painted in its own colour."""
+        layer = self.input.scribbles_layer
+        if layer is not None and 0 < int(layer.selected_label) <= 255:
+            self._add_class_rows(int(layer.selected_label))
+
+    def _follow_labels(self) -> None:
+        """Give every label found in the scribbles a row of the class table."""
+        index = self.controller.scribbles
+        if index is not None:
+            classes = index.classes()
+            if classes:
+                self._add_class_rows(int(max(classes)))
+
+    def _add_class_rows(self, label: int) -> None:
+        added = self.classes.ensure_classes(label)
+        if added:
+            which = ", ".join(str(k) for k in added)
+            self.set_status(f"Label {which} was not in the class table: added as "
+                            f"{', '.join(repr(f'class {k}') for k in added)} (double-click to rename or recolour).")
+
+    def _use_palette(self) -> None:
+        """Class colours that stand out on this image (see :data:`RGB_CLASS_COLORS`)."""
+        layer = self.input.image_layer
+        rgb = layer is not None and (layer.rgb or self.input.channel_axis() is not None)
+        palette = tuple(RGB_CLASS_COLORS if rgb else DEFAULT_COLORS)
+        old = self.classes.palette
+        self.classes.use_palette(palette)
+        c = self.controller
+        if self.classes.class_table.rowCount() == 0 and old != palette and all(
+                col.lower() == old[i % len(old)].lower() for i, col in enumerate(c.class_colors)):
+            c.class_colors = [palette[i % len(palette)] for i in range(len(c.class_colors))]
+
+    def _carry_scribbles(self, old_axis, new_axis) -> None:
+        """The channel axis changed: bring the painted scribbles to the new geometry (a new
+        layer; the old one is hidden, not deleted)."""
+        layer, image = self.input.scribbles_layer, self.input.image_layer
+        if layer is None or image is None:
+            return
+        data = layer_data(layer)
+        if not np.any(data):
+            new = None
+        else:
+            new = carry_scribbles(data, layer_data(image).shape, old_axis, new_axis)
+        if new is None or tuple(new.shape) != self.input.spatial_shape():
+            if np.any(data) and tuple(data.shape) != self.input.spatial_shape():
+                self.set_status(f"The scribbles {layer.name!r} were painted with another channel axis and do not "
+                                "fit this one; set the channel axis back, or press 'New'.", error=True)
+            elif not np.any(data) and tuple(data.shape) != self.input.spatial_shape():
+                self._replace_scribbles(layer, np.zeros(self.input.spatial_shape(), np.uint8))
+            return
+        self._replace_scribbles(layer, new.astype(layer.data.dtype, copy=False))
+        self.set_status(f"Scribbles kept: {layer.name!r} was redrawn for channel axis "
+                        f"{'none' if new_axis is None else new_axis} (the old layer is hidden).")
+
+    def _replace_scribbles(self, old, data) -> None:
+        c = self.controller
+        names, colors = list(c.class_names), list(c.class_colors)
+        new = self.viewer.add_labels(data, name=old.name, colormap=class_colormap(len(names), colors),
+                                     metadata={**(old.metadata or {}), "class_names": names},
+                                     **self.input.spatial_transform())
+        new.brush_size = old.brush_size
+        new.selected_label = old.selected_label
+        new.mode = "paint"
+        old.visible = False
+        old.name = f"{old.name} (before channel axis change)"
+        idx = self.scribbles_combo.findData(new)
+        if idx >= 0:
+            self.scribbles_combo.setCurrentIndex(idx)
 
     # ------------------------------------------------------------ the scribbles index
     def _reindex(self, layer) -> None:
@@ -285,6 +441,8 @@ class SegmentationWidget(QWidget):
                 c.update_scribbles(regions, lambda region: layer.data[region])
         except VitsegError as e:
             self.set_status(str(e), error=True)
+            return
+        self._follow_labels()
 
     def rescan_scribbles(self) -> None:
         """Index the scribbles layer again (after writing into ``layer.data`` in place from a
@@ -307,6 +465,7 @@ class SegmentationWidget(QWidget):
         self.controller.class_names = self.classes.names()
         self.controller.class_colors = self.classes.colors()
         self._sync_layer_classes()
+        self.outputs.name_classes()
 
     def _sync_layer_classes(self) -> None:
         """Write class names and colours to the scribbles and the segmentation."""
@@ -321,6 +480,11 @@ class SegmentationWidget(QWidget):
             if layer.mode not in ("paint", "fill"):
                 layer.mode = "paint"
             self.viewer.layers.selection.active = layer
+
+    def _on_invalid_fields(self, msg: str) -> None:
+        self.set_status(msg, error=True)
+        if not self.advanced.isExpanded():
+            self.advanced.expand(animate=False)  # show the field the message is about
 
     def _on_features_changed(self) -> None:
         self.outputs.mark_stale()
@@ -399,8 +563,10 @@ class SegmentationWidget(QWidget):
         self._request("live", lambda: self.controller.iter_train(inputs, live=True), t_request=self._last_paint)
 
     def _on_step(self, event=None) -> None:
+        """Another plane of a stack in view: predict it with the current model (after Train, Load
+        or Live), unless it is shown already."""
         shape = self.input.spatial_shape()
-        if shape is None or len(shape) != 3 or self.controller.model is None or not self.live_check.isChecked():
+        if shape is None or len(shape) != 3 or self.controller.model is None:
             return
         self._plane_timer.start()
 
@@ -414,6 +580,46 @@ class SegmentationWidget(QWidget):
             return self._fail(e)
         seg = self.controller.model.segmenter
         self._request("predict", lambda: self.controller.iter_predict_plane(seg, inputs, coarse=True))
+
+    def suggest_where_to_paint(self, window: int = 64):
+        """Centre the view on the most uncertain region of the plane in view (see
+        :func:`~napari_vitseg._widgets._controller.suggest_region`) and show the uncertainty.
+
+        Returns
+        -------
+        (y, x) or None
+            The region's centre in pixels of the plane, or ``None`` (nothing predicted yet).
+        """
+        unc = self.outputs.layers.get("uncertainty")
+        z = self.input.current_z()
+        if unc is None or unc not in self.viewer.layers or (z is None) != (unc.data.ndim == 2) \
+                or (z is not None and z not in self.outputs.predicted):
+            self.set_status("Nothing to suggest yet: press Train (or tick Live) to segment this plane first.")
+            return None
+        plane = np.asarray(unc.data[z] if z is not None else unc.data)
+        labelled = None
+        scr = self.input.scribbles_layer
+        if scr is not None and tuple(scr.data.shape) == tuple(unc.data.shape):
+            labelled = np.asarray(scr.data[z] if z is not None else scr.data) != 0
+        found = suggest_region(plane, window=window, labelled=labelled)
+        if found is None:
+            self.set_status("The classifier is sure everywhere on this plane: nothing to suggest.")
+            return None
+        y, x, mean = found
+        point = (z, y, x) if z is not None else (y, x)
+        world = unc.data_to_world(point)
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9 (viewer.camera before)
+        camera = scene.camera if scene is not None else self.viewer.camera
+        camera.center = tuple(world[-2:]) if self.viewer.dims.ndisplay == 2 else tuple(world)
+        side = max(1.0, window * 4 * float(min(unc.scale[-2:])))
+        canvas = getattr(self.viewer, "_canvas_size", None)  # zoom: the region takes ~1/4 of the canvas
+        if canvas is not None and min(canvas) > 1:
+            camera.zoom = max(camera.zoom, min(canvas) / side)
+        self.uncertainty_check.setChecked(True)
+        where = f"plane {z}, " if z is not None else ""
+        self.set_status(f"Least sure around ({where}row {y}, column {x}): mean uncertainty {mean:.2f}. "
+                        "Paint the right class there.")
+        return y, x
 
     def apply_to_stack(self):
         """Segment every plane of the image layer (a full model is trained first if needed)."""
@@ -449,6 +655,10 @@ class SegmentationWidget(QWidget):
             inputs = self._inputs(need_scribbles=False, need_image=self.controller.model is None)
         except VitsegError as e:
             return self._fail(e)
+        inputs.extra["source_paths"] = [  # the files the layers came from: Save must not write over them
+            p for layer in self.viewer.layers
+            for p in (getattr(getattr(layer, "source", None), "path", None), (layer.metadata or {}).get("path"))
+            if isinstance(p, str) and p]
         self.controller.class_names = self.class_names()
         return self._request("save", lambda: self.controller.iter_save(inputs, path))
 
@@ -464,13 +674,26 @@ class SegmentationWidget(QWidget):
         return self._request("load", lambda: self.controller.iter_load(inputs, path))
 
     # dialogs (public so that tests and scripts can replace them)
+    def default_save_path(self) -> str:
+        """``<image name>.vitseg`` beside the image's file (its source path or reader metadata),
+        else in the working folder."""
+        layer = self.input.image_layer
+        if layer is None:
+            return "classifier.vitseg"
+        src = getattr(getattr(layer, "source", None), "path", None) or (layer.metadata or {}).get("path")
+        if src:
+            src = Path(src)
+            stem = src.name.split(".")[0] if src.is_file() or src.suffix else src.name
+            return str(src.parent / f"{stem}.vitseg")
+        return f"{layer.name}.vitseg"
+
     def ask_save_path(self) -> str | None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save classifier", "classifier.vitseg",
+        path, _ = QFileDialog.getSaveFileName(self, "Save classifier", self.default_save_path(),
                                               "napari-vitseg classifier (*.vitseg);;All files (*)")
         return path or None
 
     def ask_open_path(self) -> str | None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load classifier", "",
+        path, _ = QFileDialog.getOpenFileName(self, "Load classifier", str(Path(self.default_save_path()).parent),
                                               "napari-vitseg classifier (*.vitseg);;All files (*)")
         return path or None
 
@@ -538,12 +761,41 @@ class SegmentationWidget(QWidget):
             _notify.show_info(f"Classifier saved to {value}")
             return f"Saved {value}."
         if job.kind == "files":
-            return f"Wrote {len(value)} segmentation(s) to {Path(value[0]).parent if value else '-'}."
+            return self._files_message(value)
         if job.kind == "apply":
             return f"Segmented {value} plane(s) with the {what}."
+        if job.kind == "train" and len(self.input.spatial_shape() or ()) == 3:
+            return (f"Done ({what}). Scroll through the stack: each plane is segmented when you reach it; "
+                    "'Apply to stack' segments them all.")
         if value is not None or job.kind != "live":
             return f"Done ({what})."
         return None
+
+    def _files_message(self, outputs) -> str:
+        """What *Apply to files* did (written and skipped), and open the outputs if asked."""
+        outputs = list(outputs or [])
+        skipped = len(self.controller.files_skipped)
+        written = len(outputs) - skipped
+        where = Path(outputs[0]).parent if outputs else "-"
+        parts = [f"Wrote {written} segmentation(s)" if written else "Wrote nothing new"]
+        if skipped:
+            parts.append(f"{skipped} already done (skipped; delete them to redo)")
+        msg = f"{', '.join(parts)} in {where}."
+        if outputs and self.open_results_check.isChecked():
+            self.open_outputs(outputs)
+        return msg
+
+    def open_outputs(self, paths) -> None:
+        """Open segmentation files in the viewer (napari picks the reader: ours reopens them as
+        Labels with class names and colours)."""
+        for path in paths:
+            try:
+                try:
+                    self.viewer.open(str(path), plugin="napari-vitseg")
+                except ValueError:  # our reader does not claim it: napari's choice
+                    self.viewer.open(str(path))
+            except Exception as e:  # noqa: BLE001 - an output that cannot be shown is not a failure of the run
+                _notify.show_warning(f"Could not open {Path(path).name} in napari: {e}")
 
     # ------------------------------------------------------------ teardown
     def close(self) -> bool:
@@ -554,6 +806,11 @@ class SegmentationWidget(QWidget):
 
     def _disconnect_all(self) -> None:
         self.input.disconnect_layers()
+        if self._label_layer is not None:
+            try:
+                self._label_layer.events.selected_label.disconnect(self._on_selected_label)
+            except (TypeError, ValueError, RuntimeError):
+                pass
         ev = self.viewer.layers.events
         for e, cb in ((ev.inserted, self._on_layers_changed), (ev.removed, self._on_layers_changed),
                       (ev.reordered, self._on_layers_changed), (self.viewer.dims.events.current_step, self._on_step)):

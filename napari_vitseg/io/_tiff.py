@@ -4,6 +4,13 @@
 (pyramidal ones with all their levels), a stack of 2D TIFF slices named by a glob pattern,
 or a zarr array / OME-Zarr image (:mod:`napari_vitseg.io._zarr`). Nothing reads pixels until
 they are asked for, and then one plane at a time.
+
+Label outputs carry their class table (ids, names, colours) in the TIFF: tifffile writes its
+``metadata`` dict as JSON into the first page's ImageDescription ("shaped" description, e.g.
+``{"shape": [6, 518, 518], "axes": "ZYX", "napari_vitseg": {"role": "labels", "classes":
+[{"id": 1, "name": "nucleus", "color": "#1f77b4"}, ...]}}``); :func:`class_table_metadata`
+builds that entry and :func:`tiff_series` / :func:`parse_class_table` read it back. Other
+programs ignore the extra key; the pixels stay plain uint8 / uint16 / uint32 labels.
 """
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ from .._validation import VitsegError
 from ._paths import IMAGE_SUFFIXES, is_pattern, is_tiff, is_zarr, pattern_files
 
 __all__ = [
+    "VITSEG_KEY",
     "LazyImage",
     "TiffSeries",
+    "class_table_metadata",
+    "parse_class_table",
     "tiff_series",
     "open_image",
     "read_image",
@@ -27,6 +37,98 @@ __all__ = [
     "TiffPlaneWriter",
     "write_tiff",
 ]
+
+#: Key of napari-vitseg's entry (role, class table) in a TIFF's JSON ImageDescription.
+VITSEG_KEY = "napari_vitseg"
+#: Roles of the outputs that carry a :data:`VITSEG_KEY` entry.
+ROLES = ("labels", "probabilities")
+
+
+def class_table_metadata(classes, *, role: str = "labels", axes: str | None = None) -> dict:
+    """The :data:`VITSEG_KEY` entry that a label (or probability) output stores in its TIFF.
+
+    Parameters
+    ----------
+    classes : sequence of dict
+        ``{'id': int >= 1, 'name': str, 'color': '#rrggbb'}`` per class, as
+        :meth:`napari_vitseg.Segmenter.class_table` gives them.
+    role : {'labels', 'probabilities'}
+    axes : str, optional
+        Axes of the stored array (``'YX'``, ``'ZYX'``, ``'CYX'``, ``'ZCYX'``).
+
+    Returns
+    -------
+    dict
+        ``{'version', 'role', 'classes'[, 'axes']}``: pass it as
+        ``metadata={'axes': ..., VITSEG_KEY: entry}`` to tifffile.
+
+    Raises
+    ------
+    VitsegError
+        An unknown role or a class table that :func:`parse_class_table` would reject.
+
+    Examples
+    --------
+    >>> e = class_table_metadata([{"id": 1, "name": "pore", "color": "#1F77B4"}], axes="YX")
+    >>> e["role"], e["classes"]
+    ('labels', [{'id': 1, 'name': 'pore', 'color': '#1f77b4'}])
+    """
+    from .. import __version__
+
+    if role not in ROLES:
+        raise VitsegError(f"role must be one of {list(ROLES)}; got {role!r}.")
+    table = parse_class_table({"classes": list(classes)})
+    if table is None:
+        raise VitsegError("The class table must be a list of {'id': int >= 1, 'name': str, 'color': '#rrggbb'} "
+                          f"with distinct ids; got {classes!r}.")
+    entry = {"version": __version__, "role": role, "classes": table}
+    if axes:
+        entry["axes"] = axes
+    return entry
+
+
+def _hex(color) -> str | None:
+    if not isinstance(color, str) or len(color) != 7 or color[0] != "#":
+        return None
+    try:
+        int(color[1:], 16)
+    except ValueError:
+        return None
+    return color.lower()
+
+
+def parse_class_table(entry) -> list[dict] | None:
+    """The class table of a :data:`VITSEG_KEY` entry, checked; ``None`` if absent or malformed.
+
+    A file edited by hand or by another program must never stop it from opening: anything
+    that is not a list of ``{'id': int >= 1, 'name': str, 'color': '#rrggbb'}`` with distinct
+    ids gives ``None`` (the file then opens without class names).
+
+    Parameters
+    ----------
+    entry : dict or None
+        The entry (``{'classes': [...], ...}``).
+
+    Returns
+    -------
+    list of dict or None
+        Sorted by id; colours lower-case.
+    """
+    classes = entry.get("classes") if isinstance(entry, dict) else None
+    if not isinstance(classes, list) or not classes:
+        return None
+    out = []
+    for c in classes:
+        if not isinstance(c, dict):
+            return None
+        cid, name, color = c.get("id"), c.get("name"), _hex(c.get("color"))
+        if isinstance(cid, bool) or not isinstance(cid, int) or cid < 1 or not isinstance(name, str) or color is None:
+            return None
+        out.append({"id": cid, "name": name, "color": color})
+    if len({c["id"] for c in out}) != len(out):
+        return None
+    return sorted(out, key=lambda c: c["id"])
+
 
 
 @dataclass
@@ -120,12 +222,26 @@ class TiffSeries:
     dtype : numpy.dtype
     n_levels : int
         Number of resolution levels (more than 1 for a pyramidal OME-TIFF).
+    vitseg : dict or None
+        The file's :data:`VITSEG_KEY` entry (role, class table) when napari-vitseg wrote it.
     """
 
     axes: str
     shape: tuple
     dtype: np.dtype
     n_levels: int = 1
+    vitseg: dict | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def role(self) -> str | None:
+        """``'labels'`` or ``'probabilities'`` for napari-vitseg's outputs, else ``None``."""
+        role = (self.vitseg or {}).get("role")
+        return role if role in ROLES else None
+
+    @property
+    def class_table(self) -> list[dict] | None:
+        """The stored class table (:func:`parse_class_table`), or ``None``."""
+        return parse_class_table(self.vitseg)
 
     @property
     def nbytes(self) -> int:
@@ -165,8 +281,11 @@ def tiff_series(path) -> TiffSeries:
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
-            info = TiffSeries(series.axes, tuple(series.shape), np.dtype(series.dtype), len(series.levels))
-            declared = tf.shaped_metadata[0].get("shape") if tf.is_shaped and tf.shaped_metadata else None
+            shaped = tf.shaped_metadata[0] if tf.is_shaped and tf.shaped_metadata else {}
+            declared = shaped.get("shape")
+            vitseg = shaped.get(VITSEG_KEY)
+            info = TiffSeries(series.axes, tuple(series.shape), np.dtype(series.dtype), len(series.levels),
+                              vitseg if isinstance(vitseg, dict) else None)
     except VitsegError:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises struct.error, ValueError, ... for broken files

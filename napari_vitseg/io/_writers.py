@@ -21,9 +21,12 @@ The format follows the output name (:func:`output_kind`):
 
 - ``.tif`` / ``.tiff`` (any TIFF suffix): a tiled (256 x 256, or the plane rounded up to 16
   when smaller), zlib-compressed TIFF, BigTIFF above 2 GiB of pixels, with tifffile's shaped
-  metadata (axes ``ZYX`` / ``YX``, probabilities ``ZCYX`` / ``CYX``). It is assembled from the
-  staging store (into ``assembled.tif.part`` inside it) when every plane is finished and
-  renamed into place.
+  metadata (axes ``ZYX`` / ``YX``, probabilities ``ZCYX`` / ``CYX``) and, from the
+  ``napari_vitseg`` entry of the output's attributes, the role and class table (ids, names,
+  colours; :func:`napari_vitseg.io._tiff.class_table_metadata`) in the same JSON description,
+  so that napari-vitseg's reader reopens labels as a coloured, named Labels layer. It is
+  assembled from the staging store (into ``assembled.tif.part`` inside it) when every plane is
+  finished and renamed into place.
 - ``.zarr`` / ``.ome.zarr``: an OME-Zarr image (NGFF 0.4, zarr v2, one level, written with
   :mod:`ome_zarr.writer`): labels (Z, Y, X) uint8 with ``image-label`` colours and class names,
   probabilities (C, Z, Y, X) float16 (NGFF puts the channel axis before space) with ``omero``
@@ -38,6 +41,7 @@ is discarded; a folder at the staging path that has no manifest of ours is never
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -432,31 +436,47 @@ class StagedOutput:
         """
         msgs: list[str] = []
         name = self.path.name
-        if os.path.lexists(self.staging):
-            man = self._read_manifest()
+        # A store appears at the staging path complete and locked (made under a temporary name and
+        # renamed) and leaves it by a rename while still locked, so a concurrent run sees it whole
+        # or not at all; when it appears or leaves between two looks, look again.
+        for _ in range(20):
+            if not os.path.lexists(self.staging):
+                if self._create():
+                    return msgs
+                continue  # another run put its store there first
+            try:
+                man = self._read_manifest()
+            except FileNotFoundError:
+                continue  # removed meanwhile
             if man is None:
-                self.staging.rmdir()
-            else:
-                self._take_lock()  # before anything is verified or discarded
-                reason = _stale_reason(man.get("depends"), self.depends)
-                if reason is None and not self._verify(man):
-                    reason = "its store is damaged"
-                if reason is not None:
-                    n = len(man.get("planes") or {})
-                    msgs.append(f"{name}: discarding the unfinished staging of an earlier run ({reason}; {n} "
-                                "plane(s))")
-                    self.discard()
-        if self._array is None:
-            self._create()
-            self._take_lock()
-        return msgs
+                with contextlib.suppress(OSError):
+                    self.staging.rmdir()
+                continue
+            if not self._take_lock():  # before anything is verified or discarded
+                continue  # the store was removed or replaced meanwhile
+            reason = _stale_reason(man.get("depends"), self.depends)
+            if reason is None and not self._verify(man):
+                reason = "its store is damaged"
+            if reason is None:
+                return msgs
+            n = len(man.get("planes") or {})
+            msgs.append(f"{name}: discarding the unfinished staging of an earlier run ({reason}; {n} plane(s))")
+            self.discard()
+        raise VitsegError(f"Another run keeps creating and removing {str(self.staging)!r}; wait for it to finish "
+                          "or choose another output name.")
 
-    def _take_lock(self) -> None:
+    def _take_lock(self, staging: Path | None = None) -> bool:
+        """Lock the store at ``staging`` (default: the staging path); False when the store there was
+        removed or replaced while the lock was taken."""
+        staging = self.staging if staging is None else staging
         try:
             import fcntl
         except ImportError:  # Windows: no advisory lock
-            return
-        fd = os.open(self.staging / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            return True
+        try:
+            fd = os.open(staging / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -465,7 +485,15 @@ class StagedOutput:
                 f"Another run is writing {str(self.path)!r} (its staging {str(self.staging)!r} is locked); wait "
                 "for it to finish or choose another output name."
             ) from None
+        try:  # the lock file still at the path: the store was not removed while we waited for it
+            same = os.path.samestat(os.fstat(fd), os.stat(staging / LOCK_NAME))
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            return False
         self._lock = fd
+        return True
 
     def close(self) -> None:
         """Release the staging store (its lock); the store itself stays for the next run."""
@@ -499,12 +527,41 @@ class StagedOutput:
         self._save_manifest()  # keep only what was proven
         return True
 
-    def _create(self) -> None:
+    def _create(self) -> bool:
+        """Make a new, locked store under a temporary name and rename it to the staging path;
+        False (nothing left behind) when another run's store got there first."""
+        import secrets
+
+        import zarr
+
+        final = self.staging
+        tmp = final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        tmp.mkdir()
+        try:
+            self.staging = tmp
+            self._build_store()
+            self._take_lock(tmp)
+        except BaseException:
+            self.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            self.staging = final
+        try:
+            os.rename(tmp, final)  # atomic; fails when a store appeared at the staging path meanwhile
+        except OSError:
+            self.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._array = None
+            return False
+        self._array = zarr.open_array(str(final / "0"), mode="r+", zarr_format=2)
+        self.created = True
+        return True
+
+    def _build_store(self) -> None:
         import zarr
 
         spec = self.spec
-        self.staging.mkdir()
-        self.created = True
         self.done = {}
         self._save_manifest()  # first: a folder with our manifest is ours to resume or discard
         group = zarr.open_group(str(self.staging), mode="a", zarr_format=2)
@@ -531,10 +588,19 @@ class StagedOutput:
         self._array = arr
 
     def discard(self) -> None:
-        """Delete the staging store (only ours: it holds our manifest)."""
-        self.close()
+        """Delete the staging store (only ours: it holds our manifest); renamed away first, while
+        still locked, so that another run never sees it half deleted."""
         if self.staging.is_dir() and not self.staging.is_symlink() and self.manifest_path.exists():
-            shutil.rmtree(self.staging)
+            import secrets
+
+            gone = self.staging.with_name(f"{self.staging.name}.{os.getpid()}-{secrets.token_hex(4)}.del")
+            try:
+                os.rename(self.staging, gone)
+            except FileNotFoundError:
+                pass
+            else:
+                shutil.rmtree(gone, ignore_errors=True)
+        self.close()
         self._array = None
         self.done = {}
 
@@ -585,10 +651,20 @@ class StagedOutput:
             with tifffile.TiffWriter(part, bigtiff=spec.nbytes > BIGTIFF_ABOVE) as tw:
                 tw.write(tiles(), shape=spec.shape, dtype=spec.dtype, tile=(ty, tx), compression=TIFF_COMPRESSION,
                          compressionargs={"level": TIFF_COMPRESSION_LEVEL}, photometric="minisblack",
-                         metadata={"axes": spec.axes})
+                         metadata=self._tiff_metadata())
         except BaseException:
             self.abort()
             raise
+
+    def _tiff_metadata(self) -> dict:
+        """tifffile ``metadata`` of a TIFF output: its axes, and the role and class table
+        (:data:`~napari_vitseg.io._tiff.VITSEG_KEY` entry of ``attrs``) when given."""
+        from ._tiff import VITSEG_KEY
+
+        meta = {"axes": self.spec.axes}
+        if isinstance(self.attrs.get(VITSEG_KEY), dict):
+            meta[VITSEG_KEY] = self.attrs[VITSEG_KEY]
+        return meta
 
     def commit(self) -> Path:
         """Rename the finished output into place (TIFF: the assembled file; OME-Zarr: the staging store)."""

@@ -55,11 +55,11 @@ def test_widget_runs_and_adds_aligned_layers(make_napari_viewer, qtbot, notes, a
     assert "RANDOM WEIGHTS" in w.status.text()
 
     names = {layer.name for layer in viewer.layers}
-    for kind in ("token norm", "high-norm tokens", "PCA-RGB"):
-        assert f"noise · {kind} · dinov2_vits14_reg" in names, kind
-    norm = viewer.layers["noise · token norm · dinov2_vits14_reg"]
-    flagged = viewer.layers["noise · high-norm tokens · dinov2_vits14_reg"]
-    pca = viewer.layers["noise · PCA-RGB · dinov2_vits14_reg"]
+    for kind in ("norm", "high-norm", "PCA"):
+        assert f"dv2-S-reg · noise · {kind}" in names, kind
+    norm = viewer.layers["dv2-S-reg · noise · norm"]
+    flagged = viewer.layers["dv2-S-reg · noise · high-norm"]
+    pca = viewer.layers["dv2-S-reg · noise · PCA"]
     assert norm.data.shape == (8, 9) and flagged.data.shape == (8, 9) and pca.data.shape == (8, 9, 3)
     assert pca.rgb and flagged.data.dtype == np.uint8
     # token (i, j) centre = image pixel 14 i + 6.5, then the image layer's own scale 2 / translate

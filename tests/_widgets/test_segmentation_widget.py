@@ -16,11 +16,12 @@ import pytest
 import tifffile
 
 from napari_vitseg.backbones import NO_WEIGHTS_NOTICE
+from napari_vitseg.features.classical import classical_feature_names
 from napari_vitseg.metrics import mean_iou
 
 pytest.importorskip("napari")
 
-from napari_vitseg._widgets._sections import NO_BACKBONE, RANDOM_SUFFIX  # noqa: E402
+from napari_vitseg._widgets._sections import MISSING_ROW, NO_BACKBONE, NO_WEIGHTS_GUI, RANDOM_SUFFIX  # noqa: E402
 from napari_vitseg._widgets._segmentation import SegmentationWidget  # noqa: E402
 
 TIMEOUT = 180_000
@@ -103,7 +104,8 @@ def test_train_paint_real_scribbles_miou(qtbot, nano_viewer, errors):
     unc = viewer.layers["uncertainty"]
     # uint8 uncertainty: 0..255 stands for 0..1 (two classes: at most 0.5)
     assert unc.data.shape == image.shape and unc.data.dtype == np.uint8 and unc.data.max() <= 128
-    assert unc.colormap.name == "magma" and tuple(unc.contrast_limits) == (0, 255)
+    assert unc.colormap.name == "inferno" and tuple(unc.contrast_limits) == (0, 255)
+    assert unc.blending == "translucent" and not unc.visible
     assert isinstance(seg.data, np.ndarray)  # a small image keeps numpy output layers
     # outputs sit below the scribbles, which stay active for painting
     names = [lay.name for lay in viewer.layers]
@@ -177,7 +179,11 @@ def test_stack_current_plane_first_then_cancel_apply(qtbot, make_napari_viewer, 
     stack, sscrib = cells_stack
     viewer = make_napari_viewer()
     monkeypatch.setattr(_reader, "LAZY_BYTES", 0)  # open it as a dask array, as a multi-GB file would be
-    viewer.open(str(samples / "tem_cells_stack" / "image.tif"), plugin="napari-vitseg")
+    # our reader, as the Choose reader dialog or an .ome.tif name would pick it (a plain .tif of
+    # this size opens with napari's builtin reader, which has no lazy mode)
+    path = str(samples / "tem_cells_stack" / "image.tif")
+    for data, kwargs, _ in _reader.napari_get_reader(path)(path):
+        viewer.add_image(data, **kwargs)
     assert isinstance(viewer.layers[0].data, da.Array)
     widget = dock(viewer)
     layer = widget.new_scribbles_layer()
@@ -392,11 +398,16 @@ def test_backbone_choices_offline(make_napari_viewer, monkeypatch):
     combo = widget.backbone_combo
     texts = [combo.itemText(i) for i in range(combo.count())]
     assert texts[0] == NO_BACKBONE
-    assert len(texts) == 1 + len(list_backbones())
-    for i in range(1, combo.count()):
-        assert texts[i].endswith("(weights missing)")
-        assert not combo.model().item(i).isEnabled()
-    assert widget.weights_notice.text().startswith(NO_WEIGHTS_NOTICE)
+    # the backbones without weights are one disabled row (names in its tooltip), not 13 greyed rows
+    n = len(list_backbones())
+    missing = [i for i, t in enumerate(texts) if t == MISSING_ROW.format(n=n)]
+    assert len(missing) == 1 and not combo.model().item(missing[0]).isEnabled()
+    assert all(name in combo.model().item(missing[0]).toolTip() for name in list_backbones())
+    assert [t for t in texts if t] == [NO_BACKBONE, MISSING_ROW.format(n=n)]
+    # no command line in the GUI
+    assert widget.weights_notice.text() == NO_WEIGHTS_GUI
+    assert "vitseg " not in widget.weights_notice.text() and "Import weights" in widget.weights_notice.text()
+    assert NO_WEIGHTS_NOTICE not in widget.weights_notice.text()
     assert not widget.upsample_combo.isEnabled()
 
     monkeypatch.setenv("VITSEG_ALLOW_RANDOM_WEIGHTS", "1")
@@ -482,7 +493,8 @@ def test_random_weights_backbone_train_save_load(qtbot, make_napari_viewer, nano
     assert errors == []
     seg = viewer.layers["segmentation"].data.copy()
     n_feat = widget.controller.model.segmenter.featurizer.n_features(1)
-    assert n_feat == 40 + widget.controller.feature_config.vit_pca
+    cfg = widget.controller.feature_config
+    assert n_feat == len(classical_feature_names(cfg.sigmas, cfg.families, cfg.include_intensity)) + cfg.vit_pca
     path = tmp_path / "vit.vitseg"
     monkeypatch.setattr(widget, "ask_save_path", lambda: str(path))
     widget.save_classifier()
