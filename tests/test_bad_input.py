@@ -7,6 +7,7 @@ Every case must end in the project's own error: the CLI exits with 2 and prints 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -180,6 +181,53 @@ def _raw_model(data: bytes):
     return setup
 
 
+@functools.lru_cache
+def _xgb_members() -> dict:
+    """The members of a small XGBoost classifier file (made once)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "x.vitseg"
+        Segmenter(FeatureConfig(sigmas=(1,)), "xgb", {"n_estimators": 2}).fit(_image(), _scribbles()).save(path)
+        with zipfile.ZipFile(path) as zf:
+            return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _xgb_model(ubj=None, tree_change=None):
+    """Setup: an XGBoost classifier file whose model.ubj is ``ubj``, or whose first tree is changed
+    (``tree_change(tree)``, on the model's JSON) and saved again by XGBoost itself (which accepts it)."""
+    def setup(ws):
+        members = dict(_xgb_members())
+        if tree_change is not None:
+            import xgboost as xgb
+
+            booster = xgb.Booster()
+            booster.load_model(bytearray(members["model.ubj"]))
+            model = json.loads(booster.save_raw("json"))
+            tree_change(model["learner"]["gradient_booster"]["model"]["trees"][0])
+            crafted = xgb.Booster()
+            crafted.load_model(bytearray(json.dumps(model).encode()))
+            members["model.ubj"] = bytes(crafted.save_raw("ubj"))
+        else:
+            members["model.ubj"] = ubj
+        ws.model.write_bytes(_zip(members))
+        return _apply(ws)
+    return setup
+
+
+def _damaged_deflate(ws):
+    """The classifier with the deflate stream of its model member overwritten (zlib.error when read;
+    the zip directory and the declared sizes are intact)."""
+    data = bytearray(ws.model.read_bytes())
+    with zipfile.ZipFile(ws.model) as zf:
+        info = zf.getinfo("model.skops")
+    start = info.header_offset + 30 + len(info.filename.encode()) + int.from_bytes(
+        data[info.header_offset + 28:info.header_offset + 30], "little")
+    data[start:start + 16] = b"\xff" * 16  # deflate block type 3: "invalid block type"
+    ws.model.write_bytes(bytes(data))
+    return _apply(ws)
+
+
 def _fifo(ws, name):
     p = ws.root / name
     os.mkfifo(p)
@@ -249,6 +297,27 @@ CASES = [
     ("apply-unknown-feature-key", _bad_model(lambda m: m["feature_config"].update(colour=1)), "feature config"),
     ("apply-class-count-disagrees", _bad_model(lambda m: m["classifier"].update(classes=[1, 2, 3])), "class"),
     ("apply-feature-count-disagrees", _bad_model(lambda m: m["classifier"].update(n_features_in=99)), "feature"),
+    # apply: XGBoost models and damaged members (issue 11, found by the fuzzers)
+    ("apply-xgb-empty-model-member", _xgb_model(b""), "UBJSON"),
+    ("apply-xgb-model-declares-256mib", _xgb_model(b"{L\x00\x00\x00\x00\x10\x00\x00\x00"), "UBJSON"),
+    ("apply-xgb-truncated-model-member", lambda ws: _xgb_model(_xgb_members()["model.ubj"][:-7])(ws), "UBJSON"),
+    ("apply-xgb-child-out-of-range", _xgb_model(tree_change=lambda t: t["left_children"].__setitem__(0, 100_000)),
+     "child"),
+    ("apply-xgb-child-cycle", _xgb_model(tree_change=lambda t: t["right_children"].__setitem__(0, 0)), "child"),
+    ("apply-xgb-feature-out-of-range", _xgb_model(tree_change=lambda t: t["split_indices"].__setitem__(0, 10**6)),
+     "features outside"),
+    ("apply-xgb-nan-leaf", _xgb_model(tree_change=lambda t: t["split_conditions"].__setitem__(
+        t["left_children"].index(-1), float("nan"))), "non-finite"),
+    ("apply-damaged-deflate-stream", _damaged_deflate, "damaged"),
+    # apply: feature config values of the wrong type (FeatureConfig refuses them with its own error)
+    ("apply-families-null", _bad_model(lambda m: m["feature_config"].update(families=None)), "families"),
+    ("apply-vit-channels-false", _bad_model(lambda m: m["feature_config"].update(vit_channels=False)),
+     "vit_channels"),
+    ("apply-vit-channels-strings", _bad_model(lambda m: m["feature_config"].update(vit_channels=["a"])),
+     "vit_channels"),
+    ("apply-vit-pca-string", _bad_model(lambda m: m["feature_config"].update(vit_pca="a")), "vit_pca"),
+    ("apply-feature-backbone-number", _bad_model(lambda m: m["feature_config"].update(backbone=5)), "backbone"),
+    ("apply-classical-string", _bad_model(lambda m: m["feature_config"].update(classical="no")), "classical"),
     ("apply-model-is-folder", lambda ws: (ws.root.joinpath("md").mkdir(), _apply(ws, model=ws.root / "md"))[1],
      "folder"),
     # apply: inputs
@@ -326,3 +395,72 @@ def test_api_raises_the_project_error_nothing_written(ws, case, setup, words):
     with pytest.raises(VitsegError):
         api()
     assert _snapshot(ws.root) == before, (case, "files were written or changed")
+
+
+# -- API-only values of the wrong type (no CLI option takes them): the project's error, one line ----
+def _ragged():
+    return [[1, 2, 3], [4, 5]]
+
+
+API_VALUE_CASES = [
+    ("classifier-list", lambda: __import__("napari_vitseg.pipeline.segmenter", fromlist=["x"]).SegmenterConfig(
+        classifier=[]), "classifier"),
+    ("classifier-params-list", lambda: _config(classifier_params=[1]), "classifier_params"),
+    ("class-names-int", lambda: _config(class_names=5), "class_names"),
+    ("class-colors-int", lambda: _config(class_colors=5), "class_colors"),
+    ("class-colors-nested", lambda: _config(class_colors=[[1, 2]]), "colour"),
+    ("families-none", lambda: FeatureConfig(families=None), "families"),
+    ("vit-channels-false", lambda: FeatureConfig(vit_channels=False), "vit_channels"),
+    ("vit-channels-strings", lambda: FeatureConfig(vit_channels=["a"]), "vit_channels"),
+    ("vit-pca-string", lambda: FeatureConfig(vit_pca="a"), "vit_pca"),
+    ("backbone-int", lambda: FeatureConfig(backbone=5), "backbone"),
+    ("sigmas-string", lambda: FeatureConfig(sigmas="12"), "sigmas"),
+    ("sigmas-bools", lambda: FeatureConfig(sigmas=[True]), "sigmas"),
+    ("include-intensity-string", lambda: FeatureConfig(include_intensity="yes"), "include_intensity"),
+    ("feature-version-true", lambda: FeatureConfig.from_dict({"version": True}), "version"),
+    ("scribbles-ragged", lambda: __import__("napari_vitseg.pipeline.scribbles", fromlist=["x"]).ScribbleIndex
+     .from_array(_ragged()), "scribbles"),
+    ("image-ragged", lambda: __import__("napari_vitseg.pipeline.segmenter", fromlist=["x"]).as_channels_last(
+        _ragged(), None), "image"),
+    ("fit-ragged-image", lambda: Segmenter(FeatureConfig(sigmas=(1,))).fit(_ragged(), _scribbles()), "image"),
+    ("channel-axis-bool", lambda: __import__("napari_vitseg._validation", fromlist=["x"]).check_channel_axis(3, True),
+     "channel_axis"),
+    ("image-beyond-float32", lambda: __import__("napari_vitseg._validation", fromlist=["x"]).as_float32(
+        np.full((4, 4), 1e300)), "float32"),
+]
+
+
+def _config(**kw):
+    from napari_vitseg.pipeline.segmenter import SegmenterConfig
+
+    return SegmenterConfig(**kw)
+
+
+@pytest.mark.parametrize("case, call, words", API_VALUE_CASES, ids=[c[0] for c in API_VALUE_CASES])
+def test_api_values_of_the_wrong_type_raise_the_project_error(case, call, words):
+    with pytest.raises(VitsegError) as info:
+        call()
+    msg = str(info.value)
+    assert msg and "\n" not in msg and words.lower() in msg.lower(), (case, msg)
+
+
+def test_folder_run_with_a_file_locked_by_another_run_says_to_wait(ws):
+    """A folder run whose one output is being written by another run: the final message says that
+    another run is writing it and to wait for that run (not to fix or remove the file)."""
+    from napari_vitseg.pipeline.batch import iter_apply_file, iter_apply_files
+
+    seg = Segmenter.load(ws.model)
+    a, b = ws.file("in/a.tif", _image()), ws.file("in/b.tif", _image())
+    out = ws.root / "out"
+    out.mkdir()
+    other = iter_apply_file(seg, a, out / "a_seg.tif")
+    next(other)  # the other run: a's staging store open and locked
+    try:
+        with pytest.raises(VitsegError) as info:
+            run(iter_apply_files(seg, [a, b], out))
+        msg = str(info.value)
+        assert "\n" not in msg and "Another run is writing" in msg and "wait for that run" in msg, msg
+        assert "Fix or remove" not in msg, msg
+        assert (out / "b_seg.tif").is_file()  # the other input was done
+    finally:
+        other.close()
