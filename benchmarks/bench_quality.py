@@ -1,0 +1,668 @@
+"""Benchmark: segmentation quality (mIoU) from scribbles alone, ours vs in-run baselines (issue 10).
+
+Run ``python benchmarks/bench_quality.py [--data DIR] [--sets ...] [--methods ...] [--quick]``
+(``--list`` prints the sets and methods). Every set of ``--data`` (default ``../shared/data``
+next to the repository, or ``$VITSEG_SHARED_DATA``) that has a dense ``ground_truth.tif`` is
+used; a set without ``scribbles.tif`` gets them from ``../tools/make_scribbles.py`` (seed 0) in
+a cache folder (``--cache``), and the run says so.
+
+What is measured, per set and method:
+
+- mIoU over the ground-truth classes and the IoU of each class, with
+  :func:`napari_vitseg.metrics.iou_per_class` / :func:`~napari_vitseg.metrics.mean_iou` (the
+  project's metric): every pixel whose ground truth is not 0 counts, *including the scribbled
+  pixels* (the data README: ground truth 0 = ignore; these sets have none). A stack is scored
+  over all its planes together.
+- train s: wall time of training from the raw image (features of the scribbled planes +
+  classifier fit); apply s: wall time of segmenting the whole image or stack from the raw
+  image (features recomputed, as ``vitseg apply`` does). Single runs, on whatever else the
+  machine is doing: the times are indications, the mIoU is the result.
+
+Methods:
+
+- ``default``: ``napari_vitseg.Segmenter()`` as shipped: default ``FeatureConfig`` (classical
+  filters only: no pretrained ViT weights can be had on the benchmark machines, so no ViT
+  features; this is what every user without weights gets) and the default classifier.
+- candidates: the named entries of :data:`METHODS`, each a few keyword changes of
+  ``Segmenter`` / ``SegmenterConfig`` / ``FeatureConfig`` (adding one is one line). An entry
+  whose keyword or value the installed library does not accept is reported as "not available
+  in this version", never dropped. ``smooth`` is a benchmark-side post-process (Gaussian
+  smoothing of each class probability, in the plane, before the argmax), not a library option.
+- in-run baselines (same images, scribbles and metric, run in the same process):
+
+  * ``skimage_gallery``: scikit-image's documented usage, the gallery example "Trainable
+    segmentation using local features and random forests" (``plot_trainable_segmentation``):
+    ``multiscale_basic_features(intensity=True, edges=False, texture=True, sigma_min=1,
+    sigma_max=16, channel_axis=-1 for RGB)`` + ``RandomForestClassifier(n_estimators=50,
+    n_jobs=-1, max_depth=10, max_samples=0.05)`` through ``future.fit_segmenter`` /
+    ``predict_segmenter``; we add ``random_state=0`` for repeatability.
+  * ``skimage_rf100``: ``multiscale_basic_features`` with all its defaults (channel_axis for
+    RGB) + a plain ``RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=0)``.
+  * ``convpaint``: napari-convpaint from PyPI, run in a child process from a separate
+    ``pip install --no-deps --target`` folder (``--convpaint-path``, default
+    ``/tmp/convpaint``) so this environment is never changed. Its default model (VGG16) needs
+    ImageNet weights, which cannot be had here, so it runs its weight-free ``gaussian`` alias
+    with every other parameter at Convpaint's defaults (CatBoost classifier). If it is not
+    installed or fails, the column says why.
+
+  Stacks are segmented plane by plane (2D) by every method unless the method says 3D.
+
+Output: a set x method mIoU table (and its mean over sets), a long table (per-class IoU,
+train s, apply s), the margin of ``default`` over the best in-run baseline per set, the ISB
+numbers quoted in issue 10 (for context only, not re-run), peak RSS, and a JSON of everything
+(machine, versions, seed, git commit) in ``benchmarks/results/bench_quality_<time>.json``.
+``--quick`` crops every set to about 256 x 256 (a window whose scribbles hold every class)
+for smoke runs; its numbers are not the benchmark's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from napari_vitseg.metrics import iou_per_class, mean_iou  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_DATA = Path(os.environ.get("VITSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "napari-vitseg" / "bench_quality"
+DEFAULT_CONVPAINT = Path(os.environ.get("VITSEG_CONVPAINT_PATH", "/tmp/convpaint"))
+SEED = 0
+QUICK_SIZE = 256
+
+#: The six classical families of napari-vitseg 0.1.0 (the default); newer families are extra.
+BASE_FAMILIES = ("gaussian", "gradient", "laplacian", "hessian", "structure", "dog")
+
+#: Candidate methods: name -> changes to the default. Keys: ``classifier`` ('rf' / 'xgb'),
+#: ``classifier_params`` (merged over the default), ``features`` (FeatureConfig keywords),
+#: ``add_families`` (feature families added to the default's), ``config`` (other SegmenterConfig
+#: fields), ``smooth`` (benchmark-side probability smoothing,
+#: Gaussian sigma in px, before the argmax), ``note``. An entry the installed library does not
+#: accept is reported "not available in this version".
+METHODS: dict[str, dict] = {
+    "default": {"note": "Segmenter() as shipped"},
+    "xgb": {"classifier": "xgb"},
+    "rf_log2": {"classifier_params": {"max_features": "log2"}},
+    "rf_mf0.3": {"classifier_params": {"max_features": 0.3}},
+    "rf_leaf3": {"classifier_params": {"min_samples_leaf": 3}},
+    "rf_depth16": {"classifier_params": {"max_depth": 16}},
+    "rf_allpx": {"classifier_params": {"max_samples_per_class": None}},
+    "rf_300": {"classifier_params": {"n_estimators": 300}},
+    "smooth1": {"smooth": 1.0},
+    "smooth2": {"smooth": 2.0},
+    "xgb_smooth1": {"classifier": "xgb", "smooth": 1.0},
+    "sigmas_to_64": {"features": {"sigmas": (1, 2, 4, 8, 16, 32, 64)}},
+    "sigmas_from_0.5": {"features": {"sigmas": (0.5, 1, 2, 4, 8, 16)}, "note": "skimage's default scales"},
+    "leaf3_from_0.5": {"features": {"sigmas": (0.5, 1, 2, 4, 8, 16)}, "classifier_params": {"min_samples_leaf": 3}},
+    "autocontext2": {"config": {"autocontext_stages": 2}},
+    "autocontext3": {"config": {"autocontext_stages": 3}},
+    "families_0.1": {"features": {"families": BASE_FAMILIES}, "note": "the six families of 0.1.0"},
+    "+variance": {"add_families": ("variance",)},
+    "+membrane": {"add_families": ("membrane",)},
+    "+context": {"add_families": ("context",)},
+    "+bilateral": {"add_families": ("bilateral",)},
+    "families_all": {"features": {"families": "ALL"},
+                     "note": "every family the installed library knows (none beyond the six: not available)"},
+    # 3D features for stacks: rename the keyword to the one FeatureConfig adopts.
+    "features3d": {"features": {"dims": 3}, "note": "3D filters on stacks"},
+}
+
+#: Baselines run in the same process / a child process; they set the margin.
+BASELINES = ("skimage_gallery", "skimage_rf100", "convpaint")
+
+#: From issue 10 (interactive-seg-backend, 58 Weka-style features), for context only: not re-run.
+ISB_ISSUE10 = {
+    "tem_nanoparticles": {"ISB RF": 0.865, "ISB XGB": 0.901},
+    "bbbc039_u2os_nuclei": {"ISB RF": 0.965, "ISB XGB": 0.953},
+    "flyem_medulla_fibsem": {"ISB RF": 0.566, "ISB XGB": 0.569},
+    "sandstone_xrm": {"ISB RF": 0.750, "ISB XGB": 0.816},
+    "dsb2018_histology": {"ISB RF": 0.770, "ISB XGB": 0.726},
+}
+
+
+class NotAvailable(Exception):
+    """A method the installed library (or environment) cannot run."""
+
+
+# -- data ---------------------------------------------------------------------------------------
+def make_scribbles(gt_path: Path, cache: Path, tools: Path) -> Path:
+    """Scribbles for a ground truth without them: ``make_scribbles.py --seed 0`` into ``cache``."""
+    name = gt_path.parent.name
+    out = cache / name / "scribbles.tif"
+    if out.exists() and out.stat().st_mtime >= gt_path.stat().st_mtime:
+        print(f"  {name}: no scribbles in the data; using {out} (made earlier by "
+              f"{tools / 'make_scribbles.py'} --seed {SEED})")
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(tools / "make_scribbles.py"), str(gt_path), str(out), "--seed", str(SEED),
+           "--stats", str(out.with_name("scribbles_stats.json"))]
+    print(f"  {name}: no scribbles in the data; made them: {' '.join(cmd)}")
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def find_sets(data: Path, cache: Path, names=None) -> list[dict]:
+    """Every folder of ``data`` with a ground_truth.tif (optionally only ``names``)."""
+    sets = []
+    for d in sorted(p for p in data.iterdir() if p.is_dir()):
+        if names and d.name not in names:
+            continue
+        gt_path = d / "ground_truth.tif"
+        if not gt_path.exists():
+            continue
+        scr_path = d / "scribbles.tif"
+        made = False
+        if not scr_path.exists():
+            scr_path = make_scribbles(gt_path, cache, data.parent / "tools")
+            made = True
+        sets.append({"name": d.name, "image": d / "image.tif", "ground_truth": gt_path,
+                     "scribbles": scr_path, "scribbles_made": made})
+    missing = set(names or ()) - {s["name"] for s in sets}
+    if missing:
+        raise SystemExit(f"--sets: no folder with a ground_truth.tif named {sorted(missing)} in {data}")
+    return sets
+
+
+def load_set(entry: dict) -> dict:
+    """Read and check one set; returns arrays and a description.
+
+    The data README's conventions: image (Y, X), (Y, X, 3) RGB or (Z, Y, X); scribbles uint8
+    0 = unlabelled; ground truth uint8 1..K with 0 = ignore. A channel axis is the image axis
+    the labels lack (last, 'S' in the TIFF's axes).
+    """
+    with tifffile.TiffFile(entry["image"]) as tf:
+        image = tf.asarray()
+        axes = tf.series[0].axes
+    gt = tifffile.imread(entry["ground_truth"])
+    scr = tifffile.imread(entry["scribbles"])
+    if gt.shape != scr.shape:
+        raise SystemExit(f"{entry['name']}: ground truth {gt.shape} and scribbles {scr.shape} differ")
+    if image.ndim == gt.ndim + 1 and image.shape[:-1] == gt.shape:
+        channel_axis = -1
+    elif image.shape == gt.shape:
+        channel_axis = None
+    else:
+        raise SystemExit(f"{entry['name']}: image {image.shape} does not match the labels {gt.shape}")
+    classes = [int(c) for c in np.unique(gt) if c != 0]
+    scr_classes = [int(c) for c in np.unique(scr) if c != 0]
+    if not set(scr_classes) <= set(classes):
+        raise SystemExit(f"{entry['name']}: scribble classes {scr_classes} not in the ground truth's {classes}")
+    return {**entry, "image_arr": image, "gt": gt, "scr": scr, "axes": axes, "channel_axis": channel_axis,
+            "classes": classes, "stack": gt.ndim == 3}
+
+
+def quick_crop(ds: dict, size: int = QUICK_SIZE) -> dict:
+    """Crop (Y, X) to at most ``size`` x ``size``: the first of centre / corners whose scribbles hold
+    every class of the whole ground truth (all planes of a stack are kept)."""
+    gt, scr = ds["gt"], ds["scr"]
+    ny, nx = gt.shape[-2:]
+    h, w = min(size, ny), min(size, nx)
+    starts = [((ny - h) // 2, (nx - w) // 2), (0, 0), (0, nx - w), (ny - h, 0), (ny - h, nx - w)]
+    all_classes = set(np.unique(gt).tolist()) - {0}
+
+    def missing(start):
+        sl = (..., slice(start[0], start[0] + h), slice(start[1], start[1] + w))
+        return len(all_classes - set(np.unique(scr[sl]).tolist()))
+
+    y0, x0 = min(starts, key=missing)  # the first window with fewest unscribbled classes
+    if missing((y0, x0)):
+        print(f"  {ds['name']}: no {h}x{w} window has scribbles of every class; cropped where fewest lack them")
+    sl = (..., slice(y0, y0 + h), slice(x0, x0 + w))
+    img_sl = sl + (slice(None),) if ds["channel_axis"] is not None else sl
+    out = dict(ds)
+    out["image_arr"] = np.ascontiguousarray(ds["image_arr"][img_sl])
+    out["gt"] = np.ascontiguousarray(gt[sl])
+    out["scr"] = np.ascontiguousarray(scr[sl])
+    out["classes"] = [int(c) for c in np.unique(out["gt"]) if c != 0]
+    out["crop"] = [int(y0), int(x0), int(h), int(w)]
+    return out
+
+
+def describe(ds: dict) -> str:
+    img, scr = ds["image_arr"], ds["scr"]
+    cov = float((scr > 0).mean())
+    extra = f", crop y0,x0,h,w={ds['crop']}" if "crop" in ds else ""
+    made = " (made by make_scribbles.py, seed 0)" if ds["scribbles_made"] else ""
+    return (f"{ds['name']}: image {img.shape} {img.dtype} axes {ds['axes']}, "
+            f"channel_axis={ds['channel_axis']}, {'stack: 2D per plane' if ds['stack'] else '2D'}, "
+            f"classes {ds['classes']} (ground truth 0 = ignore: {int((ds['gt'] == 0).sum())} px), "
+            f"scribbles {cov:.2%} of pixels{made}{extra}")
+
+
+# -- scoring --------------------------------------------------------------------------------
+def score(pred: np.ndarray, ds: dict) -> dict:
+    """mIoU and per-class IoU with the project's metric (truth 0 ignored, scribbled pixels included)."""
+    per = iou_per_class(pred, ds["gt"], ds["classes"])
+    return {"miou": mean_iou(pred, ds["gt"], ds["classes"]), "iou": {str(k): v for k, v in per.items()}}
+
+
+def smooth_labels(proba: np.ndarray, classes: np.ndarray, sigma: float, stack: bool) -> np.ndarray:
+    """Gaussian-smooth each class probability within the plane, then argmax.
+
+    Parameters
+    ----------
+    proba : ndarray, (K, Y, X) or (K, Z, Y, X)
+    classes : ndarray of int, (K,)
+    sigma : float
+        Gaussian sigma in pixels (in Y and X; 0 along Z).
+    stack : bool
+        Whether ``proba`` has a Z axis.
+
+    Returns
+    -------
+    ndarray of uint8, spatial shape
+    """
+    from scipy.ndimage import gaussian_filter
+
+    sig = (0.0, sigma, sigma) if stack else (sigma, sigma)
+    sm = np.stack([gaussian_filter(p.astype(np.float32), sig) for p in proba])
+    return np.asarray(classes, dtype=np.uint8)[np.argmax(sm, axis=0)]
+
+
+# -- our methods ------------------------------------------------------------------------------
+def build_config(spec: dict, seed: int = SEED):
+    """The SegmenterConfig of a METHODS entry (classifier ``random_state=seed``), or
+    :class:`NotAvailable` naming what is missing."""
+    from napari_vitseg import SegmenterConfig
+    from napari_vitseg._validation import VitsegError
+    from napari_vitseg.features import FeatureConfig, config
+
+    fkw = dict(spec.get("features", {}))
+    if spec.get("add_families"):
+        have = tuple(fkw.get("families", FeatureConfig().families))
+        if set(spec["add_families"]) <= set(have):
+            raise NotAvailable(f"{', '.join(spec['add_families'])} already in the default families {have}")
+        fkw["families"] = have + tuple(f for f in spec["add_families"] if f not in have)
+    if fkw.get("families") == "ALL":
+        every = getattr(config, "ALL_FAMILIES", config.CLASSICAL_FAMILIES)
+        if not set(every) - set(BASE_FAMILIES):
+            raise NotAvailable(f"no feature families beyond {BASE_FAMILIES} in this version")
+        fkw["families"] = tuple(every)
+    try:
+        features = FeatureConfig(**fkw)
+    except TypeError as e:
+        raise NotAvailable(f"FeatureConfig: {e}") from None
+    except VitsegError as e:
+        raise NotAvailable(f"FeatureConfig: {e}") from None
+    base = SegmenterConfig()
+    params = {**base.classifier_params, **spec.get("classifier_params", {})}
+    if seed != SEED:  # SEED is the classifiers' default random_state
+        params["random_state"] = seed
+    try:
+        return SegmenterConfig(features=features, classifier=spec.get("classifier", base.classifier),
+                               classifier_params=params, **spec.get("config", {}))
+    except TypeError as e:
+        raise NotAvailable(f"SegmenterConfig: {e}") from None
+    except VitsegError as e:
+        raise NotAvailable(f"SegmenterConfig: {e}") from None
+
+
+def run_ours(ds: dict, spec: dict, seed: int = SEED) -> dict:
+    """Train a Segmenter from a METHODS entry on the scribbles, segment the whole image, score it."""
+    from napari_vitseg import Segmenter
+
+    cfg = build_config(spec, seed)
+    seg = Segmenter.from_config(cfg)
+    if seg.config != cfg:  # a config field that from_config does not pass on would be silently ignored
+        raise NotAvailable("Segmenter.from_config does not keep every field of the entry's SegmenterConfig")
+    ca = ds["channel_axis"]
+    t0 = time.perf_counter()
+    seg.fit(ds["image_arr"], ds["scr"], channel_axis=ca)
+    t1 = time.perf_counter()
+    sigma = spec.get("smooth")
+    res = seg.segment(ds["image_arr"], channel_axis=ca, probabilities=bool(sigma))
+    labels = smooth_labels(res.probabilities, res.classes, sigma, ds["stack"]) if sigma else res.labels
+    t2 = time.perf_counter()
+    return {**score(labels, ds), "train_s": t1 - t0, "apply_s": t2 - t1}
+
+
+# -- baselines ------------------------------------------------------------------------------
+def _planes(arr: np.ndarray, stack: bool):
+    return list(arr) if stack else [arr]
+
+
+def run_skimage(ds: dict, variant: str, seed: int = SEED) -> dict:
+    """scikit-image multiscale_basic_features + scikit-learn random forest (see the module docstring)."""
+    from functools import partial
+
+    from skimage import feature, future
+    from sklearn.ensemble import RandomForestClassifier
+
+    ca = ds["channel_axis"]
+    if variant == "skimage_gallery":
+        feats = partial(feature.multiscale_basic_features, intensity=True, edges=False, texture=True,
+                        sigma_min=1, sigma_max=16, channel_axis=ca)
+        clf = RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10, max_samples=0.05, random_state=seed)
+    else:
+        feats = partial(feature.multiscale_basic_features, channel_axis=ca)
+        clf = RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=seed)
+    images = _planes(ds["image_arr"], ds["stack"])
+    scrs = _planes(ds["scr"], ds["stack"])
+    t0 = time.perf_counter()
+    xs, ys = [], []
+    for img, s in zip(images, scrs, strict=True):
+        if s.any():
+            f = feats(img)
+            xs.append(f[s > 0])
+            ys.append(s[s > 0])
+    # future.fit_segmenter is clf.fit(features[labels > 0], labels[labels > 0]); over planes:
+    clf.fit(np.concatenate(xs), np.concatenate(ys))
+    t1 = time.perf_counter()
+    pred = np.stack([future.predict_segmenter(feats(img), clf) for img in images])
+    pred = pred if ds["stack"] else pred[0]
+    t2 = time.perf_counter()
+    return {**score(pred.astype(np.uint8), ds), "train_s": t1 - t0, "apply_s": t2 - t1}
+
+
+CONVPAINT_CHILD = r"""
+import json, sys, time, warnings, contextlib, io
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+warnings.filterwarnings("ignore")
+with contextlib.redirect_stdout(io.StringIO()):
+    from napari_convpaint.convpaint_model import ConvpaintModel
+    from importlib.metadata import version
+img = np.load(sys.argv[2]); scr = np.load(sys.argv[3]); rgb = sys.argv[5] == "rgb"
+log = io.StringIO()
+with contextlib.redirect_stdout(log):
+    m = ConvpaintModel(alias="gaussian")
+    if rgb:
+        img = np.moveaxis(img, -1, 0)  # Convpaint wants channels first
+        m.set_param("channel_mode", "rgb", ignore_warnings=True)
+    t0 = time.perf_counter(); m.train(img, scr); t1 = time.perf_counter()
+    seg = m.segment(img); t2 = time.perf_counter()
+np.save(sys.argv[4], np.asarray(seg).astype(np.uint8))
+try:
+    v = version("napari-convpaint")
+except Exception:
+    import napari_convpaint; v = getattr(napari_convpaint, "__version__", "?")
+hwm = [int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmHWM")]
+print(json.dumps({"train_s": t1 - t0, "apply_s": t2 - t1, "version": v, "peak_rss_bytes": (hwm or [None])[0],
+                  "fe": m.get_param("fe_name"), "scalings": list(m.get_param("fe_scalings"))}))
+"""
+
+
+def run_convpaint(ds: dict, path: Path) -> dict:
+    """napari-convpaint's weight-free 'gaussian' model in a child process (see the module docstring)."""
+    if not (path / "napari_convpaint").is_dir():
+        raise NotAvailable(f"napari-convpaint is not installed in {path} (pip download napari-convpaint --no-deps; "
+                           f"pip install --no-deps --target {path} <wheel> catboost einops omegaconf "
+                           "'antlr4-python3-runtime==4.9.3' napari-guitils napari-annotation-project)")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "img.npy", ds["image_arr"])
+        np.save(tmp / "scr.npy", ds["scr"])
+        mode = "rgb" if ds["channel_axis"] is not None else "grey"
+        r = subprocess.run([sys.executable, "-c", CONVPAINT_CHILD, str(path), str(tmp / "img.npy"),
+                            str(tmp / "scr.npy"), str(tmp / "seg.npy"), mode],
+                           capture_output=True, text=True, timeout=3600)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise NotAvailable(f"napari-convpaint failed: {last}")
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+        pred = np.load(tmp / "seg.npy")
+    if pred.shape != ds["gt"].shape:
+        raise NotAvailable(f"napari-convpaint returned shape {pred.shape} for labels {ds['gt'].shape}")
+    return {**score(pred, ds), "train_s": info["train_s"], "apply_s": info["apply_s"],
+            "peak_rss_bytes": info.get("peak_rss_bytes"),
+            "detail": f"napari-convpaint {info['version']}, fe {info['fe']} scalings {info['scalings']}"}
+
+
+def warm_up() -> None:
+    """One untimed tiny run of ours and of scikit-image (imports, thread pools, first-call costs)."""
+    rng = np.random.default_rng(SEED)
+    img = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    gt = np.ones((64, 64), np.uint8)
+    gt[:, 32:] = 2
+    scr = np.zeros_like(gt)
+    scr[10:50, 5:10], scr[10:50, 50:55] = 1, 2
+    ds = {"image_arr": img, "gt": gt, "scr": scr, "channel_axis": None, "stack": False, "classes": [1, 2]}
+    run_ours(ds, METHODS["default"])
+    run_skimage(ds, "skimage_rf100")
+
+
+def run_method(ds: dict, name: str, convpaint_path: Path = DEFAULT_CONVPAINT, seed: int = SEED) -> dict:
+    """One (set, method) cell: a result dict with 'status' 'ok', 'not available' or 'error'.
+
+    ``seed`` is the classifier's ``random_state`` (ours and scikit-learn's; Convpaint keeps its own).
+    """
+    try:
+        if name in METHODS:
+            r = run_ours(ds, METHODS[name], seed)
+        elif name in ("skimage_gallery", "skimage_rf100"):
+            r = run_skimage(ds, name, seed)
+        elif name == "convpaint":
+            r = run_convpaint(ds, convpaint_path)
+        else:
+            raise KeyError(name)
+        return {"status": "ok", **r}
+    except NotAvailable as e:
+        return {"status": "not available", "reason": str(e)}
+    except Exception as e:  # keep the other cells; the error goes into the table and the JSON
+        traceback.print_exc()
+        return {"status": "error", "reason": f"{type(e).__name__}: {e}"}
+
+
+# -- reporting --------------------------------------------------------------------------------
+def run_repeated(ds: dict, name: str, convpaint_path: Path, repeats: int) -> dict:
+    """:func:`run_method` with classifier seeds SEED, SEED + 1, ...: mean mIoU, per-class IoU and
+    times over the runs, with the standard deviation of the mIoU (``miou_sd``) and each run's mIoU."""
+    runs = [run_method(ds, name, convpaint_path, SEED + i) for i in range(1 if name == "convpaint" else repeats)]
+    bad = [r for r in runs if r["status"] != "ok"]
+    if bad or len(runs) == 1:
+        return (bad or runs)[0]
+    mious = [r["miou"] for r in runs]
+    return {"status": "ok", "miou": float(np.mean(mious)), "miou_sd": float(np.std(mious, ddof=1)),
+            "mious": mious, "seeds": [SEED + i for i in range(len(runs))],
+            "iou": {k: float(np.mean([r["iou"][k] for r in runs])) for k in runs[0]["iou"]},
+            "train_s": float(np.mean([r["train_s"] for r in runs])),
+            "apply_s": float(np.mean([r["apply_s"] for r in runs]))}
+
+
+def fmt(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if r["status"] == "ok":
+        return f"{r['miou']:.3f}" + (f"±{r['miou_sd']:.3f}" if "miou_sd" in r else "")
+    return "n/a" if r["status"] == "not available" else "error"
+
+
+def best_baseline(row: dict) -> tuple[str | None, float | None]:
+    ok = [(n, row[n]["miou"]) for n in BASELINES if n in row and row[n]["status"] == "ok"]
+    return max(ok, key=lambda t: t[1]) if ok else (None, None)
+
+
+def report(results: dict, methods: list[str]) -> str:
+    """Markdown tables: mIoU per set x method + mean, margins, long table, reasons for n/a."""
+    sets = list(results)
+    lines = ["| set | " + " | ".join(methods) + " | ISB RF* | ISB XGB* |",
+             "|---|" + "---|" * (len(methods) + 2)]
+    for s in sets:
+        isb = ISB_ISSUE10.get(s, {})
+        lines.append(f"| {s} | " + " | ".join(fmt(results[s].get(m)) for m in methods)
+                     + "".join(f" | {isb[k]:.3f}" if k in isb else " | -" for k in ("ISB RF", "ISB XGB")) + " |")
+    means = []
+    for m in methods:
+        vals = [results[s][m]["miou"] for s in sets if results[s].get(m, {}).get("status") == "ok"]
+        means.append(f"{np.mean(vals):.3f}" + ("" if len(vals) == len(sets) else f" ({len(vals)}/{len(sets)})")
+                     if vals else "n/a")
+    lines.append("| **mean** | " + " | ".join(means) + " | | |")
+    lines.append("")
+    lines.append("\\* ISB = interactive-seg-backend, from issue 10, not re-run (context only).")
+    lines.append("")
+    lines.append("Margin of `default` over the best in-run baseline (skimage_gallery, skimage_rf100, convpaint):")
+    lines.append("")
+    lines.append("| set | default | best baseline | margin | >= +0.05 |")
+    lines.append("|---|---|---|---|---|")
+    margins = []
+    for s in sets:
+        d = results[s].get("default")
+        bn, bv = best_baseline(results[s])
+        if d and d["status"] == "ok" and bn:
+            mg = d["miou"] - bv
+            margins.append(mg)
+            lines.append(f"| {s} | {d['miou']:.3f} | {bn} {bv:.3f} | {mg:+.3f} | {'yes' if mg >= 0.05 else 'no'} |")
+        else:
+            lines.append(f"| {s} | {fmt(d)} | {bn or '-'} | - | - |")
+    if margins:
+        lines.append(f"| **mean** | | | {np.mean(margins):+.3f} | |")
+    lines.append("")
+    lines.append("| set | method | mIoU | IoU per class | train s | apply s |")
+    lines.append("|---|---|---|---|---|---|")
+    notes = {}
+    for s in sets:
+        for m in methods:
+            r = results[s].get(m)
+            if r is None:
+                continue
+            if r["status"] != "ok":
+                notes.setdefault((m, r["status"], r["reason"]), []).append(s)
+                continue
+            per = " ".join(f"{k}:{v:.3f}" for k, v in r["iou"].items())
+            lines.append(f"| {s} | {m} | {fmt(r)} | {per} | {r['train_s']:.2f} | {r['apply_s']:.2f} |")
+    if notes:
+        lines.append("")
+        for (m, status, reason), ss in notes.items():
+            lines.append(f"- `{m}` {status} ({', '.join(ss)}): {reason}")
+    return "\n".join(lines)
+
+
+def versions(convpaint_path: Path) -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("napari-vitseg", "numpy", "scipy", "scikit-image", "scikit-learn", "xgboost", "tifffile",
+                "opencv-python-headless", "torch"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    for dist in sorted(convpaint_path.glob("*.dist-info")) if convpaint_path.is_dir() else []:
+        name, _, ver = dist.name[: -len(".dist-info")].rpartition("-")
+        out[f"{name} (in {convpaint_path})"] = ver
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout
+        out["git"] = commit.strip() + (" (with uncommitted changes)" if dirty.strip() else "")
+    except OSError:
+        out["git"] = None
+    return out
+
+
+def source_digest() -> str:
+    """sha256 over napari_vitseg/**/*.py as the run starts (the tree may hold uncommitted work)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((REPO / "napari_vitseg").rglob("*.py")):
+        h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def machine() -> dict:
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "loadavg_at_start": load}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of sets (default: %(default)s)")
+    p.add_argument("--sets", nargs="+", help="only these sets")
+    p.add_argument("--methods", nargs="+",
+                   help="only these of our methods (METHODS names; 'default' is always run) and baselines")
+    p.add_argument("--no-baselines", action="store_true", help="skip the in-run baselines")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every seeded method with classifier seeds 0..N-1 and report mean ± sd (default 1)")
+    p.add_argument("--quick", action="store_true", help=f"crop every set to ~{QUICK_SIZE}^2 (smoke run)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where made scribbles go (default: %(default)s)")
+    p.add_argument("--convpaint-path", type=Path, default=DEFAULT_CONVPAINT,
+                   help="pip --target folder holding napari-convpaint (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/bench_quality_<time>.json)")
+    p.add_argument("--list", action="store_true", help="print the sets and methods and exit")
+    args = p.parse_args(argv)
+
+    if args.list:
+        print("methods:", ", ".join(METHODS))
+        print("baselines:", ", ".join(BASELINES))
+        print("sets:", ", ".join(d.name for d in sorted(args.data.iterdir()) if (d / "ground_truth.tif").exists()))
+        return 0
+    known = set(METHODS) | set(BASELINES)
+    if args.methods and set(args.methods) - known:
+        p.error(f"unknown methods {sorted(set(args.methods) - known)}; known: {sorted(known)}")
+    ours = ["default"] + [m for m in METHODS if m != "default" and (not args.methods or m in args.methods)]
+    bases = [] if args.no_baselines else [b for b in BASELINES if not args.methods or b in args.methods
+                                          or not (set(args.methods) & set(BASELINES))]
+    methods = ours + bases
+
+    print(f"bench_quality: data {args.data}, seed {SEED}, classifier seeds {SEED}..{SEED + args.repeats - 1}{', QUICK (cropped to ~256^2; not the benchmark)' if args.quick else ''}")
+    print("features: classical only (FeatureConfig(backbone=None), the default): no pretrained ViT weights "
+          "exist on this machine, so no ViT method is run")
+    print("metric: napari_vitseg.metrics (mIoU over ground-truth classes, ground truth 0 ignored, "
+          "scribbled pixels included)")
+    src, mach = source_digest(), machine()
+    sets = find_sets(args.data, args.cache, args.sets)
+    warm_up()
+    results, meta = {}, {}
+    t_start = time.perf_counter()
+    for entry in sets:
+        ds = load_set(entry)
+        if args.quick:
+            ds = quick_crop(ds)
+        print(describe(ds))
+        meta[ds["name"]] = {"shape": list(ds["image_arr"].shape), "axes": ds["axes"],
+                            "channel_axis": ds["channel_axis"], "classes": ds["classes"],
+                            "scribbles": str(ds["scribbles"]), "scribbles_made": ds["scribbles_made"],
+                            "scribble_fraction": float((ds["scr"] > 0).mean()), "crop": ds.get("crop")}
+        results[ds["name"]] = {}
+        for m in methods:
+            r = run_repeated(ds, m, args.convpaint_path, args.repeats)
+            results[ds["name"]][m] = r
+            extra = (f"  train {r['train_s']:.2f} s  apply {r['apply_s']:.2f} s" if r["status"] == "ok"
+                     else f"  ({r['reason']})")
+            print(f"  {m:16s} {fmt(r):>6s}{extra}", flush=True)
+    table = report(results, methods)
+    print()
+    print(table)
+    rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # a child's own VmHWM (ru_maxrss of children counts the parent's pages at fork)
+    cp = [r.get("peak_rss_bytes") for row in results.values() for r in row.values() if r.get("peak_rss_bytes")]
+    rss_child = max(cp) if cp else None
+    print(f"\npeak RSS: this process {rss_self / 2**20:.0f} MiB"
+          + (f"; largest napari-convpaint child {rss_child / 2**20:.0f} MiB" if rss_child else "")
+          + f"; total wall {time.perf_counter() - t_start:.0f} s")
+    out = args.out or RESULTS / f"bench_quality_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "bench_quality", "quick": args.quick, "seed": SEED, "repeats": args.repeats, "argv": sys.argv[1:],
+        "machine": mach, "versions": {**versions(args.convpaint_path), "napari_vitseg_source_sha256": src},
+        "sets": meta,
+        "methods": {m: METHODS.get(m, "baseline") for m in methods}, "results": results,
+        "isb_issue10_not_rerun": ISB_ISSUE10, "table_markdown": table,
+        "peak_rss_bytes": {"self": rss_self, "convpaint_child": rss_child},
+        "wall_s": time.perf_counter() - t_start,
+    }, indent=1, default=str))
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

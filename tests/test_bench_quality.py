@@ -1,0 +1,162 @@
+"""Smoke tests of benchmarks/bench_quality.py's helpers (metric, crop, method entries, smoothing) on tiny data."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_vitseg.metrics import mean_iou
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+TOOLS = REPO.parent / "shared" / "tools"
+
+
+@pytest.fixture(scope="module")
+def bq():
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "benchmarks" / "bench_quality.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = mod
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop("bench_quality", None)
+
+
+def _toy(stack=False):
+    gt = np.ones((40, 40), np.uint8)
+    gt[:, 20:] = 2
+    scr = np.zeros_like(gt)
+    scr[5:35, 2:6], scr[5:35, 34:38] = 1, 2
+    if stack:
+        gt, scr = np.stack([gt, gt]), np.stack([scr, np.zeros_like(scr)])
+    return {"name": "toy", "gt": gt, "scr": scr, "classes": [1, 2], "stack": stack, "channel_axis": None,
+            "image_arr": (gt * 80).astype(np.uint8), "scribbles_made": False, "axes": "YX"}
+
+
+def test_score_is_the_project_metric_and_counts_scribbled_pixels(bq):
+    ds = _toy()
+    pred = ds["gt"].copy()
+    pred[ds["scr"] == 1] = 2  # wrong exactly on the scribbled pixels of class 1
+    r = bq.score(pred, ds)
+    assert r["miou"] == pytest.approx(mean_iou(pred, ds["gt"]))
+    assert r["miou"] < 1.0  # scribbled pixels are scored
+    assert set(r["iou"]) == {"1", "2"}
+
+
+def test_ground_truth_zero_is_ignored(bq):
+    ds = _toy()
+    ds["gt"] = ds["gt"].copy()
+    ds["gt"][:, :10] = 0
+    pred = np.full_like(ds["gt"], 2)
+    pred[:, 10:20] = 1
+    assert bq.score(pred, ds)["miou"] == pytest.approx(1.0)
+
+
+def test_quick_crop_keeps_every_class_in_the_scribbles(bq):
+    gt = np.ones((300, 400), np.uint8)
+    gt[:, 300:] = 2
+    scr = np.zeros_like(gt)
+    scr[10:20, 150:160], scr[10:20, 310:320] = 1, 2  # only the top-right window holds both classes' scribbles
+    img = np.dstack([gt, gt + 1, gt + 2])
+    ds = {"name": "toy", "gt": gt, "scr": scr, "image_arr": img, "channel_axis": -1, "classes": [1, 2]}
+    c = bq.quick_crop(ds, 256)
+    assert c["crop"] == [0, 144, 256, 256]
+    assert c["gt"].shape == (256, 256) and c["image_arr"].shape == (256, 256, 3)
+    np.testing.assert_array_equal(c["image_arr"][..., 2], gt[:256, 144:] + 2)
+    assert set(np.unique(c["scr"])) == {0, 1, 2}
+    assert c["classes"] == [1, 2]
+
+
+def test_smoothing_removes_a_speck_and_keeps_planes_apart(bq):
+    proba = np.zeros((2, 2, 21, 21), np.float32)
+    proba[0] = 0.9
+    proba[1] = 0.1
+    proba[:, 0, 10, 10] = (0.2, 0.8)  # a one-pixel speck of class 2 in plane 0
+    proba[:, 1] = proba[::-1, 1]  # plane 1 is all class 2
+    lab = bq.smooth_labels(proba, np.array([1, 2]), 1.5, stack=True)
+    assert lab.dtype == np.uint8
+    assert (lab[0] == 1).all() and (lab[1] == 2).all()
+    raw = np.array([1, 2], np.uint8)[proba.argmax(0)]
+    assert raw[0, 10, 10] == 2
+
+
+def test_method_entries(bq):
+    cfg = bq.build_config(bq.METHODS["rf_log2"])
+    assert cfg.classifier == "rf" and cfg.classifier_params["max_features"] == "log2"
+    assert bq.build_config(bq.METHODS["xgb"]).classifier == "xgb"
+    with pytest.raises(bq.NotAvailable, match="FeatureConfig"):
+        bq.build_config({"features": {"no_such_keyword": 1}})
+    with pytest.raises(bq.NotAvailable, match="SegmenterConfig"):
+        bq.build_config({"config": {"no_such_field": 2}})
+    with pytest.raises(bq.NotAvailable):
+        bq.build_config({"features": {"families": ("gaussian", "no_such_family")}})
+    # an unavailable entry is a row, not an error and not dropped
+    bq.METHODS["_test_missing"] = {"config": {"no_such_field": 2}}
+    try:
+        r = bq.run_method(_toy(), "_test_missing")
+    finally:
+        del bq.METHODS["_test_missing"]
+    assert r["status"] == "not available" and "no_such_field" in r["reason"]
+    table = bq.report({"toy": {"_test_missing": r}}, ["_test_missing"])
+    assert "n/a" in table and "not available" in table
+
+
+@pytest.mark.skipif(not (SHARED / "tem_nanoparticles" / "ground_truth.tif").exists(), reason="no shared data")
+def test_real_crop_ours_and_baseline_run(bq):
+    ds = bq.load_set({"name": "tem_nanoparticles", "image": SHARED / "tem_nanoparticles" / "image.tif",
+                      "ground_truth": SHARED / "tem_nanoparticles" / "ground_truth.tif",
+                      "scribbles": SHARED / "tem_nanoparticles" / "scribbles.tif", "scribbles_made": False})
+    ds = bq.quick_crop(ds, 128)  # the top-left window holds both classes' scribbles
+    assert ds["crop"] == [0, 0, 128, 128]
+    for name in ("default", "smooth1", "skimage_gallery"):
+        r = bq.run_method(ds, name)
+        assert r["status"] == "ok", r
+        assert 0.7 < r["miou"] <= 1.0
+        assert r["train_s"] > 0 and r["apply_s"] > 0
+
+
+@pytest.mark.skipif(not (TOOLS / "make_scribbles.py").exists(), reason="no shared tools")
+def test_sets_without_scribbles_get_them_made(bq, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "toy").mkdir(parents=True)
+    (tmp_path / "tools").symlink_to(TOOLS)
+    ds = _toy()
+    tifffile.imwrite(data / "toy" / "image.tif", ds["image_arr"])
+    tifffile.imwrite(data / "toy" / "ground_truth.tif", ds["gt"])
+    (data / "no_gt").mkdir()
+    sets = bq.find_sets(data, tmp_path / "cache", None)
+    assert [s["name"] for s in sets] == ["toy"]
+    assert sets[0]["scribbles_made"] and sets[0]["scribbles"].exists()
+    assert "made them" in capsys.readouterr().out
+    scr = tifffile.imread(sets[0]["scribbles"])
+    assert scr.shape == ds["gt"].shape and set(np.unique(scr)) <= {0, 1, 2}
+
+
+def test_repeats_vary_the_classifier_seed(bq):
+    assert bq.build_config(bq.METHODS["default"], seed=3).classifier_params["random_state"] == 3
+    ds = _toy()
+    r = bq.run_repeated(ds, "skimage_gallery", bq.DEFAULT_CONVPAINT, 2)
+    assert r["status"] == "ok" and r["seeds"] == [0, 1] and len(r["mious"]) == 2
+    assert r["miou"] == pytest.approx(np.mean(r["mious"])) and r["miou_sd"] >= 0
+    assert "±" in bq.fmt(r)
+    missing = bq.run_repeated(ds, "features3d", bq.DEFAULT_CONVPAINT, 2)
+    assert missing["status"] in ("not available", "ok")  # n/a until FeatureConfig has the keyword
+
+
+def test_added_families_extend_the_current_default(bq):
+    from napari_vitseg import FeatureConfig
+
+    default = FeatureConfig().families
+    with pytest.raises(bq.NotAvailable, match="already in the default"):
+        bq.build_config({"add_families": (default[0],)})
+    assert bq.build_config(bq.METHODS["families_0.1"]).features.families == bq.BASE_FAMILIES
+    try:
+        cfg = bq.build_config(bq.METHODS["+variance"])
+    except bq.NotAvailable:
+        return  # a library without the 'variance' family
+    assert cfg.features.families == (*default, "variance")
