@@ -184,6 +184,38 @@ def _input_signature(path: Path) -> dict:
             "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
 
 
+def _output_stamp(identity: str, prediction: str, input_path: Path, channel_axis, planes) -> str:
+    """SHA-256 of what an output's content depends on: the segmenter, the prediction mode, the
+    input (file name and size) and the options that select its planes and channels. Every
+    output stores it (:data:`~napari_vitseg.io._tiff.VITSEG_KEY` entry), so a folder rerun skips
+    only outputs this classifier made from this input; an input modified after its output was
+    written is caught by the modification times (:func:`iter_apply_files`). Folders and
+    modification times stay out of the stamp, so the same input copied elsewhere gives the
+    same bytes."""
+    sig = _input_signature(Path(input_path))
+    desc = {"segmenter": identity, "prediction": prediction, "input": Path(input_path).name,
+            "size": sig["size"], "files": sig.get("files"), "channel_axis": channel_axis,
+            "planes": None if planes is None else str(planes)}
+    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stored_stamp(path: Path) -> str | None:
+    """The stamp an existing output carries (``None``: none, not ours, or unreadable)."""
+    try:
+        if os.path.isdir(path):  # OME-Zarr / zarr output: the group's attributes
+            import zarr
+
+            entry = zarr.open_group(str(path), mode="r").attrs.get(VITSEG_KEY)
+        else:
+            from ..io._tiff import tiff_series
+
+            entry = tiff_series(path).vitseg
+    except Exception:  # a damaged or foreign file is simply not a finished output of this run
+        return None
+    stamp = entry.get("stamp") if isinstance(entry, dict) else None
+    return stamp if isinstance(stamp, str) else None
+
+
 def _read_plane(image, nsp: int, z, input_path) -> np.ndarray:
     """Plane ``z`` of a lazy input as numpy; a read that fails is a VitsegError naming the input.
 
@@ -307,9 +339,11 @@ def _specs(seg: Segmenter, outputs: list[Path], spatial: tuple, zs: range | None
     return specs
 
 
-def _attrs(seg: Segmenter, spec: OutputSpec) -> dict:
+def _attrs(seg: Segmenter, spec: OutputSpec, stamp: str | None = None) -> dict:
     table = seg.class_table()
     info = {VITSEG_KEY: class_table_metadata(table, role=spec.role, axes=spec.axes)}  # TIFF and OME-Zarr
+    if stamp is not None:
+        info[VITSEG_KEY]["stamp"] = stamp
     if spec.role == "labels":
         info["image-label"] = {
             "version": "0.4",
@@ -344,6 +378,7 @@ def _disk_full_is_an_error(st: StagedOutput):
 def _iter_apply_one(run: _Run, input_path, output_path, probabilities_path, channel_axis, planes, check_space: bool):
     seg = run.seg
     input_path = Path(input_path)
+    given = (channel_axis, planes)  # the options as given, for the output's stamp
     outputs = [Path(output_path)] + ([Path(probabilities_path)] if probabilities_path is not None else [])
     _check_outputs(input_path, outputs)
     name = input_path.name
@@ -363,10 +398,11 @@ def _iter_apply_one(run: _Run, input_path, output_path, probabilities_path, chan
                 "planes": [zs.start, zs.stop, zs.step] if zs is not None else None,
             }
             specs = _specs(seg, outputs, spatial, zs)
+            stamp = _output_stamp(run.identity, seg.prediction_mode, input_path, *given)
             if check_space:  # before anything is written
                 check_free_space(_bytes_needed(specs))
             for spec in specs:
-                staged.append(StagedOutput(spec, depends, _attrs(seg, spec)))
+                staged.append(StagedOutput(spec, depends, _attrs(seg, spec, stamp)))
                 with _disk_full_is_an_error(staged[-1]):
                     msgs = staged[-1].open()
                 for m in msgs:
@@ -572,11 +608,36 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
     if out_dir.exists() and not out_dir.is_dir():
         raise VitsegError(f"The output {str(out_dir)!r} exists and is not a folder; give a folder.")
 
-    def finished(out, probs) -> bool:
-        return skip_existing and os.path.lexists(out) and (probs is None or os.path.lexists(probs))
+    identity = _segmenter_identity(seg)
+    stale: dict[Path, str] = {}
+
+    def finished(inp, out, probs) -> bool:
+        """Both outputs exist and carry this run's stamp; an existing output made by another
+        classifier, from another input or by another program is never skipped as done and
+        never overwritten: it is reported and the run fails at the end."""
+        outs = [out] + ([probs] if probs is not None else [])
+        if not skip_existing or not any(os.path.lexists(o) for o in outs):
+            return False
+        try:
+            want = _output_stamp(identity, seg.prediction_mode, inp, channel_axis, planes)
+            changed = _input_signature(Path(inp))["mtime_ns"]  # the input was modified after its output
+        except OSError:  # a missing / unreadable input: segmenting it reports the problem
+            return False
+        if all(os.path.lexists(o) and _stored_stamp(o) == want for o in outs):
+            if all(os.stat(o).st_mtime_ns >= changed for o in outs):
+                return True
+            stale[inp] = (f"{str(inp)!r} was modified after its output {str(out)!r} was written; the output is "
+                          "left as it is: remove it to segment the input again, or choose another output folder")
+            return False
+        other = next((o for o in outs if os.path.lexists(o) and _stored_stamp(o) != want), None)
+        if other is not None:
+            stale[inp] = (f"{str(other)!r} exists but was not made by this classifier from {str(inp)!r} "
+                          "with these options (or was made by another program or an older napari-vitseg); "
+                          "it is left as it is: remove it or choose another output folder")
+        return False
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in rows if not finished(r[1], r[2])]
+    todo = [r for r in rows if not finished(*r) and r[0] not in stale]
     needs, counts = _plan_needs(seg, todo, channel_axis, planes)
     check_free_space(needs)
     n = len(rows)
@@ -588,7 +649,14 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
     try:
         k = 0
         for i, (inp, out, probs) in enumerate(rows):
-            if finished(out, probs):
+            if inp in stale:
+                if n == 1:
+                    raise VitsegError(stale[inp] + ".")
+                failed.append((inp, stale[inp]))
+                yield Progress(int(units * (i + 1) / n), units, f"{inp.name}: FAILED ({stale[inp]})",
+                               unit="plane", count=(planes_done, total_planes))
+                continue
+            if finished(inp, out, probs):
                 _remove_leftover_staging([out] + ([probs] if probs is not None else []))
                 yield Progress(int(units * (i + 1) / n), units, f"{inp.name}: already done", unit="plane",
                                count=(planes_done, total_planes))
