@@ -21,10 +21,11 @@ from napari_vitseg.metrics import mean_iou
 
 pytest.importorskip("napari")
 
+from _widget_helpers import TIMEOUT, brush_stroke, dock, paint_labels, wait_idle  # noqa: E402
+
 from napari_vitseg._widgets._sections import MISSING_ROW, NO_BACKBONE, NO_WEIGHTS_GUI, RANDOM_SUFFIX  # noqa: E402
 from napari_vitseg._widgets._segmentation import SegmentationWidget  # noqa: E402
 
-TIMEOUT = 180_000
 SHARED = Path(os.environ.get("VITSEG_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 
 
@@ -34,43 +35,6 @@ def shared_data(name: str) -> Path:
     if not p.exists():
         pytest.fail(f"shared data {p} is missing: CI must run with ../shared beside the repository")
     return p
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    """Record error notifications instead of showing them."""
-    from napari_vitseg._widgets import _notify
-
-    seen: list[str] = []
-    monkeypatch.setattr(_notify, "show_error", lambda msg: seen.append(str(msg)))
-    monkeypatch.setattr(_notify, "show_info", lambda msg: None)
-    return seen
-
-
-def dock(viewer) -> SegmentationWidget:
-    """Dock the widget through its npe2 contribution, as the Plugins menu does."""
-    _, widget = viewer.window.add_plugin_dock_widget("napari-vitseg", "Trainable segmentation")
-    assert isinstance(widget, SegmentationWidget)
-    return widget
-
-
-def wait_idle(qtbot, widget, timeout=TIMEOUT):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
-
-
-def paint_labels(layer, mask, label):
-    """Write ``label`` where ``mask`` is set as one undoable stroke (fires one ``paint`` event)."""
-    with layer.block_history():
-        layer.data_setitem(np.nonzero(mask), label)
-
-
-def brush_stroke(layer, points, label, size=5):
-    """A brush stroke through ``points`` with ``Labels.paint`` (one undo item, one ``paint`` event)."""
-    layer.brush_size = size
-    with layer.block_history():
-        for p in points:
-            layer.paint(p, label, refresh=False)
-    layer.refresh()
 
 
 @pytest.fixture

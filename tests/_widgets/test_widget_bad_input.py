@@ -13,29 +13,7 @@ import tifffile
 
 pytest.importorskip("napari")
 
-from napari_vitseg._widgets._segmentation import SegmentationWidget  # noqa: E402
-
-TIMEOUT = 180_000
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    """Record error notifications instead of showing them."""
-    from napari_vitseg._widgets import _notify
-
-    seen: list[str] = []
-    monkeypatch.setattr(_notify, "show_error", lambda msg: seen.append(str(msg)))
-    monkeypatch.setattr(_notify, "show_info", lambda msg: None)
-    return seen
-
-
-def dock(viewer) -> SegmentationWidget:
-    _, widget = viewer.window.add_plugin_dock_widget("napari-vitseg", "Trainable segmentation")
-    return widget
-
-
-def wait_idle(qtbot, widget, timeout=TIMEOUT):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+from _widget_helpers import dock, wait_idle  # noqa: E402
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:

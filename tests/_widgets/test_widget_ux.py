@@ -17,50 +17,14 @@ import tifffile
 
 pytest.importorskip("napari")
 
+from _widget_helpers import TIMEOUT, dock, paint_labels, wait_idle  # noqa: E402
+from _widget_helpers import brush_stroke as stroke  # noqa: E402
+
 from napari_vitseg._validation import VitsegError  # noqa: E402
 from napari_vitseg._widgets._layers import hex_color  # noqa: E402
-from napari_vitseg._widgets._segmentation import SegmentationWidget  # noqa: E402
 from napari_vitseg.pipeline import DEFAULT_COLORS  # noqa: E402
 
-TIMEOUT = 180_000
 SHARED = Path(os.environ.get("VITSEG_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    """Record error notifications instead of showing them."""
-    from napari_vitseg._widgets import _notify
-
-    seen: list[str] = []
-    monkeypatch.setattr(_notify, "show_error", lambda msg: seen.append(str(msg)))
-    monkeypatch.setattr(_notify, "show_info", lambda msg: None)
-    monkeypatch.setattr(_notify, "show_warning", lambda msg: None)
-    return seen
-
-
-def dock(viewer) -> SegmentationWidget:
-    _, widget = viewer.window.add_plugin_dock_widget("napari-vitseg", "Trainable segmentation")
-    assert isinstance(widget, SegmentationWidget)
-    return widget
-
-
-def wait_idle(qtbot, widget, timeout=TIMEOUT):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
-
-
-def paint_labels(layer, mask, label):
-    """Write ``label`` where ``mask`` is set as one undoable stroke (fires one ``paint`` event)."""
-    with layer.block_history():
-        layer.data_setitem(np.nonzero(mask), label)
-
-
-def stroke(layer, points, label, size=5):
-    """A brush stroke with ``Labels.paint`` (one undo item, one ``paint`` event on release)."""
-    layer.brush_size = size
-    with layer.block_history():
-        for p in points:
-            layer.paint(p, label, refresh=False)
-    layer.refresh()
 
 
 # ------------------------------------------------------------------ item 1: training progress, cancel

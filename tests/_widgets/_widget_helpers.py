@@ -1,0 +1,36 @@
+"""Helpers shared by the segmentation-widget tests: dock it, wait for its jobs, paint."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_vitseg._widgets._segmentation import SegmentationWidget
+
+#: Milliseconds a test waits for a widget job.
+TIMEOUT = 180_000
+
+
+def dock(viewer) -> SegmentationWidget:
+    """Dock the widget through its npe2 contribution, as the Plugins menu does."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vitseg", "Trainable segmentation")
+    assert isinstance(widget, SegmentationWidget)
+    return widget
+
+
+def wait_idle(qtbot, widget, timeout=TIMEOUT):
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def paint_labels(layer, mask, label):
+    """Write ``label`` where ``mask`` is set as one undoable stroke (fires one ``paint`` event)."""
+    with layer.block_history():
+        layer.data_setitem(np.nonzero(mask), label)
+
+
+def brush_stroke(layer, points, label, size=5):
+    """A brush stroke through ``points`` with ``Labels.paint`` (one undo item, one ``paint`` event)."""
+    layer.brush_size = size
+    with layer.block_history():
+        for p in points:
+            layer.paint(p, label, refresh=False)
+    layer.refresh()
