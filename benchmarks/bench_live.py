@@ -38,19 +38,26 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("VITSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def make_plane(size: int) -> np.ndarray:
+def make_plane(size: int, rgb: bool = False) -> np.ndarray:
+    """A ``(size, size)`` grey plane (``sem_phases/3_phase.tif``) or a ``(size, size, 3)`` RGB one
+    (``cast_iron_optical/image.tif``, 422 x 800 optical micrograph), reflect-padded."""
     import tifffile
 
-    im = tifffile.imread(DATA / "sem_phases" / "3_phase.tif")
-    py, px = max(0, size - im.shape[0]), max(0, size - im.shape[1])
-    return np.pad(im, ((0, py), (0, px)), mode="reflect")[:size, :size]
+    name = ("cast_iron_optical", "image.tif") if rgb else ("sem_phases", "3_phase.tif")
+    im = tifffile.imread(DATA.joinpath(*name))
+    while im.shape[0] < size or im.shape[1] < size:  # reflect-pad (np.pad needs pad < size per step)
+        py, px = min(im.shape[0] - 1, size - im.shape[0]), min(im.shape[1] - 1, size - im.shape[1])
+        pad = ((0, max(py, 0)), (0, max(px, 0))) + ((0, 0),) * (im.ndim - 2)
+        im = np.pad(im, pad, mode="reflect")
+    return np.ascontiguousarray(im[:size, :size])
 
 
 def class_masks(im: np.ndarray) -> list[np.ndarray]:
     """Three intensity classes of the smoothed image, eroded so strokes stay inside them."""
     from scipy import ndimage as ndi
 
-    sm = ndi.gaussian_filter(im.astype(np.float32), 3)
+    grey = im.astype(np.float32).mean(axis=-1) if im.ndim == 3 else im.astype(np.float32)
+    sm = ndi.gaussian_filter(grey, 3)
     q1, q2 = np.quantile(sm, [0.3, 0.7])
     masks = [sm < q1, (sm > q1 + 3) & (sm < q2 - 3), sm > q2]
     return [ndi.binary_erosion(m, iterations=6) for m in masks]
@@ -59,6 +66,7 @@ def class_masks(im: np.ndarray) -> list[np.ndarray]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--rgb", action="store_true", help="RGB plane (cast_iron_optical) instead of the grey one")
     ap.add_argument("--strokes", type=int, default=20)
     ap.add_argument("--baseline", type=int, default=3, help="full-quality Train runs")
     ap.add_argument("--json", type=Path, default=None)
@@ -77,10 +85,10 @@ def main(argv=None) -> int:
     from napari_vitseg._widgets._segmentation import LIVE_DEBOUNCE_MS, SegmentationWidget
 
     rng = np.random.default_rng(0)
-    im = make_plane(args.size)
+    im = make_plane(args.size, rgb=args.rgb)
     masks = class_masks(im)
     viewer = napari.Viewer(show=False)
-    viewer.add_image(im, name="3_phase_1024")
+    viewer.add_image(im, name=f"{'cast_iron_rgb' if args.rgb else '3_phase'}_{args.size}", rgb=args.rgb)
     widget = SegmentationWidget(viewer)
     viewer.window.add_dock_widget(widget)
     app = QApplication.instance()
@@ -126,7 +134,7 @@ def main(argv=None) -> int:
     tf, tc, tp = [], [], []
     for _ in range(5):
         t = time.perf_counter()
-        seg.fit(im, scr)
+        seg.fit(im, scr, channel_axis=-1 if args.rgb else None)
         tf.append(time.perf_counter() - t)
         t = time.perf_counter()
         seg.classifier_.predict_proba(feats[::2, ::2].reshape(-1, feats.shape[-1]))
@@ -147,6 +155,21 @@ def main(argv=None) -> int:
         wait(app, lambda: not widget.busy)
         base.append(time.perf_counter() - t)
     assert not widget.controller.model.live
+
+    # Cancel during training: press Train, Cancel 0.5 s later (the full model is then growing its
+    # trees), time until the widget is idle again
+    cancel_s = []
+    for _ in range(3):
+        paint_stroke(layer, stroke_points(masks[0], rng), 1)
+        widget.train()
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.5:
+            app.processEvents()
+        phase = widget.status.text()
+        t = time.perf_counter()
+        widget.cancel()
+        wait(app, lambda: not widget.busy)
+        cancel_s.append((time.perf_counter() - t, phase))
     full_params = dict(widget.controller.classifier_params)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -154,8 +177,9 @@ def main(argv=None) -> int:
     med_base = statistics.median(base)
     lp = c.live_params()
     rows = [
-        ("plane", f"{args.size} x {args.size} (3_phase.tif, reflect-padded), "
-                  f"{seg.featurizer.n_features(1)} classical features, 3 classes"),
+        ("plane", f"{args.size} x {args.size}"
+                  + (" x 3 RGB (cast_iron_optical, reflect-padded), " if args.rgb else " (3_phase.tif, reflect-padded), ")
+                  + f"{feats.shape[-1]} classical features, 3 classes"),
         ("labelled pixels", f"{n_init} at start, {int((layer.data > 0).sum())} at the end"),
         ("warm-up (features + first live model)", f"{t_warm:.2f} s"),
         ("live model", f"RF {lp['n_estimators']} trees, depth <= {lp['max_depth']}, <= {lp['max_samples_per_class']} px/class"),
@@ -169,6 +193,8 @@ def main(argv=None) -> int:
         (f"baseline: Train, full model ({full_params}), click -> overlay",
          f"median {med_base:.2f} s over {len(base)} (min {min(base):.2f}, max {max(base):.2f})"),
         ("ratio live full-res overlay (incl. debounce) / baseline", f"{med_final / med_base:.3f} ({med_base / med_final:.1f}x faster)"),
+        ("Cancel pressed 0.5 s into Train -> idle", ", ".join(f"{t * 1e3:.0f} ms" for t, _ in cancel_s)
+         + f" (status when pressed: {cancel_s[-1][1]!r})"),
         ("feature cache during strokes", f"{cache.misses - misses0} misses"),
         ("peak RSS (ru_maxrss)", f"{peak_mib:.0f} MiB"),
         ("strokes", f"{len(lat)}; CPU cores visible: {os.cpu_count()}; load avg {os.getloadavg()[0]:.1f}"),
@@ -178,10 +204,10 @@ def main(argv=None) -> int:
         print(f"| {k} | {v} |")
     if args.json:
         args.json.write_text(json.dumps({
-            "size": args.size, "first_ms": [x * 1e3 for x in first], "final_ms": [x * 1e3 for x in final],
+            "size": args.size, "rgb": args.rgb, "debounce_ms": LIVE_DEBOUNCE_MS, "first_ms": [x * 1e3 for x in first], "final_ms": [x * 1e3 for x in final],
             "first_excl_debounce_ms": [x * 1e3 for x in first_x], "final_excl_debounce_ms": [x * 1e3 for x in final_x],
             "baseline_s": base, "fit_ms": t_fit * 1e3, "coarse_ms": t_coarse * 1e3, "predict_ms": t_pred * 1e3,
-            "warmup_s": t_warm, "peak_rss_mib": peak_mib,
+            "cancel_ms": [t * 1e3 for t, _ in cancel_s], "warmup_s": t_warm, "peak_rss_mib": peak_mib,
         }, indent=2))
     viewer.close()
     if disp is not None:

@@ -72,7 +72,7 @@ from ._sections import (
 __all__ = ["LIVE_DEBOUNCE_MS", "SegmentationWidget", "VerticalScrollArea"]
 
 #: Debounce between the end of a brush stroke and the live retraining, in ms.
-LIVE_DEBOUNCE_MS = 300
+LIVE_DEBOUNCE_MS = 150
 #: Jobs the widget starts by itself: a newer one makes a running one stale.
 BACKGROUND_JOBS = ("live", "predict")
 #: Jobs that a user action (Train, Apply, Save, Load) cancels: its result would supersede theirs.
