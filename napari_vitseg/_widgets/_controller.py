@@ -80,6 +80,7 @@ __all__ = [
     "carry_scribbles",
     "guess_channel_axis",
     "history_regions",
+    "stack_channels",
     "row_bands",
     "suggest_region",
     "uncertainty_u8",
@@ -477,7 +478,8 @@ class JobInputs:
     Attributes
     ----------
     image : array-like
-        The image layer's data (numpy, dask or zarr; never copied).
+        The image layer's data (numpy, dask or zarr; never copied), or the lazy channels-last
+        stack of several image layers used as channels (:func:`stack_channels`).
     channel_axis : int or None
     scribbles : ScribbleIndex, array-like or None
         A snapshot of the controller's index (:meth:`SegmentationController.scribbles_snapshot`;
@@ -501,6 +503,52 @@ class JobInputs:
 
 
 NO_SCRIBBLES = "There is no scribbles layer: press 'New scribbles layer' and paint some strokes."
+
+
+def stack_channels(arrays: Sequence, names: Sequence[str] | None = None):
+    """Several single-channel images of one shape as one channels-last image, without copying.
+
+    napari shows a multichannel file as one image layer per channel (``viewer.open(path,
+    channel_axis=0)``, readers that split channels); the widget segments such layers together
+    by stacking them here: channel ``i`` is ``arrays[i]``, as in a ``(Y, X, C)`` or
+    ``(Z, Y, X, C)`` image. The stack is a lazy :mod:`dask` array with one chunk per plane and
+    channel (numpy data is wrapped, never copied; dask and zarr data stay on disk), so a job
+    reads only the planes it segments, as from a single lazy layer.
+
+    Parameters
+    ----------
+    arrays : sequence of array-like
+        Two or more arrays (numpy, dask, zarr) of one shape, (Y, X) or (Z, Y, X); the result's
+        dtype is their common type (``numpy.result_type``).
+    names : sequence of str, optional
+        The layers' names, for error messages.
+
+    Returns
+    -------
+    dask.array.Array, (Y, X, C) or (Z, Y, X, C)
+
+    Raises
+    ------
+    VitsegError
+        Fewer than two arrays, shapes that differ, or not 2D / 3D.
+    """
+    import dask.array as da
+
+    arrays = list(arrays)
+    names = list(names) if names is not None else [f"channel {i}" for i in range(len(arrays))]
+    if len(arrays) < 2:
+        raise VitsegError(f"Combining image layers as channels needs two or more layers; got {len(arrays)}.")
+    shape = tuple(int(n) for n in arrays[0].shape)
+    for a, name in zip(arrays, names, strict=True):
+        if tuple(int(n) for n in a.shape) != shape:
+            raise VitsegError(f"The layer {name!r} has shape {tuple(a.shape)} but {names[0]!r} has {shape}: only "
+                              "layers of one shape can be the channels of one image.")
+    if len(shape) not in (2, 3):
+        raise VitsegError(f"Layers of shape {shape} cannot be combined as channels: each must be a 2D image or a "
+                          "3D stack (Y, X) or (Z, Y, X).")
+    plane = (1,) * (len(shape) - 2) + shape[-2:]
+    parts = [a if isinstance(a, da.Array) else da.from_array(a, chunks=plane, name=False) for a in arrays]
+    return da.stack(parts, axis=-1)
 
 
 def _gib(n: float) -> str:

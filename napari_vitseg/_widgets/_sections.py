@@ -56,6 +56,7 @@ from ._controller import (
     guess_channel_axis,
     history_regions,
     random_weights_allowed,
+    stack_channels,
 )
 from ._layers import hex_color, layer_data
 
@@ -130,12 +131,16 @@ class InputSection(QGroupBox):
         was replaced (``layer.data = ...``) or the change cannot be located: index it again.
     channel_axis_changed(old, new)
         The user set another channel axis of the same image (``int`` or ``None`` each).
+    channels_changed(str)
+        Several image layers are now used as channels, or fewer (a chosen layer was removed or
+        changed shape): what to tell the user.
     """
 
     image_changed = Signal()
     scribbles_changed = Signal(object)
     scribbles_edited = Signal(object)
     channel_axis_changed = Signal(object, object)
+    channels_changed = Signal(str)
 
     def __init__(self, viewer, is_output: Callable[[object], bool], parent=None):
         super().__init__("Input", parent)
@@ -149,7 +154,21 @@ class InputSection(QGroupBox):
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The image (or stack) to segment.")
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
-        self.form.addRow("Image", self.image_combo)
+        self._channels: list = []  # image layers used together as channels (the Image one among them), or []
+        self._stacked = None  # (their arrays, the lazy stack of them) built once
+        self.channels_btn = QToolButton()
+        self.channels_btn.setText("+ channels…")
+        self.channels_btn.setPopupMode(QToolButton.InstantPopup)
+        self.channels_btn.setToolTip("Use other image layers of the same shape as more channels of this image "
+                                     "(napari shows a multichannel file as one layer per channel).")
+        self.channels_menu = QMenu(self.channels_btn)
+        self.channels_menu.aboutToShow.connect(self._fill_channels_menu)
+        self.channels_btn.setMenu(self.channels_menu)
+        self.channels_btn.setVisible(False)
+        row = QHBoxLayout()
+        row.addWidget(self.image_combo, 1)
+        row.addWidget(self.channels_btn)
+        self.form.addRow("Image", row)
         self.channel_spin = QSpinBox()
         self.channel_spin.setRange(-1, 8)
         self.channel_spin.setSpecialValueText("none")
@@ -203,7 +222,9 @@ class InputSection(QGroupBox):
             elif layers:
                 combo.setCurrentIndex(0 if kind == "image" else self._best_scribbles_index(layers))
             combo.blockSignals(False)
+        self._prune_channels()
         self._on_image_changed()
+        self._update_channels_btn()
 
     def _best_scribbles_index(self, layers) -> int:
         shape = self.spatial_shape()
@@ -216,6 +237,11 @@ class InputSection(QGroupBox):
         layer = self.image_layer
         if layer is not self._image:
             self._image = layer
+            if self._channels:  # another Image chosen in the combo: that layer alone
+                self._channels = []
+                self.channels_changed.emit(f"Using the image {layer.name!r} alone (one layer); '+ channels…' "
+                                           "combines layers again." if layer is not None else "")
+            self._update_channels_btn()
             if layer is not None:
                 spin = self.channel_spin
                 spin.blockSignals(True)
@@ -263,6 +289,174 @@ class InputSection(QGroupBox):
         self.image_changed.emit()
         if old != new:
             self.channel_axis_changed.emit(old, new)
+
+    # -- several image layers as channels -----------------------------------------------------
+    def channel_candidates(self) -> list:
+        """Other image layers that can be channels of the Image layer: same data shape, (Y, X)
+        or (Z, Y, X), not RGB, not an output (layers of another shape are never offered)."""
+        main = self.image_layer
+        if main is None or main.rgb or layer_data(main).ndim not in (2, 3):
+            return []
+        shape = tuple(layer_data(main).shape)
+        return [lay for lay in self._layers_of("image")
+                if lay is not main and not lay.rgb and tuple(layer_data(lay).shape) == shape]
+
+    def channel_layers(self) -> list:
+        """The image layers that make the image, in channel order: ``[image layer]`` alone, or
+        the layers combined by :meth:`set_channel_layers` (``[]`` without an image)."""
+        main = self.image_layer
+        return list(self._channels) if self._channels else ([] if main is None else [main])
+
+    def set_channel_layers(self, layers) -> None:
+        """Use several image layers of one shape as the channels of one image.
+
+        napari shows a multichannel file as one image layer per channel (``viewer.open(path,
+        channel_axis=0)``, readers that split channels). The jobs then segment the stack of
+        these layers, channel ``i`` = ``layers[i]`` (:func:`~napari_vitseg._widgets._controller.stack_channels`,
+        lazy: nothing is read until a plane is segmented), as a ``(Y, X, C)`` image; the
+        scribbles keep the layers' shape, and a classifier trained so expects ``len(layers)``
+        channels (files given to *Apply to files* must have them, in this order).
+
+        Parameters
+        ----------
+        layers : sequence of napari.layers.Image
+            In channel order. The Image combo moves to the first one unless it is among them.
+            Zero or one layer: back to a single image layer.
+
+        Raises
+        ------
+        VitsegError
+            A layer that is not an image layer of the viewer, RGB, or of another shape than the
+            others.
+        """
+        layers = list(dict.fromkeys(layers))
+        if len(layers) >= 2:
+            offered = self._layers_of("image")
+            shape = tuple(layer_data(layers[0]).shape)
+            for lay in layers:
+                if lay not in offered:
+                    raise VitsegError(f"{getattr(lay, 'name', lay)!r} is not an image layer of this viewer; pick "
+                                      "channels among the image layers.")
+                if lay.rgb or tuple(layer_data(lay).shape) != shape or len(shape) not in (2, 3):
+                    raise VitsegError(
+                        f"The layer {lay.name!r} ({'RGB' if lay.rgb else f'shape {tuple(layer_data(lay).shape)}'}) "
+                        f"cannot be a channel of {layers[0].name!r} (shape {shape}): combine grey (Y, X) or "
+                        "(Z, Y, X) layers of one shape.")
+        if layers and self.image_layer not in layers:
+            self.image_combo.setCurrentIndex(self.image_combo.findData(layers[0]))  # that layer, alone
+        old = self.channel_layers()
+        old_axis = None if self._channels else self._axis
+        self._channels = layers if len(layers) >= 2 else []
+        if self.channel_layers() == old:
+            return
+        self._show_channels()
+        self.image_changed.emit()
+        if old_axis is not None and self._channels:
+            # the layer was read with a channel axis; its layers are now whole: keep what was painted
+            self.channel_axis_changed.emit(old_axis, None)
+        main = self.image_layer
+        self.channels_changed.emit(
+            f"Segmenting {len(self._channels)} layers as the channels of one image: {self._channel_names()}."
+            if self._channels else f"Using the image {main.name!r} alone (one channel)." if main is not None else "")
+
+    def _channel_names(self) -> str:
+        return ", ".join(f"{i} = {lay.name!r}" for i, lay in enumerate(self._channels))
+
+    def _show_channels(self) -> None:
+        """The channel-axis field and its hint, for several layers or one."""
+        spin = self.channel_spin
+        spin.blockSignals(True)
+        spin.setValue(-1)
+        if self._channels:
+            spin.setEnabled(False)
+            spin.setSpecialValueText("layers (last)")
+            self._show_hint(f"Channels from {len(self._channels)} layers: {self._channel_names()}.")
+        elif self.image_layer is not None and not self.image_layer.rgb:
+            spin.setEnabled(True)
+            spin.setSpecialValueText("none")
+            self._show_hint("No channel axis: a grey image or a stack of planes.")
+        spin.blockSignals(False)
+        self._axis = None
+        self._update_channels_btn()
+
+    def _prune_channels(self) -> None:
+        """Drop channel layers that left the viewer or changed shape, and say so (back to a
+        single layer when fewer than two are left)."""
+        if not self._channels:
+            return
+        main = self.image_layer
+        if main is not self._image or main not in self._channels:
+            keep = []  # the Image layer itself went: the combo shows another one, alone
+        else:
+            ok = self.channel_candidates()
+            keep = [lay for lay in self._channels if lay is main or any(lay is c for c in ok)]
+        lost = [lay for lay in self._channels if not any(lay is k for k in keep)]
+        if not lost:
+            return
+        removed = ", ".join(repr(lay.name) for lay in lost)
+        n_before = len(self._channels)
+        self._channels = keep if len(keep) >= 2 else []
+        if self._channels:
+            now = f"now {len(keep)} channels: {self._channel_names()}"
+        elif main is not None:
+            now = f"back to a single layer, {main.name!r} alone (1 channel)"
+        else:
+            now = "no image left"
+        if main is self._image:
+            self._show_channels()
+            self.image_changed.emit()
+        self.channels_changed.emit(
+            f"Channel layer(s) {removed} removed or changed shape: {now}. A classifier trained on "
+            f"{n_before} channels does not fit it: retrain (Train or Live).")
+
+    def _update_channels_btn(self) -> None:
+        n = len(self._channels)
+        self.channels_btn.setText(f"{n} channels…" if n else "+ channels…")
+        self.channels_btn.setVisible(bool(n) or bool(self.channel_candidates()))
+
+    def _fill_channels_menu(self) -> None:
+        """The *+ channels…* menu: all layers of this shape at once, or each one (checkable)."""
+        menu = self.channels_menu
+        menu.clear()
+        main = self.image_layer
+        cands = self.channel_candidates()
+        if not cands:
+            menu.addAction("No other image layer of this shape").setEnabled(False)
+            return
+        order = {id(lay): i for i, lay in enumerate(self.viewer.layers)}
+        everything = sorted([main, *cands], key=lambda lay: order.get(id(lay), 0))
+        act = menu.addAction(f"All {len(everything)} layers of this shape as channels")
+        act.triggered.connect(lambda *_: self.set_channel_layers(everything))
+        menu.addSeparator()
+        chosen = self.channel_layers()
+        for lay in cands:
+            act = menu.addAction(lay.name)
+            act.setCheckable(True)
+            act.setChecked(any(lay is c for c in chosen))
+            act.toggled.connect(lambda on, lay=lay: self._toggle_channel(lay, on))
+        if self._channels:
+            menu.addSeparator()
+            menu.addAction(f"{main.name} alone", lambda: self.set_channel_layers([]))
+
+    def _toggle_channel(self, layer, on: bool) -> None:
+        """Add or remove one layer from the channels (kept in the viewer's layer order)."""
+        chosen = [lay for lay in self.channel_layers() if lay is not layer] + ([layer] if on else [])
+        order = {id(lay): i for i, lay in enumerate(self.viewer.layers)}
+        self.set_channel_layers(sorted(chosen, key=lambda lay: order.get(id(lay), 0)))
+
+    def image_data(self):
+        """The array that jobs segment: the Image layer's data, or the lazy channels-last stack
+        of the channel layers (built once per set of arrays); ``None`` without an image."""
+        main = self.image_layer
+        if main is None:
+            return None
+        if not self._channels:
+            return layer_data(main)
+        arrays = [layer_data(lay) for lay in self._channels]
+        if self._stacked is None or len(self._stacked[0]) != len(arrays) or \
+                any(a is not b for a, b in zip(self._stacked[0], arrays, strict=True)):
+            self._stacked = (arrays, stack_channels(arrays, [lay.name for lay in self._channels]))
+        return self._stacked[1]
 
     # -- scribbles and their events ---------------------------------------------------------
     def _on_scribbles_changed(self, *_):
@@ -344,10 +538,13 @@ class InputSection(QGroupBox):
 
     # -- geometry ----------------------------------------------------------------------------
     def channel_axis(self) -> int | None:
-        """The image's channel axis (the last one for RGB), or ``None``."""
+        """The image's channel axis (the last one for RGB and for several layers used as
+        channels, see :meth:`image_data`), or ``None``."""
         layer = self.image_layer
         if layer is None:
             return None
+        if self._channels:
+            return layer_data(layer).ndim  # a new last axis
         if layer.rgb:
             return layer_data(layer).ndim - 1
         v = self.channel_spin.value()
@@ -388,7 +585,7 @@ class InputSection(QGroupBox):
             img = self.image_layer
             pos = list(img.world_to_data(self.viewer.dims.point))
             ca = self.channel_axis()
-            if ca is not None and not img.rgb:
+            if ca is not None and not img.rgb and ca < len(pos):
                 del pos[ca]
             z = pos[0]
         return int(np.clip(round(float(z)), 0, shape[0] - 1))
@@ -408,7 +605,7 @@ class InputSection(QGroupBox):
             cp = np.asarray(layer.corner_pixels)
             axis = ndim - 2
             ca = self.channel_axis()
-            if layer is self.image_layer and ca is not None and not layer.rgb and ca >= ndim - 2:
+            if layer is self.image_layer and ca is not None and not layer.rgb and ndim - 2 <= ca < ndim:
                 return None  # channels among the displayed axes: not our geometry
             y0, y1 = int(cp[0, axis]), int(cp[1, axis]) + 1
         except (AttributeError, IndexError, TypeError, ValueError):
@@ -436,7 +633,14 @@ class InputSection(QGroupBox):
         ------
         VitsegError
             Missing image, scribbles of another shape or that could not be indexed.
+
+        Notes
+        -----
+        Every job (Train, Live, a plane on scroll, Apply to stack / files, Save, Load) takes its
+        image from here: the Image layer's data, or the lazy stack of the layers combined as
+        channels (:meth:`image_data`, channel axis last).
         """
+        self._prune_channels()  # a channel layer's data may have been replaced by another shape
         image = self.image_layer
         if image is None:
             if need_image:
@@ -463,7 +667,7 @@ class InputSection(QGroupBox):
                                       f"{scribbles_error or 'it is not indexed'}")
         elif need_scribbles:
             raise VitsegError("There is no scribbles layer: press 'New' next to Scribbles and paint some strokes.")
-        return JobInputs(image=layer_data(image), channel_axis=self.channel_axis(), scribbles=scribbles,
+        return JobInputs(image=self.image_data(), channel_axis=self.channel_axis(), scribbles=scribbles,
                          z=self.current_z(), probabilities=probabilities, view_rows=self.view_rows())
 
     def new_scribbles_layer(self, names, colors):
@@ -496,7 +700,10 @@ class InputSection(QGroupBox):
 
 
 class ClassesSection(QWidget):
-    """The class table (colour and name of labels 1..K) and *Add class*.
+    """The class table (colour and name of labels 1..K), *Add class* and *legend on canvas*.
+
+    The row numbers are the classes' Alt+number shortcuts (their tooltips say so, once the
+    widget has bound them: :meth:`set_shortcut_keys`).
 
     Signals
     -------
@@ -514,10 +721,11 @@ class ClassesSection(QWidget):
         self._colors: list[str] = []
         self._updating = False
         self.palette: tuple[str, ...] = tuple(DEFAULT_COLORS)  # colours of new classes
+        self.shortcut_keys: dict[int, str] = {}  # class -> 'Alt+k' (set_shortcut_keys)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         self.class_table = QTableWidget(0, 2)
-        self.class_table.setHorizontalHeaderLabels(["", "class name (click to paint)"])
+        self.class_table.setHorizontalHeaderLabels(["", "class name (click or Alt+number to paint)"])
         self.class_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
         self.class_table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
         self.class_table.verticalHeader().setVisible(True)
@@ -530,7 +738,15 @@ class ClassesSection(QWidget):
         lay.addWidget(self.class_table)
         self.add_class_btn = QPushButton("Add class")
         self.add_class_btn.clicked.connect(self.add_class)
-        lay.addWidget(self.add_class_btn)
+        self.legend_check = QCheckBox("legend on canvas")
+        self.legend_check.setChecked(True)
+        self.legend_check.setToolTip("Show the class names in their colours at the top left of the canvas "
+                                     "(hovering a scribble or the segmentation also names its class in "
+                                     "napari's status bar).")
+        row = QHBoxLayout()
+        row.addWidget(self.add_class_btn)
+        row.addWidget(self.legend_check)
+        lay.addLayout(row)
 
     def names(self) -> list[str]:
         """Class names 1..K as shown in the table."""
@@ -555,13 +771,33 @@ class ClassesSection(QWidget):
                 sw.setToolTip("Double-click to change the colour.")
                 self.class_table.setItem(i, 0, sw)
                 it = QTableWidgetItem(name)
-                it.setToolTip(f"label {i + 1}; double-click to rename")
                 self.class_table.setItem(i, 1, it)
             self.class_table.setVerticalHeaderLabels([str(i + 1) for i in range(len(names))])
+            self._show_shortcuts()
         finally:
             self._updating = False
         self._colors = colors
         self.changed.emit()
+
+    def set_shortcut_keys(self, keys) -> None:
+        """Name the bound class shortcuts (napari key names ``'Alt-1'``...) in the row tooltips."""
+        self.shortcut_keys = {int(k.rsplit("-", 1)[1]): k.replace("-", "+") for k in keys}
+        updating, self._updating = self._updating, True  # a tooltip is no rename
+        try:
+            self._show_shortcuts()
+        finally:
+            self._updating = updating
+
+    def _show_shortcuts(self) -> None:
+        for i in range(self.class_table.rowCount()):
+            key = self.shortcut_keys.get(i + 1)
+            paint = f"click or press {key} to paint with it" if key else "click to paint with it"
+            it = self.class_table.item(i, 1)
+            if it is not None:
+                it.setToolTip(f"label {i + 1}: {paint}; double-click to rename")
+            head = self.class_table.verticalHeaderItem(i)
+            if head is not None:
+                head.setToolTip(f"label {i + 1}" + (f" ({key} paints with it)" if key else ""))
 
     def load_from_layer(self, layer) -> None:
         """Show the classes of a scribbles layer: names from its metadata, colours from its colormap."""
@@ -913,7 +1149,7 @@ class ClassifierSection(QGroupBox):
 
 
 class ActionsSection(QGroupBox):
-    """Train, Live, Cancel, Save, Load, Apply to stack / files (and *open the results*),
+    """Train, Live, Cancel, Save, Load, Export…, Save project / Open project, Apply to stack / files (and *open the results*),
     *show uncertainty* and *probabilities layer*.
 
     Parameters
@@ -925,9 +1161,13 @@ class ActionsSection(QGroupBox):
     -------
     apply_files_requested(str)
         ``'files'`` or ``'folder'`` was chosen in the *Apply to files…* menu.
+    export_requested(str)
+        ``'segmentation'``, ``'probabilities'`` or ``'uncertainty'`` was chosen in the
+        *Export…* menu.
     """
 
     apply_files_requested = Signal(str)
+    export_requested = Signal(str)
 
     def __init__(self, debounce_ms: int, parent=None):
         super().__init__("Actions", parent)
@@ -949,6 +1189,25 @@ class ActionsSection(QGroupBox):
         row.addWidget(self.save_btn)
         self.load_btn = QPushButton("Load…")
         row.addWidget(self.load_btn)
+        self.export_btn = QToolButton()
+        self.export_btn.setText("Export…")
+        self.export_btn.setPopupMode(QToolButton.InstantPopup)
+        self.export_btn.setToolTip("Write the segmentation, the per-class probabilities or the uncertainty of "
+                                   "the image as a TIFF (beside the image by default).")
+        menu = QMenu(self.export_btn)
+        for what in ("segmentation", "probabilities", "uncertainty"):
+            menu.addAction(f"{what.capitalize()} (TIFF)…", lambda what=what: self.export_requested.emit(what))
+        self.export_btn.setMenu(menu)
+        row.addWidget(self.export_btn)
+        v.addLayout(row)
+        row = QHBoxLayout()  # the session: image path, scribbles, classes and classifier in one file
+        self.save_project_btn = QPushButton("Save project…")
+        self.save_project_btn.setToolTip("Save the session in one .vitseg-project file: the image's path, the "
+                                          "scribbles, the classes and the trained classifier.")
+        row.addWidget(self.save_project_btn)
+        self.open_project_btn = QPushButton("Open project…")
+        self.open_project_btn.setToolTip("Open a .vitseg-project file: its image, scribbles, classes and classifier.")
+        row.addWidget(self.open_project_btn)
         v.addLayout(row)
         row = QHBoxLayout()
         self.apply_stack_btn = QPushButton("Apply to stack")

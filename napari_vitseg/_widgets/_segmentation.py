@@ -27,8 +27,12 @@ The widget is thin. Where things are:
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from qtpy.QtCore import QEvent, QSize, Qt, QTimer
@@ -36,7 +40,9 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFrame,
     QLabel,
+    QMessageBox,
     QProgressBar,
+    QPushButton,
     QScrollArea,
     QVBoxLayout,
     QWidget,
@@ -45,7 +51,15 @@ from superqt import QCollapsible
 
 from .._sample_data import class_colormap
 from .._validation import VitsegError
+from ..io._atomic import same_file
 from ..pipeline import DEFAULT_COLORS
+from ..pipeline.project import (
+    PROJECT_SUFFIX,
+    Project,
+    extracted_classifier,
+    load_project,
+    save_project,
+)
 from . import _notify
 from ._compat import return_large_frees
 from ._controller import (
@@ -60,7 +74,16 @@ from ._controller import (
     suggest_region,
 )
 from ._jobs import Job, JobRunner
-from ._layers import OutputLayers, layer_data, write_classes
+from ._layers import (
+    EXPORTS,
+    ClassLegend,
+    ClassShortcuts,
+    ExportPlan,
+    OutputLayers,
+    iter_export,
+    layer_data,
+    write_classes,
+)
 from ._sections import (
     ActionsSection,
     ClassesSection,
@@ -77,6 +100,20 @@ LIVE_DEBOUNCE_MS = 150
 BACKGROUND_JOBS = ("live", "predict")
 #: Jobs that a user action (Train, Apply, Save, Load) cancels: its result would supersede theirs.
 SUPERSEDABLE_JOBS = ("live", "predict", "train")
+
+
+@dataclass
+class ProjectStep:
+    """Yielded by the *Open project…* job once the project file is read and checked: the UI thread
+    opens the image and adds the scribbles, stores the job's inputs (or the error) and sets ``done``."""
+
+    project: Project
+    done: threading.Event = field(default_factory=threading.Event)
+    inputs: JobInputs | None = None
+    error: Exception | None = None
+
+    #: Yielded while the job waits for the UI thread.
+    WAITING: ClassVar[object] = object()
 
 
 class VerticalScrollArea(QScrollArea):
@@ -162,6 +199,11 @@ class SegmentationWidget(QWidget):
         self.advanced = QCollapsible("Advanced: features and classifier")
         self.advanced.addWidget(self.features)
         self.advanced.addWidget(self.classifier)
+        self.importance_btn = QPushButton("Feature importance…")
+        self.importance_btn.setToolTip("Open a panel showing which features (family and scale) the trained "
+                                       "classifier relies on; it follows every Train and Live retraining.")
+        self.advanced.addWidget(self.importance_btn)
+        self.importance_panel = None  # the ImportancePanel once opened (show_feature_importance)
         body = QWidget()
         blay = QVBoxLayout(body)
         blay.setContentsMargins(0, 0, 0, 0)
@@ -203,6 +245,7 @@ class SegmentationWidget(QWidget):
         s = self.actions
         self.train_btn, self.live_check, self.cancel_btn = s.train_btn, s.live_check, s.cancel_btn
         self.save_btn, self.load_btn = s.save_btn, s.load_btn
+        self.save_project_btn, self.open_project_btn = s.save_project_btn, s.open_project_btn
         self.apply_stack_btn, self.apply_files_btn, self.proba_check = s.apply_stack_btn, s.apply_files_btn, s.proba_check
         self.uncertainty_check, self.open_results_check = s.uncertainty_check, s.open_results_check
         self.suggest_btn = s.suggest_btn
@@ -212,9 +255,11 @@ class SegmentationWidget(QWidget):
         self.input.new_scribbles_btn.clicked.connect(self.new_scribbles_layer)
         self.input.image_changed.connect(self.outputs.mark_stale)
         self.input.image_changed.connect(self._use_palette)
+        self.input.channels_changed.connect(lambda msg: msg and self.set_status(msg))
         self.input.channel_axis_changed.connect(self._carry_scribbles)
         self.uncertainty_check.toggled.connect(self.outputs.set_uncertainty_visible)
         self.suggest_btn.clicked.connect(self.suggest_where_to_paint)
+        self.importance_btn.clicked.connect(self.show_feature_importance)
         self.features.weights_imported.connect(lambda msg: self.set_status(msg))
         self.input.scribbles_changed.connect(self._on_scribbles_changed)
         self.input.scribbles_edited.connect(self._on_scribbles_edited)
@@ -227,8 +272,18 @@ class SegmentationWidget(QWidget):
         self.cancel_btn.clicked.connect(self.cancel)
         self.save_btn.clicked.connect(self.save_classifier)
         self.load_btn.clicked.connect(self.load_classifier)
+        self.save_project_btn.clicked.connect(lambda: self.save_project())
+        self.open_project_btn.clicked.connect(lambda: self.open_project())
         self.apply_stack_btn.clicked.connect(self.apply_to_stack)
         self.actions.apply_files_requested.connect(lambda kind: self.apply_to_files(kind=kind))
+        # issue 14: Alt+number paints with a class, a legend on the canvas, Export…
+        self.export_btn = self.actions.export_btn
+        self.actions.export_requested.connect(lambda what: self.export_outputs(what))
+        self._export_after = None  # (apply job, what, path): export when that Apply to stack ends
+        self.legend = ClassLegend(self.viewer)
+        self.classes.legend_check.toggled.connect(self.legend.set_visible)
+        self.shortcuts = ClassShortcuts(self.viewer, self.choose_class)
+        self.classes.set_shortcut_keys(self.shortcuts.bind())
 
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -466,6 +521,7 @@ class SegmentationWidget(QWidget):
         self.controller.class_colors = self.classes.colors()
         self._sync_layer_classes()
         self.outputs.name_classes()
+        self.legend.show(self.controller.class_names, self.controller.class_colors)
 
     def _sync_layer_classes(self) -> None:
         """Write class names and colours to the scribbles and the segmentation."""
@@ -708,6 +764,340 @@ class SegmentationWidget(QWidget):
         d = QFileDialog.getExistingDirectory(self, "Output folder for the segmentations")
         return d or None
 
+    # ------------------------------------------------------------ projects
+    @staticmethod
+    def image_source(layer) -> str | None:
+        """The file a layer was opened from (``layer.source.path``, or our reader's ``metadata['path']``)."""
+        src = getattr(getattr(layer, "source", None), "path", None) or (layer.metadata or {}).get("path")
+        return str(src) if isinstance(src, (str, Path)) and str(src) else None
+
+    def default_project_path(self) -> str:
+        """``<image name>.vitseg-project`` beside the image's file (where *Save…* proposes the classifier)."""
+        p = Path(self.default_save_path())
+        return str(p.with_name(p.name[: -len(p.suffix)] if p.suffix else p.name)) + PROJECT_SUFFIX
+
+    def ask_project_save_path(self) -> str | None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save project", self.default_project_path(),
+                                              f"napari-vitseg project (*{PROJECT_SUFFIX});;All files (*)")
+        if path and not Path(path).suffix:
+            path += PROJECT_SUFFIX
+        return path or None
+
+    def ask_project_open_path(self) -> str | None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open project", str(Path(self.default_project_path()).parent),
+                                              f"napari-vitseg project (*{PROJECT_SUFFIX});;All files (*)")
+        return path or None
+
+    def save_project(self, path: str | None = None):
+        """Save the session as a project file (:mod:`napari_vitseg.pipeline.project`): the image
+        layer's file, its channel axis and reader, the scribbles, the class table and the trained
+        classifier (full quality: a live preview is retrained first, as *Save…* does).
+
+        The image must come from a file (a project refers to it); otherwise the status line
+        says so and nothing is written.
+
+        Returns
+        -------
+        Job or None
+        """
+        layer = self.input.image_layer
+        if layer is None:
+            return self._fail(VitsegError("There is no image layer to save in a project: open an image file first "
+                                          "(File > Open)."))
+        src = self.image_source(layer)
+        if not src:
+            self.set_status(f"The image {layer.name!r} was not opened from a file, and a project refers to its image "
+                            "on disk: save it (File > Save Selected Layers…), open that file, then Save project….",
+                            error=True)
+            return None
+        path = path or self.ask_project_save_path()
+        if not path:
+            return None
+        try:
+            inputs = self._inputs(need_scribbles=False)
+            scr = self.input.scribbles_layer
+            if scr is not None and tuple(layer_data(scr).shape) != self.input.spatial_shape():
+                raise VitsegError(f"The scribbles layer {scr.name!r} has shape {tuple(layer_data(scr).shape)} but the "
+                                  f"image {layer.name!r} has spatial shape {self.input.spatial_shape()}; pick the "
+                                  "matching scribbles layer, then Save project… again.")
+        except VitsegError as e:
+            return self._fail(e)
+        project = Project(image_path=src, scribbles=layer_data(scr) if scr is not None else None,
+                          class_names=self.class_names(), class_colors=self.classes.colors(),
+                          channel_axis=self.channel_axis(),
+                          image_reader=getattr(getattr(layer, "source", None), "reader_plugin", None),
+                          image_name=layer.name, scribbles_name=scr.name if scr is not None else None)
+        sources = [p for lay in self.viewer.layers if (p := self.image_source(lay))]
+        has_model = self.controller.model is not None
+
+        def job():
+            seg = None
+            if has_model:  # the full-quality model (trained first when the current one is a live preview)
+                seg = (yield from self.controller._iter_full_model(inputs)).segmenter
+            yield Status(f"saving {Path(path).name}")
+            return save_project(path, dataclasses.replace(project, segmenter=seg), inputs=sources)
+
+        return self.jobs.request("save project", job, on_yielded=self._on_yielded, on_returned=self._project_message,
+                                 uses_torch=lambda: has_model and self.controller.feature_config.backbone is not None)
+
+    def open_project(self, path: str | None = None):
+        """Open a project file: open its image (found beside the project first, then at its absolute
+        path; a layer already showing that file is reused), set its channel axis, add the scribbles
+        layer with the class names and colours, restore the class table, and load the classifier
+        (then segment the plane in view, ready for Live / Apply).
+
+        One background job: the project is read and checked in the worker thread, the layers are
+        made on the UI thread (:class:`ProjectStep`), then the classifier is loaded in the worker.
+        A missing image, a damaged or foreign project, or scribbles that no longer fit the image
+        end in the status line; the viewer is left as it was, except for an image layer opened
+        before the scribbles were found not to fit.
+
+        Returns
+        -------
+        Job or None
+        """
+        path = path or self.ask_project_open_path()
+        if not path:
+            return None
+        name = Path(path).name
+        return self.jobs.request("open project", lambda: self._iter_open_project(str(path)),
+                                 on_yielded=self._on_project_yielded,
+                                 on_returned=lambda job, value: self._project_message(job, value, name),
+                                 uses_torch=True)
+
+    def _iter_open_project(self, path: str):
+        name = Path(path).name
+        yield Status(f"reading {name}")
+        project = load_project(path, classifier=False)
+        if not project.image_found:
+            raise VitsegError(project.missing_image_message(path))
+        step = ProjectStep(project)
+        yield step
+        while not step.done.wait(0.05):
+            yield ProjectStep.WAITING  # a yield lets Cancel stop the job
+        if step.error is not None:
+            raise step.error
+        if not project.has_classifier:
+            return None
+        names, colors = list(project.class_names), list(project.class_colors)
+        with extracted_classifier(path) as clf:
+            it = self.controller.iter_load(step.inputs, clf)
+            ready = None
+            try:
+                while True:
+                    try:
+                        value = next(it)
+                    except StopIteration:
+                        break
+                    except VitsegError as e:
+                        raise VitsegError(str(e).replace(str(clf), f"{path}:classifier.vitseg")) from None
+                    if isinstance(value, ModelReady):
+                        value.segmenter.set_classes(names, colors)
+                        value = ready = dataclasses.replace(
+                            value, description=f"opened project {name} ({value.segmenter.classifier})",
+                            loaded_from=str(path))
+                    yield value
+            finally:
+                it.close()
+        return ready
+
+    def _on_project_yielded(self, job: Job, value) -> None:
+        if value is ProjectStep.WAITING:
+            return
+        if not isinstance(value, ProjectStep):
+            return self._on_yielded(job, value)
+        try:  # the UI thread's part of opening a project: layers, fields, the job's inputs
+            self._open_project_image(value.project)
+            self._add_project_scribbles(value.project)
+            self.controller.model = None  # the model of the session before
+            self.outputs.mark_stale()
+            if value.project.has_classifier:
+                value.inputs = self._inputs(need_scribbles=False)
+        except Exception as e:  # noqa: BLE001 - raised by the job, which reports it
+            value.error = e
+        finally:
+            value.done.set()
+
+    def _open_project_image(self, project: Project):
+        """The project's image layer, chosen in the Input box with the project's channel axis (opened
+        with the reader that opened it before, else napari's choice; reused when already open).
+
+        Raises
+        ------
+        VitsegError
+            Not a file or folder, or no reader opens it as an image.
+        """
+        from napari.layers import Image
+
+        p = Path(project.image_path)
+        if not (p.is_file() or p.is_dir()):
+            raise VitsegError(f"The project's image {str(p)!r} is not a file or folder (a device, pipe or socket?); "
+                              "refusing to open it.")
+        image = next((lay for lay in self.viewer.layers if isinstance(lay, Image) and not self.outputs.owns(lay)
+                      and (src := self.image_source(lay)) and same_file(src, p)), None)
+        if image is None:
+            error = None
+            for plugin in dict.fromkeys((project.image_reader, "napari", None)):
+                try:
+                    layers = self.viewer.open(str(p), plugin=plugin)
+                except Exception as e:  # noqa: BLE001 - any reader's failure: try the next one
+                    error = e
+                    continue
+                image = next((lay for lay in layers if isinstance(lay, Image)), None)
+                if image is not None:
+                    break
+                for lay in layers:  # opened, but not as an image (e.g. labels): not ours to keep
+                    self.viewer.layers.remove(lay)
+            if image is None:
+                why = f" ({str(error).splitlines()[0][:120]})" if error is not None else ""
+                raise VitsegError(f"napari could not open the project's image {str(p)!r} as an image{why}; open it "
+                                  "with File > Open, then Open project… again (the open layer is used).")
+        idx = self.image_combo.findData(image)
+        if idx >= 0:
+            self.image_combo.setCurrentIndex(idx)
+        if not image.rgb and self.channel_axis() != project.channel_axis:
+            # the scribbles come from the project: nothing to carry over from the layer chosen before
+            self.input.channel_axis_changed.disconnect(self._carry_scribbles)
+            try:
+                self.channel_spin.setValue(-1 if project.channel_axis is None else project.channel_axis)
+            finally:
+                self.input.channel_axis_changed.connect(self._carry_scribbles)
+        return image
+
+    def _add_project_scribbles(self, project: Project) -> None:
+        """Add the project's scribbles as a Labels layer (chosen in the Input box) and its classes.
+
+        Raises
+        ------
+        VitsegError
+            The scribbles do not fit the image's spatial shape.
+        """
+        names, colors = list(project.class_names), list(project.class_colors)
+        if project.scribbles is not None:
+            shape = self.input.spatial_shape()
+            if tuple(project.scribbles.shape) != shape:
+                raise VitsegError(
+                    f"The project's scribbles have shape {tuple(project.scribbles.shape)} but its image "
+                    f"{str(project.image_path)!r} has spatial shape {shape} (channel axis "
+                    f"{'none' if self.channel_axis() is None else self.channel_axis()}): the image changed since the "
+                    "project was saved; open the image it was made with.")
+            layer = self.viewer.add_labels(project.scribbles, name=project.scribbles_name or "scribbles",
+                                           colormap=class_colormap(len(names), colors),
+                                           metadata={"class_names": names}, **self.input.spatial_transform())
+            layer.brush_size = 8
+            layer.mode = "paint"
+            layer.selected_label = 1
+            idx = self.scribbles_combo.findData(layer)
+            if idx >= 0:
+                self.scribbles_combo.setCurrentIndex(idx)
+        self.classes.set_classes(names, colors)
+
+    def _project_message(self, job: Job, value, name: str = "") -> str | None:
+        if job.kind == "save project":
+            _notify.show_info(f"Project saved to {value}")
+            return f"Saved project {value}."
+        if value is None:
+            return f"Opened project {name} (no classifier in it: press Train or tick Live)."
+        return f"Done ({value.description})."
+
+    # ------------------------------------------------------------ class shortcuts and export
+    def choose_class(self, k: int) -> None:
+        """Paint with class ``k`` (its Alt+k shortcut): select its row, make the scribbles layer
+        active in paint mode."""
+        n = self.class_table.rowCount()
+        if self.input.scribbles_layer is None:
+            self.set_status("No scribbles layer to paint in: press 'New' beside the scribbles box first.")
+            return
+        if not 1 <= k <= n:
+            self.set_status(f"Alt+{k}: there is no class {k} (the table has {n}); 'Add class' adds one.")
+            return
+        self.class_table.selectRow(k - 1)
+        self._paint_with(k)
+        self.set_status(f"Painting class {k}: {self.class_names()[k - 1]}.")
+
+    def layer_sources(self) -> dict:
+        """``{file: layer name}`` of the files the viewer's layers came from (Export never writes over them)."""
+        out: dict = {}
+        for layer in self.viewer.layers:
+            for p in (getattr(getattr(layer, "source", None), "path", None), (layer.metadata or {}).get("path")):
+                if isinstance(p, str) and p:
+                    out.setdefault(p, layer.name)
+        return out
+
+    def default_export_path(self, what: str) -> str:
+        """``<image>_seg.tif``, ``<image>_seg_probabilities.tif`` or ``<image>_seg_uncertainty.tif``
+        beside the image's file (where *Save…* proposes the classifier), else in the working folder."""
+        p = Path(self.default_save_path())
+        return str(p.with_name(p.stem + EXPORTS[what][1] + ".tif"))
+
+    def ask_export_path(self, what: str) -> str | None:
+        path, _ = QFileDialog.getSaveFileName(self, f"Export the {what}", self.default_export_path(what),
+                                              "TIFF (*.tif *.tiff);;All files (*)")
+        return path or None
+
+    def ask_missing_planes(self, plan: ExportPlan) -> str | None:
+        """Some planes are not segmented with the current classifier: ``'apply'`` (segment them
+        first, then export), ``'export'`` (what exists; the others are written empty) or ``None``."""
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Question)
+        box.setWindowTitle(f"Export the {plan.what}")
+        box.setText(plan.describe_missing()[:1].upper() + plan.describe_missing()[1:] + ".")
+        apply_btn = box.addButton("Apply to stack first" if plan.stack else "Segment it first", QMessageBox.AcceptRole)
+        export_btn = None if plan.empty else box.addButton("Export what exists", QMessageBox.ActionRole)
+        box.addButton(QMessageBox.Cancel)
+        box.exec_()
+        clicked = box.clickedButton()
+        if clicked is apply_btn:
+            return "apply"
+        return "export" if export_btn is not None and clicked is export_btn else None
+
+    def export_outputs(self, what: str, path: str | None = None, *, ask: bool = True):
+        """Write the segmentation, probabilities or uncertainty of the image to a TIFF.
+
+        The file (asked in a dialog, proposed beside the image) is written in the background,
+        atomically, with the class names and colours (:func:`~napari_vitseg._widgets._layers.iter_export`);
+        it reopens through the plugin's reader. The image's and the scribbles' files are
+        refused. Planes not segmented with the current classifier (or without probabilities)
+        are named, and :meth:`ask_missing_planes` chooses: *Apply to stack* first (then the
+        export follows), export what exists, or nothing.
+
+        Parameters
+        ----------
+        what : {'segmentation', 'probabilities', 'uncertainty'}
+        path : str, optional
+            Skip the file dialog.
+        ask : bool
+            ``False``: export what exists without asking (after the *Apply to stack* it asked for).
+
+        Returns
+        -------
+        Job or None
+            The export job, or the *Apply to stack* job the export follows.
+        """
+        path = path or self.ask_export_path(what)
+        if not path:
+            return None
+        try:
+            plan = self.outputs.export_plan(what, path, sources=self.layer_sources(), names=self.class_names(),
+                                            colors=self.classes.colors())
+        except VitsegError as e:
+            return self._fail(e)
+        if plan.missing:
+            choice = self.ask_missing_planes(plan) if ask else "export"
+            if choice == "apply":
+                if what == "probabilities":
+                    self.proba_check.setChecked(True)
+                job = self.apply_to_stack()
+                self._export_after = (job, what, str(plan.path)) if job is not None else None
+                return job
+            if choice != "export":
+                return None
+            if plan.empty:
+                return self._fail(VitsegError(f"Nothing to export: {plan.describe_missing()}. Press Train or "
+                                              "Apply to stack first" + (" with 'probabilities layer' ticked"
+                                                                        if what == "probabilities" else "") + "."))
+        return self._request("export", lambda: iter_export(plan), napari_progress=plan.stack)
+
     # ------------------------------------------------------------ jobs
     def cancel(self) -> None:
         """Cancel the running job (and any queued one)."""
@@ -738,6 +1128,44 @@ class SegmentationWidget(QWidget):
         if ready.loaded_from is not None:
             self._set_fields_from_model(ready.segmenter)
         self.set_status(ready.description)
+        if self.importance_panel is not None:
+            self.importance_panel.schedule_refresh()
+
+    def current_segmenter(self):
+        """The trained (or loaded) segmenter the overlays come from, or ``None``."""
+        model = self.controller.model
+        return model.segmenter if model is not None else None
+
+    def show_feature_importance(self):
+        """Open the feature-importance panel in a dock beside this one (or bring it back).
+
+        Returns
+        -------
+        ImportancePanel or None
+            ``None`` when napari-matplotlib is not installed (the status line says so).
+        """
+        panel, dock = self.importance_panel, None
+        try:
+            dock = panel.parent() if panel is not None else None
+            while dock is not None and not hasattr(dock, "setFloating"):  # the QDockWidget around it
+                dock = dock.parent()
+        except RuntimeError:  # deleted with its window
+            panel = None
+        if panel is None:
+            try:
+                from ._importance import ImportancePanel
+            except ImportError as e:
+                return self._fail(VitsegError(f"The feature-importance panel needs napari-matplotlib ({e}); "
+                                              "install it with: pip install napari-matplotlib"))
+            panel = ImportancePanel(self.viewer, source=self.current_segmenter, busy=lambda: self.busy)
+            self.importance_panel = panel
+        if dock is None:  # new, or its dock was closed (napari keeps the widget, unparented)
+            self.viewer.window.add_dock_widget(panel, name="Feature importance", area="right")
+        else:
+            dock.show()
+            dock.raise_()
+        panel.refresh()
+        return panel
 
     def _draw(self, job: Job, upd: PlaneUpdate) -> None:
         final = job.notes.setdefault("final_planes", set())
@@ -762,7 +1190,13 @@ class SegmentationWidget(QWidget):
             return f"Saved {value}."
         if job.kind == "files":
             return self._files_message(value)
+        if job.kind == "export":
+            _notify.show_info(value.summary())
+            return value.summary()
         if job.kind == "apply":
+            pending, self._export_after = self._export_after, None
+            if pending is not None and pending[0] is job:  # Export… asked for this Apply to stack
+                QTimer.singleShot(0, lambda: self.export_outputs(pending[1], pending[2], ask=False))
             return f"Segmented {value} plane(s) with the {what}."
         if job.kind == "train" and len(self.input.spatial_shape() or ()) == 3:
             return (f"Done ({what}). Scroll through the stack: each plane is segmented when you reach it; "
@@ -806,6 +1240,8 @@ class SegmentationWidget(QWidget):
 
     def _disconnect_all(self) -> None:
         self.input.disconnect_layers()
+        self.shortcuts.unbind()
+        self.legend.clear()
         if self._label_layer is not None:
             try:
                 self._label_layer.events.selected_label.disconnect(self._on_selected_label)

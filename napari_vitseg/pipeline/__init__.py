@@ -4,10 +4,12 @@
   fit on scribbles, predict planes and stacks;
 - :mod:`.batch`: the one implementation of applying a classifier to files and folders
   (input expansion, output naming, resume, atomic writes);
-- :mod:`._persist`: the classifier file of a segmenter (save / load / metadata).
+- :mod:`._persist`: the classifier file of a segmenter (save / load / metadata);
+- :mod:`.project`: the project file (image path, scribbles, classes, classifier) of a session.
 """
 
 from .batch import iter_apply_file, iter_apply_files, output_paths
+from .project import Project, load_project, save_project
 from .segmenter import (
     DEFAULT_COLORS,
     SegmentationResult,
@@ -19,12 +21,15 @@ from .segmenter import (
 
 __all__ = [
     "DEFAULT_COLORS",
+    "Project",
     "SegmentationResult",
     "Segmenter",
     "SegmenterConfig",
     "as_channels_last",
     "iter_apply_file",
     "iter_apply_files",
+    "load_project",
     "output_paths",
+    "save_project",
     "uncertainty",
 ]

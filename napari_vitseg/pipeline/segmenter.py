@@ -644,6 +644,70 @@ class Segmenter:
         """Train on scribbles; see :meth:`iter_fit`. Returns ``self``."""
         return run(self.iter_fit(image, scribbles, channel_axis=channel_axis))
 
+    def feature_importances(self, stage: int = 1, *, method: str = "auto", image=None, scribbles=None,
+                            channel_axis: int | None = None, max_pixels: int = 5000, n_repeats: int = 3,
+                            random_state: int = 0):
+        """What the trained classifier relies on: importances by feature family and scale.
+
+        Parameters
+        ----------
+        stage : int
+            Which classifier stage (1-based; default 1, the one that sees the image features
+            only). Later auto-context stages also weigh the previous stage's smoothed class
+            probabilities (family ``'autocontext'``).
+        method : {'auto', 'mdi', 'gain', 'permutation'}
+            ``'auto'``: mean decrease in impurity (MDI, Breiman 2001; scikit-learn's
+            ``feature_importances_``) for a random forest, total gain for XGBoost, both read
+            from the trees at no cost. MDI is biased towards features with many distinct values
+            and splits credit between correlated features (neighbouring scales).
+            ``'permutation'``: :func:`sklearn.inspection.permutation_importance` of stage 1 on
+            a class-balanced sample of the scribbled pixels (drop in balanced accuracy; needs
+            ``image`` and ``scribbles``; a few seconds for 40 features on 5000 pixels).
+            :mod:`napari_vitseg.pipeline._importance` describes the methods.
+        image, scribbles, channel_axis
+            The training image and its scribbles, as for :meth:`fit` (``'permutation'`` only).
+        max_pixels : int
+            Most scribbled pixels sampled for ``'permutation'``.
+        n_repeats : int
+            Shuffles per feature for ``'permutation'``.
+        random_state : int
+            Seed of the sample and the shuffles.
+
+        Returns
+        -------
+        FeatureImportances
+            Per feature channel (``feature_names``, aligned with
+            :meth:`Featurizer.feature_names <napari_vitseg.features.stack.Featurizer.feature_names>`)
+            and per group (``names``, ``family``, ``sigma``, ``channel``, ``importance``), each
+            summing to 1; ``grid()`` gives the family x scale table and ``summary()`` one
+            sentence in plain language.
+
+        Raises
+        ------
+        VitsegError
+            The segmenter is not trained; ``stage`` out of range; a method that does not apply
+            to the classifier; ``'permutation'`` without the image and scribbles, or for a
+            stage > 1.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> image = rng.normal(size=(64, 64)).astype(np.float32)
+        >>> image[:, 32:] += 4
+        >>> scribbles = np.zeros((64, 64), np.uint8)
+        >>> scribbles[10:50, 5:10], scribbles[10:50, 50:55] = 1, 2
+        >>> seg = Segmenter(FeatureConfig(sigmas=(1, 2)), classifier_params={"n_estimators": 20})
+        >>> imp = seg.fit(image, scribbles).feature_importances()
+        >>> round(float(imp.importance.sum()), 6), imp.method, imp.names[:2]
+        (1.0, 'mdi', ('raw intensity', 'Gaussian σ1'))
+        """
+        from ._importance import feature_importances
+
+        return feature_importances(self, stage, method=method, image=image, scribbles=scribbles,
+                                   channel_axis=channel_axis, max_pixels=max_pixels, n_repeats=n_repeats,
+                                   random_state=random_state)
+
     # -- prediction -----------------------------------------------------------------
     def _check_fitted(self):
         if not self.is_fitted:
