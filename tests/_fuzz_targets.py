@@ -1,11 +1,13 @@
-"""Hypothesis fuzzers of the classifier-file reader and of the label / shape validators.
+"""Hypothesis fuzzers of the classifier-file reader, the project-file reader and of the label /
+shape validators.
 
 Not collected by the normal test run (the name does not start with ``test_``): it is run as one
 pytest session in a child process under ``resource.setrlimit(RLIMIT_AS, ...)`` by
 ``tests/test_fuzz_subprocess.py``, which asserts that the child exits normally (no signal), that
 every fuzzer passed, and that its peak memory stayed bounded. Inside, every fuzzer asserts that
 only :class:`napari_vitseg._validation.VitsegError` ever escapes, and that whatever is accepted
-also works (a loaded classifier predicts, an accepted config round-trips).
+also works (a loaded classifier predicts, an accepted config round-trips, a loaded project has
+the scribbles and classes it declares).
 
 Examples run derandomised (``derandomize=True``) so that CI sees the same inputs every time;
 ``VITSEG_FUZZ_EXAMPLES`` scales the number of examples (default in :data:`EXAMPLES`).
@@ -14,6 +16,7 @@ Examples run derandomised (``derandomize=True``) so that CI sees the same inputs
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import os
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -32,6 +36,13 @@ from napari_vitseg._validation import VitsegError
 from napari_vitseg.classifiers import load_classifier_file
 from napari_vitseg.features import FeatureConfig
 from napari_vitseg.pipeline import Segmenter
+from napari_vitseg.pipeline.project import (
+    Project,
+    ProjectChannel,
+    image_fingerprint,
+    load_project,
+    save_project,
+)
 from napari_vitseg.pipeline.scribbles import ScribbleIndex
 from napari_vitseg.pipeline.segmenter import SegmenterConfig, as_channels_last
 
@@ -95,6 +106,11 @@ def _load_and_use(path: Path) -> None:
     except VitsegError as e:
         assert str(e), "an empty error message"
         return
+    _predicts(seg)
+
+
+def _predicts(seg) -> None:
+    """A loaded segmenter predicts a small image of its channel count (or refuses with VitsegError)."""
     nc = int(seg.n_channels_)
     image = np.zeros((20, 20) if nc == 1 else (20, 20, nc), np.float32)
     try:
@@ -265,6 +281,158 @@ def test_reader_random_skops_schema(tmp_path, data):
     path = tmp_path / "s.vitseg"
     path.write_bytes(_zip(members))
     _load_and_use(path)
+
+
+# -- the project-file reader --------------------------------------------------------------------
+@functools.lru_cache
+def _real_project(kind: str) -> bytes:
+    """The bytes of a real small project (made once per session): ``"rf"`` / ``"xgb"``: one image,
+    2D scribbles and a trained classifier; ``"channels"``: two channel layers (format 2), (Z, Y, X)
+    scribbles, no classifier."""
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        if kind == "channels":
+            stack = rng.integers(0, 255, (2, 3, 16, 16), dtype=np.uint8)
+            for i in range(2):
+                tifffile.imwrite(d / f"c{i}.tif", stack[i], photometric="minisblack")
+            scribbles = np.zeros((3, 16, 16), np.uint8)
+            scribbles[1, 2:6, 2:6], scribbles[2, 8:12, 8:12] = 1, 2
+            channels = [ProjectChannel(d / f"c{i}.tif", f"c{i}", "napari", (3, 16, 16), image_fingerprint(stack[i]))
+                        for i in range(2)]
+            project = Project(d / "c0.tif", scribbles, ["a", "b"], ["red", "blue"], channels=channels)
+        else:
+            clf = Segmenter.load(_small_classifier(d, kind))
+            tifffile.imwrite(d / "img.tif", np.zeros((40, 40), np.float32))
+            scribbles = np.zeros((40, 40), np.uint8)
+            scribbles[5:35, 3:8], scribbles[5:35, 32:37] = 1, 2
+            project = Project(d / "img.tif", scribbles, ["a", "b"], ["red", "blue"], segmenter=clf,
+                              image_reader="napari", image_name="img", scribbles_name="s")
+        return save_project(d / "p.vitseg-project", project).read_bytes()
+
+
+def _load_project_and_use(path: Path) -> None:
+    """Load a project; if it is accepted its parts must be what it declares (and its classifier
+    must predict). Only VitsegError may escape."""
+    try:
+        project = load_project(path)
+    except VitsegError as e:
+        assert str(e), "an empty error message"
+        return
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("project.json"))
+    assert len(project.class_names) == len(project.class_colors) == len(meta["classes"]) >= 1
+    if project.scribbles is None:
+        assert meta.get("scribbles") is None
+    else:
+        assert project.scribbles.dtype == np.uint8
+        assert list(project.scribbles.shape) == meta["scribbles"]["shape"]
+    assert len(project.channels) in (0, *range(2, 65))
+    assert all(tuple(ch.shape) == tuple(project.channels[0].shape) for ch in project.channels)
+    if project.segmenter is not None:
+        assert project.has_classifier
+        _predicts(project.segmenter)
+
+
+PROJECT_KINDS = ["rf", "xgb", "channels"]
+#: Member names to edit: mostly the real ones (other names are refused from the zip directory alone).
+#: Hypothesis favours the first entries of a list: the ones behind the checks come first.
+PROJECT_MEMBER_NAMES = ["scribbles.npy", "classifier.vitseg", "project.json"] * 4 + ["x", "../evil", "/abs", "dir/"]
+PROJECT_META_PATHS = [("channels",), ("scribbles", "shape"), ("image", "channel_axis"), ("classes",), ("members",),
+                      ("scribbles",), ("scribbles", "dtype"), ("image",), ("image", "absolute"), ("image", "relative"),
+                      ("image", "reader"), ("format_version",), ("format",)]
+
+
+def _fix_members(members: dict[str, bytes]) -> dict[str, bytes]:
+    """project.json's member sizes and SHA-256 made to match the members (a forged file that
+    passes the checksum checks and reaches the parsers behind them)."""
+    try:
+        meta = json.loads(members["project.json"])
+    except (KeyError, ValueError):
+        return members
+    if isinstance(meta, dict):
+        meta["members"] = {n: {"size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                           for n, b in members.items() if n != "project.json"}
+        members = {**members, "project.json": json.dumps(meta).encode()}
+    return members
+
+
+@fuzz()
+@given(kind=st.sampled_from(PROJECT_KINDS), data=st.data())
+def test_project_damaged_real_file(tmp_path, kind, data):
+    """Byte flips, overwritten runs and truncation of a real project file."""
+    blob = bytearray(_real_project(kind))
+    how = data.draw(st.sampled_from(["flip", "overwrite", "truncate"]))
+    if how == "flip":
+        for pos in data.draw(st.lists(st.integers(0, len(blob) - 1), min_size=1, max_size=8)):
+            blob[pos] ^= data.draw(st.integers(1, 255))
+    elif how == "overwrite":
+        start = data.draw(st.integers(0, len(blob) - 1))
+        chunk = data.draw(st.binary(min_size=1, max_size=64))
+        blob[start:start + len(chunk)] = chunk
+    else:
+        blob = blob[:data.draw(st.integers(0, len(blob) - 1))]
+    path = tmp_path / "b.vitseg-project"
+    path.write_bytes(bytes(blob))
+    _load_project_and_use(path)
+
+
+@fuzz()
+@given(kind=st.sampled_from(PROJECT_KINDS), data=st.data(), fix=st.booleans(), stored=st.booleans())
+def test_project_zip_member_edits(tmp_path, kind, data, fix, stored):
+    """Members of a real project dropped, truncated, bit-flipped, replaced with random bytes or a
+    random .npy, or added under other names; with the checksums in project.json fixed or not."""
+    members = _members(_real_project(kind))
+    for _ in range(data.draw(st.integers(1, 3))):
+        name = data.draw(st.sampled_from(PROJECT_MEMBER_NAMES))
+        how = data.draw(st.sampled_from(["flip", "npy", "random", "truncate", "drop"]))
+        old = members.get(name, b"")
+        if how == "drop":
+            members.pop(name, None)
+        elif how == "truncate":
+            members[name] = old[:data.draw(st.integers(0, max(len(old) - 1, 0)))]
+        elif how == "flip" and old:
+            b = bytearray(old)
+            for pos in data.draw(st.lists(st.integers(0, len(b) - 1), min_size=1, max_size=4)):
+                b[pos] ^= data.draw(st.integers(1, 255))
+            members[name] = bytes(b)
+        elif how == "npy":
+            arr = data.draw(hnp.arrays(hnp.integer_dtypes() | hnp.unsigned_integer_dtypes() | hnp.floating_dtypes(),
+                                       hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=17)))
+            buf = io.BytesIO()
+            np.save(buf, arr if data.draw(st.booleans()) else np.asfortranarray(arr), allow_pickle=False)
+            members[name] = buf.getvalue()
+        else:
+            members[name] = data.draw(st.binary(max_size=512))
+    if fix:
+        members = _fix_members(members)
+    path = tmp_path / "z.vitseg-project"
+    path.write_bytes(_zip(members, zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED))
+    _load_project_and_use(path)
+
+
+@fuzz()
+@given(kind=st.sampled_from(PROJECT_KINDS), where=st.sampled_from(PROJECT_META_PATHS), value=json_values,
+       channel_field=st.sampled_from(["shape", "absolute", "relative", "fingerprint", "layer_name", "reader"]),
+       whole=st.integers(0, 7).map(lambda i: i == 7))
+def test_project_random_metadata_values(tmp_path, kind, where, value, channel_field, whole):
+    """Random values at places in a real project.json (checksums kept right), or (one in eight) a
+    random document."""
+    members = _members(_real_project(kind))
+    meta = json.loads(members["project.json"])
+    if whole:
+        meta = value
+    elif where == ("channels",) and meta.get("channels"):
+        meta["channels"][-1][channel_field] = value
+    else:
+        d = meta
+        for k in where[:-1]:
+            d = d[k]
+        d[where[-1]] = value
+    members["project.json"] = json.dumps(meta).encode()
+    path = tmp_path / "v.vitseg-project"
+    path.write_bytes(_zip(members))
+    _load_project_and_use(path)
 
 
 # -- label / shape validators -------------------------------------------------------------------

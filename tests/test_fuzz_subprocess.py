@@ -1,5 +1,5 @@
-"""The hypothesis fuzzers of ``tests/_fuzz_targets.py`` (classifier-file reader; label and shape
-validators) run as one pytest session in a child process whose address space is capped with
+"""The hypothesis fuzzers of ``tests/_fuzz_targets.py`` (classifier-file reader; project-file reader;
+label and shape validators) run as one pytest session in a child process whose address space is capped with
 ``resource.setrlimit(RLIMIT_AS, ...)``: only VitsegError may escape (asserted inside each fuzzer),
 the child must not die of a signal (a segfault in a tree walk, the kernel's OOM killer), and its
 memory stays within the cap (a decompression or allocation bomb hits the cap and fails the
@@ -21,7 +21,7 @@ TARGETS = Path(__file__).resolve().parent / "_fuzz_targets.py"
 #: Address space the child may use beyond what the interpreter and its imports have mapped.
 HEADROOM = 1024 * 2**20
 #: Fuzzers in TARGETS (each must be collected and pass).
-N_FUZZERS = 13
+N_FUZZERS = 16
 
 CHILD = textwrap.dedent("""
     import json, resource, sys

@@ -971,8 +971,29 @@ class SegmentationController:
         yield PlaneUpdate(z, seg.labels_from_proba(p), uncertainty_u8(p), p if probs else None, seg.classes_.copy())
         yield Progress(2, 2, "done")
 
-    def _iter_full_model(self, inputs: JobInputs):
-        """The current model, or a full-quality one trained first when it is a live preview."""
+    def iter_full_model(self, inputs: JobInputs):
+        """The full-quality model that Apply, Save and Save project use (a job generator).
+
+        Returns (as the generator's value) the current model when it is full quality (trained
+        with Train, or loaded); when it is a live preview, trains a full-quality one on the
+        scribbles of ``inputs`` first (yielding its :class:`Status` and
+        :class:`~napari_vitseg._progress.Progress`, not predicting) and returns that; a live
+        preview is returned as it is when ``inputs`` has no scribbles of two classes.
+
+        Parameters
+        ----------
+        inputs : JobInputs
+            Captured on the UI thread (:meth:`InputSection.job_inputs`).
+
+        Returns
+        -------
+        ModelReady
+
+        Raises
+        ------
+        VitsegError
+            There is no model and no scribbles of two or more classes to train one.
+        """
         cur = self.model
         if cur is not None and not cur.live:
             return cur
@@ -997,7 +1018,7 @@ class SegmentationController:
         int
             Planes segmented.
         """
-        ready = yield from self._iter_full_model(inputs)
+        ready = yield from self.iter_full_model(inputs)
         seg = ready.segmenter
         img, nsp, _ = as_channels_last(inputs.image, inputs.channel_axis)
         if nsp == 2:
@@ -1036,7 +1057,7 @@ class SegmentationController:
             The outputs, written now or already there (their inputs' names are then in
             :attr:`files_skipped`).
         """
-        ready = yield from self._iter_full_model(inputs)
+        ready = yield from self.iter_full_model(inputs)
         self.files_skipped = []
         job = iter_apply_files(ready.segmenter, paths, output_dir, suffix=suffix, probabilities=probabilities,
                                skip_existing=skip_existing)
@@ -1056,7 +1077,7 @@ class SegmentationController:
         -------
         pathlib.Path
         """
-        ready = yield from self._iter_full_model(inputs)
+        ready = yield from self.iter_full_model(inputs)
         seg = ready.segmenter
         seg.set_classes(self.class_names, self.class_colors)
         yield Status(f"saving {Path(path).name}")

@@ -56,7 +56,9 @@ from ..pipeline import DEFAULT_COLORS
 from ..pipeline.project import (
     PROJECT_SUFFIX,
     Project,
+    ProjectChannel,
     extracted_classifier,
+    image_fingerprint,
     load_project,
     save_project,
 )
@@ -790,11 +792,13 @@ class SegmentationWidget(QWidget):
 
     def save_project(self, path: str | None = None):
         """Save the session as a project file (:mod:`napari_vitseg.pipeline.project`): the image
-        layer's file, its channel axis and reader, the scribbles, the class table and the trained
-        classifier (full quality: a live preview is retrained first, as *Save…* does).
+        layer's file, its channel axis and reader (or, with several image layers used as channels,
+        every one of them in channel order: file, reader, name, shape, pixel fingerprint), the
+        scribbles, the class table and the trained classifier (full quality: a live preview is
+        retrained first, as *Save…* does).
 
-        The image must come from a file (a project refers to it); otherwise the status line
-        says so and nothing is written.
+        The image (every channel layer) must come from a file (a project refers to it);
+        otherwise the status line says so and nothing is written.
 
         Returns
         -------
@@ -804,12 +808,18 @@ class SegmentationWidget(QWidget):
         if layer is None:
             return self._fail(VitsegError("There is no image layer to save in a project: open an image file first "
                                           "(File > Open)."))
+        channel_layers = self.input.channel_layers()
+        if len(channel_layers) < 2:
+            channel_layers = []
+        for lay in channel_layers or [layer]:
+            if not self.image_source(lay):
+                self.set_status(f"The image {lay.name!r} was not opened from a file, and a project refers to its "
+                                "image on disk: save it (File > Save Selected Layers…), open that file, then Save "
+                                "project….", error=True)
+                return None
+        if channel_layers:
+            layer = channel_layers[0]
         src = self.image_source(layer)
-        if not src:
-            self.set_status(f"The image {layer.name!r} was not opened from a file, and a project refers to its image "
-                            "on disk: save it (File > Save Selected Layers…), open that file, then Save project….",
-                            error=True)
-            return None
         path = path or self.ask_project_save_path()
         if not path:
             return None
@@ -824,18 +834,22 @@ class SegmentationWidget(QWidget):
             return self._fail(e)
         project = Project(image_path=src, scribbles=layer_data(scr) if scr is not None else None,
                           class_names=self.class_names(), class_colors=self.classes.colors(),
-                          channel_axis=self.channel_axis(),
+                          channel_axis=None if channel_layers else self.channel_axis(),  # layers: one channel each
                           image_reader=getattr(getattr(layer, "source", None), "reader_plugin", None),
                           image_name=layer.name, scribbles_name=scr.name if scr is not None else None)
+        channels = [(ProjectChannel(self.image_source(lay), name=lay.name, shape=tuple(layer_data(lay).shape),
+                                    reader=getattr(getattr(lay, "source", None), "reader_plugin", None)),
+                     layer_data(lay)) for lay in channel_layers]
         sources = [p for lay in self.viewer.layers if (p := self.image_source(lay))]
         has_model = self.controller.model is not None
 
         def job():
             seg = None
             if has_model:  # the full-quality model (trained first when the current one is a live preview)
-                seg = (yield from self.controller._iter_full_model(inputs)).segmenter
+                seg = (yield from self.controller.iter_full_model(inputs)).segmenter
             yield Status(f"saving {Path(path).name}")
-            return save_project(path, dataclasses.replace(project, segmenter=seg), inputs=sources)
+            chans = [dataclasses.replace(ch, fingerprint=image_fingerprint(data)) for ch, data in channels]
+            return save_project(path, dataclasses.replace(project, segmenter=seg, channels=chans), inputs=sources)
 
         return self.jobs.request("save project", job, on_yielded=self._on_yielded, on_returned=self._project_message,
                                  uses_torch=lambda: has_model and self.controller.feature_config.backbone is not None)
@@ -918,9 +932,9 @@ class SegmentationWidget(QWidget):
         finally:
             value.done.set()
 
-    def _open_project_image(self, project: Project):
-        """The project's image layer, chosen in the Input box with the project's channel axis (opened
-        with the reader that opened it before, else napari's choice; reused when already open).
+    def _open_image_file(self, p: Path, reader: str | None, what: str = "image", **kwargs) -> list:
+        """The image layers that napari opens from ``p`` (with ``reader`` first, then napari's
+        reader, then napari's choice; ``kwargs`` such as ``channel_axis`` go to ``viewer.open``).
 
         Raises
         ------
@@ -929,6 +943,141 @@ class SegmentationWidget(QWidget):
         """
         from napari.layers import Image
 
+        if not (p.is_file() or p.is_dir()):
+            raise VitsegError(f"The project's {what} {str(p)!r} is not a file or folder (a device, pipe or socket?); "
+                              "refusing to open it.")
+        error = None
+        for plugin in dict.fromkeys((reader, "napari", None)):
+            try:
+                layers = self.viewer.open(str(p), plugin=plugin, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any reader's failure: try the next one
+                error = e
+                continue
+            images = [lay for lay in layers if isinstance(lay, Image)]
+            if images:
+                return images
+            for lay in layers:  # opened, but not as an image (e.g. labels): not ours to keep
+                self.viewer.layers.remove(lay)
+        why = f" ({str(error).splitlines()[0][:120]})" if error is not None else ""
+        raise VitsegError(f"napari could not open the project's {what} {str(p)!r} as an image{why}; open it "
+                          "with File > Open, then Open project… again (the open layer is used).")
+
+    def _open_project_channels(self, project: Project) -> list:
+        """The project's channel layers (:attr:`Project.channels`), in channel order.
+
+        An open image layer from the same file with the same pixels (shape and
+        :func:`~napari_vitseg.pipeline.project.image_fingerprint`) is reused; otherwise each file
+        is opened once with the reader that opened it before, and its layers are matched to the
+        channels by fingerprint. A file that opens as one layer with one more axis than the
+        channels (a multichannel file opened with napari's ``channel_axis``, which is not
+        recorded on the layers) is opened again split along the axis whose planes match.
+        Layers opened here get their saved names back (unless a layer of that name exists).
+
+        Raises
+        ------
+        VitsegError
+            A file is missing or unreadable, or holds no layer with a channel's pixels (the
+            image changed since the project was saved). The layers opened here are removed then.
+        """
+        from napari.layers import Image
+
+        fingerprints: dict[int, str | None] = {}
+
+        def fingerprint(lay) -> str | None:
+            if id(lay) not in fingerprints:
+                data = layer_data(lay)
+                fingerprints[id(lay)] = image_fingerprint(data) if data.ndim in (2, 3) else None
+            return fingerprints[id(lay)]
+
+        chosen, opened, tried = [], [], set()
+
+        def pick(ch, p: Path):
+            fits = [lay for lay in self.viewer.layers
+                    if isinstance(lay, Image) and not lay.rgb and not self.outputs.owns(lay)
+                    and not any(lay is c for c in chosen) and tuple(layer_data(lay).shape) == tuple(ch.shape)
+                    and (src := self.image_source(lay)) and same_file(src, p)
+                    and (ch.fingerprint is None or fingerprint(lay) == ch.fingerprint)]
+            return next((lay for lay in fits if lay.name == ch.name), fits[0] if fits else None)
+
+        def split_axis(layers, ch):
+            """(layer, axis) of a layer whose planes along one axis hold this channel."""
+            for lay in layers:
+                data = layer_data(lay)
+                shape = tuple(data.shape)
+                if len(shape) != len(ch.shape) + 1:
+                    continue
+                for a in range(len(shape)):
+                    if shape[:a] + shape[a + 1:] != tuple(ch.shape):
+                        continue
+                    if ch.fingerprint is None or any(
+                            image_fingerprint(data[(slice(None),) * a + (k,)]) == ch.fingerprint
+                            for k in range(shape[a])):
+                        return lay, a
+            return None
+
+        try:
+            for i, ch in enumerate(project.channels):
+                p = Path(ch.path)
+                layer = pick(ch, p)
+                if layer is None and p.resolve() not in tried:
+                    tried.add(p.resolve())
+                    new = self._open_image_file(p, ch.reader, "channel layer")
+                    opened += new
+                    layer = pick(ch, p)
+                    split = split_axis(new, ch) if layer is None else None
+                    if split is not None:
+                        whole, axis = split
+                        plugin = getattr(getattr(whole, "source", None), "reader_plugin", None) or ch.reader
+                        opened.remove(whole)
+                        self.viewer.layers.remove(whole)
+                        opened += self._open_image_file(p, plugin, "channel layer", channel_axis=axis)
+                        layer = pick(ch, p)
+                if layer is None:
+                    raise VitsegError(
+                        f"Channel {i} of the project (layer {ch.name!r}, shape {tuple(ch.shape)}) is not in "
+                        f"{str(p)!r}: the image changed since the project was saved; open the images it was made "
+                        "with.")
+                chosen.append(layer)
+        except BaseException:
+            for lay in opened:
+                if lay in self.viewer.layers:
+                    self.viewer.layers.remove(lay)
+            raise
+        names = {lay.name for lay in self.viewer.layers}
+        for lay, ch in zip(chosen, project.channels, strict=True):
+            if ch.name and lay.name != ch.name and ch.name not in names and any(lay is o for o in opened):
+                names.discard(lay.name)
+                lay.name = ch.name
+                names.add(ch.name)
+        return chosen
+
+    def _open_project_image(self, project: Project):
+        """The project's image layer, chosen in the Input box with the project's channel axis (opened
+        with the reader that opened it before, else napari's choice; reused when already open), or
+        its channel layers combined (:meth:`_open_project_channels`, then
+        :meth:`InputSection.set_channel_layers`).
+
+        Returns
+        -------
+        napari.layers.Image
+            The Image layer (the first channel layer).
+
+        Raises
+        ------
+        VitsegError
+            Not a file or folder, or no reader opens it as an image; a channel not found.
+        """
+        from napari.layers import Image
+
+        if project.channels:
+            layers = self._open_project_channels(project)
+            # the scribbles come from the project: nothing to carry over from the layer chosen before
+            self.input.channel_axis_changed.disconnect(self._carry_scribbles)
+            try:
+                self.input.set_channel_layers(layers)
+            finally:
+                self.input.channel_axis_changed.connect(self._carry_scribbles)
+            return self.input.image_layer
         p = Path(project.image_path)
         if not (p.is_file() or p.is_dir()):
             raise VitsegError(f"The project's image {str(p)!r} is not a file or folder (a device, pipe or socket?); "
@@ -936,22 +1085,8 @@ class SegmentationWidget(QWidget):
         image = next((lay for lay in self.viewer.layers if isinstance(lay, Image) and not self.outputs.owns(lay)
                       and (src := self.image_source(lay)) and same_file(src, p)), None)
         if image is None:
-            error = None
-            for plugin in dict.fromkeys((project.image_reader, "napari", None)):
-                try:
-                    layers = self.viewer.open(str(p), plugin=plugin)
-                except Exception as e:  # noqa: BLE001 - any reader's failure: try the next one
-                    error = e
-                    continue
-                image = next((lay for lay in layers if isinstance(lay, Image)), None)
-                if image is not None:
-                    break
-                for lay in layers:  # opened, but not as an image (e.g. labels): not ours to keep
-                    self.viewer.layers.remove(lay)
-            if image is None:
-                why = f" ({str(error).splitlines()[0][:120]})" if error is not None else ""
-                raise VitsegError(f"napari could not open the project's image {str(p)!r} as an image{why}; open it "
-                                  "with File > Open, then Open project… again (the open layer is used).")
+            image = self._open_image_file(p, project.image_reader)[0]
+        self.input.set_channel_layers([])  # one image layer, whatever was combined before
         idx = self.image_combo.findData(image)
         if idx >= 0:
             self.image_combo.setCurrentIndex(idx)

@@ -5,9 +5,12 @@
 - :mod:`.batch`: the one implementation of applying a classifier to files and folders
   (input expansion, output naming, resume, atomic writes);
 - :mod:`._persist`: the classifier file of a segmenter (save / load / metadata);
+- :mod:`._importance`: :class:`FeatureImportances`, what a trained segmenter relies on (by
+  feature family and scale);
 - :mod:`.project`: the project file (image path, scribbles, classes, classifier) of a session.
 """
 
+from ._importance import FeatureImportances
 from .batch import iter_apply_file, iter_apply_files, output_paths
 from .project import Project, load_project, save_project
 from .segmenter import (
@@ -21,6 +24,7 @@ from .segmenter import (
 
 __all__ = [
     "DEFAULT_COLORS",
+    "FeatureImportances",
     "Project",
     "SegmentationResult",
     "Segmenter",

@@ -1,15 +1,18 @@
 """The project file: a session of the segmentation widget in one file (``*.vitseg-project``).
 
 A project restores what a user built: the image it refers to (by path: relative to the
-project file, and absolute), its channel axis and the reader that opened it, the painted
-scribbles (a 2D plane or a (Z, Y, X) stack), the class names and colours, and the trained
-classifier if there is one. It can be sent to a colleague: opening it never runs code, never
+project file, and absolute), its channel axis and the reader that opened it (or, when several
+image layers were used as the channels of one image, each of those layers: file, reader, name,
+shape and a fingerprint of its pixels, in channel order), the painted scribbles (a 2D plane or a
+(Z, Y, X) stack), the class names and colours, and the trained classifier if there is one. It can be sent to a colleague: opening it never runs code, never
 crashes and never allocates more than the sizes it declares, within :data:`PROJECT_LIMITS`.
 
 Layout (a zip)::
 
     project.json         format name and version, package version, the image (relative and
-                         absolute path, reader, layer name, channel axis), the class table,
+                         absolute path, reader, layer name, channel axis), the channel layers
+                         (format 2 only: one such entry per layer, with its shape and
+                         :func:`image_fingerprint`), the class table,
                          the scribbles' shape and dtype, and the size and SHA-256 of each
                          other member
     scribbles.npy        the scribbles, uint8 0..255, written with ``np.save``'s format
@@ -21,6 +24,11 @@ Loading checks, before anything is decompressed, that the zip holds only these m
 declared sizes within :data:`PROJECT_LIMITS` (and, for the scribbles, exactly the size their
 declared shape needs), then the schema of ``project.json`` (pydantic), then each member's
 SHA-256 while it is read. A project of a newer format is refused with a message to upgrade.
+
+Format versions: 1 (one image layer) and 2 (adds ``channels``: several image layers as the
+channels of one image). A project is written in the lowest version that holds it, so a
+napari-vitseg that reads only version 1 opens single-image projects and refuses (rather than
+restoring one channel of) a project of several channel layers.
 
 Examples
 --------
@@ -45,6 +53,7 @@ import hashlib
 import json
 import os
 import tempfile
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -62,13 +71,16 @@ from ..classifiers._schema import LIMITS, ClassEntry, _depth
 from ..io._atomic import atomic_write
 
 __all__ = ["PROJECT_SUFFIX", "PROJECT_FORMAT_NAME", "PROJECT_FORMAT_VERSION", "PROJECT_LIMITS", "Project",
-           "save_project", "load_project", "extracted_classifier"]
+           "ProjectChannel", "save_project", "load_project", "extracted_classifier", "image_fingerprint"]
 
 #: Conventional suffix of project files.
 PROJECT_SUFFIX = ".vitseg-project"
 PROJECT_FORMAT_NAME = "napari-vitseg project"
-#: Format version written; files of a later version are refused.
-PROJECT_FORMAT_VERSION = 1
+#: Newest format version read and written (2: several channel layers); files of a later version are
+#: refused. Projects of one image layer are still written as version 1.
+PROJECT_FORMAT_VERSION = 2
+#: At most this many image layers as channels in a project.
+MAX_CHANNEL_LAYERS = 64
 #: Sizes (bytes) a project may declare; checked on the zip directory before any member is read.
 PROJECT_LIMITS = {
     "json_bytes": 2**20,                 # project.json
@@ -79,6 +91,78 @@ PROJECT_LIMITS = {
 }
 _JSON, _SCRIBBLES, _CLASSIFIER = "project.json", "scribbles.npy", "classifier.vitseg"
 _CHUNK = 4 * 2**20
+#: Pixels per axis of the sample that :func:`image_fingerprint` hashes.
+_FINGERPRINT_SIDE = 128
+
+
+def image_fingerprint(data) -> str:
+    """A SHA-256 of an image layer's shape, dtype and a strided sample of its pixels.
+
+    Tells, when a project is opened, which layer holds which channel (a file opened with
+    napari's ``channel_axis`` gives one layer per channel, in an order that napari, not the
+    project, decides) and whether the file changed since. Reads one plane only: the middle
+    one of a (Z, Y, X) stack, at most ``128 x 128`` pixels of it (every ``ceil(Y / 128)``-th
+    row and column), so it is cheap for lazy (dask, zarr) layers of any size.
+
+    Parameters
+    ----------
+    data : array-like, (Y, X) or (Z, Y, X)
+        Anything with ``shape``, ``dtype`` and numpy slicing (numpy, dask, zarr).
+
+    Returns
+    -------
+    str
+        64 lowercase hexadecimal digits.
+
+    Raises
+    ------
+    VitsegError
+        ``data`` is not 2D or 3D.
+    """
+    shape = tuple(int(s) for s in data.shape)
+    if len(shape) not in (2, 3):
+        raise VitsegError(f"A channel layer must be a (Y, X) plane or a (Z, Y, X) stack; got shape {shape}.")
+    plane = data[shape[0] // 2] if len(shape) == 3 else data
+    sy, sx = (max(1, -(-n // _FINGERPRINT_SIDE)) for n in shape[-2:])
+    sample = np.asarray(plane[::sy, ::sx])
+    sample = np.ascontiguousarray(sample, dtype=sample.dtype.newbyteorder("<"))
+    h = hashlib.sha256(f"{shape}|{sample.dtype.str}|".encode())
+    h.update(sample.tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class ProjectChannel:
+    """One of several image layers used as the channels of one image.
+
+    Attributes
+    ----------
+    path : str or os.PathLike
+        The file (or folder) the layer was opened from; after :func:`load_project` resolved as
+        :attr:`Project.image_path` is (see :attr:`found`).
+    name : str or None
+        The layer's name.
+    reader : str or None
+        The napari reader plugin that opened the file.
+    shape : tuple of int
+        The layer's data shape, (Y, X) or (Z, Y, X) (no channel axis: the layer is one channel).
+    fingerprint : str or None
+        :func:`image_fingerprint` of the layer's data (64 hex digits).
+    candidates : tuple of str
+        Set by :func:`load_project`: where the file was looked for (relative, absolute).
+    """
+
+    path: str | os.PathLike
+    name: str | None = None
+    reader: str | None = None
+    shape: tuple[int, ...] = ()
+    fingerprint: str | None = None
+    candidates: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def found(self) -> bool:
+        """Whether :attr:`path` exists."""
+        return os.path.exists(self.path)
 
 
 @dataclass
@@ -108,6 +192,10 @@ class Project:
     has_classifier : bool
         Set by :func:`load_project`: the file holds a classifier (loaded into :attr:`segmenter`
         unless ``classifier=False`` was asked).
+    channels : list of ProjectChannel
+        Empty for one image layer; else the 2..64 image layers used as the channels of one
+        image (the widget's *+ channels…*), in channel order. ``image_path`` is then the first
+        one's file and ``channel_axis`` must be ``None`` (each layer is one channel).
     """
 
     image_path: str | os.PathLike
@@ -121,17 +209,23 @@ class Project:
     scribbles_name: str | None = None
     image_candidates: tuple[str, ...] = field(default=(), repr=False)
     has_classifier: bool = False
+    channels: list[ProjectChannel] = field(default_factory=list)
 
     @property
     def image_found(self) -> bool:
-        """Whether :attr:`image_path` exists."""
-        return os.path.exists(self.image_path)
+        """Whether :attr:`image_path` and the file of every channel layer exist."""
+        return os.path.exists(self.image_path) and all(ch.found for ch in self.channels)
 
     def missing_image_message(self, project_path) -> str:
         """One line for a user whose image is not where the project says: the paths and what to do."""
-        looked = " nor at ".join(repr(p) for p in self.image_candidates) or repr(str(self.image_path))
-        absolute = self.image_candidates[-1] if self.image_candidates else str(self.image_path)
-        return (f"The image of project {Path(project_path).name!r} is not at {looked}: put the project file "
+        what, path, candidates = "image", self.image_path, self.image_candidates
+        missing = next((ch for ch in self.channels if not ch.found), None)
+        if os.path.exists(self.image_path) and missing is not None:
+            what = f"channel layer {missing.name!r}" if missing.name else "channel layer"
+            path, candidates = missing.path, missing.candidates
+        looked = " nor at ".join(repr(p) for p in candidates) or repr(str(path))
+        absolute = candidates[-1] if candidates else str(path)
+        return (f"The {what} of project {Path(project_path).name!r} is not at {looked}: put the project file "
                 f"back beside the image (where it was saved) or the image back at {absolute!r}, then open the "
                 "project again.")
 
@@ -145,12 +239,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class _ImageEntry(_Model):
+class _FileEntry(_Model):
     relative: _Text | None = None
     absolute: Annotated[str, Field(min_length=1, max_length=4096)]
     reader: Annotated[str, Field(max_length=100)] | None = None
     layer_name: _Name | None = None
+
+
+class _ImageEntry(_FileEntry):
     channel_axis: Annotated[int, Field(ge=0, le=31)] | None = None
+
+
+class _ChannelEntry(_FileEntry):
+    shape: Annotated[list[Annotated[int, Field(ge=1, le=2**31)]], Field(min_length=2, max_length=3)]
+    fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class _ScribblesEntry(_Model):
@@ -172,11 +274,21 @@ class _ProjectMetadata(_Model):
     classes: Annotated[list[ClassEntry], Field(min_length=1, max_length=255)]
     scribbles: _ScribblesEntry | None = None
     members: Annotated[dict[Literal["scribbles.npy", "classifier.vitseg"], _MemberEntry], Field(max_length=2)]
+    channels: Annotated[list[_ChannelEntry], Field(min_length=2, max_length=MAX_CHANNEL_LAYERS)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self):
         if [c.id for c in self.classes] != list(range(1, len(self.classes) + 1)):
             raise ValueError("the classes must be numbered 1..K in order")
+        if self.channels is not None:
+            if self.format_version < 2:
+                raise ValueError("channel layers need project format 2")
+            if self.image.channel_axis is not None:
+                raise ValueError("a project of channel layers has no channel axis")
+            if len({tuple(c.shape) for c in self.channels}) != 1:
+                raise ValueError("the channel layers must have one shape")
+            if self.scribbles is not None and self.scribbles.shape != self.channels[0].shape:
+                raise ValueError("the scribbles and the channel layers have different shapes")
         if (self.scribbles is None) != (_SCRIBBLES not in self.members):
             raise ValueError("the scribbles section and the scribbles.npy member do not match")
         return self
@@ -257,6 +369,47 @@ def _write_classifier(zf: zipfile.ZipFile, segmenter) -> dict:
         return {"size": tmp.stat().st_size, "sha256": h.hexdigest()}
 
 
+def _check_channels(project: Project) -> list[ProjectChannel]:
+    """The channel layers to save, each with an existing file, one shape and a fingerprint."""
+    channels = list(project.channels or ())
+    if not channels:
+        return []
+    if not 2 <= len(channels) <= MAX_CHANNEL_LAYERS:
+        raise VitsegError(f"A project holds 2..{MAX_CHANNEL_LAYERS} channel layers (or none); got {len(channels)}.")
+    if project.channel_axis is not None:
+        raise VitsegError("A project of channel layers has no channel axis (each layer is one channel); "
+                          f"got channel_axis={project.channel_axis!r}.")
+    for i, ch in enumerate(channels):
+        if not isinstance(ch, ProjectChannel):
+            raise VitsegError(f"channels[{i}] must be a ProjectChannel; got {type(ch).__name__}.")
+        if not os.path.exists(ch.path):
+            raise VitsegError(f"The file {str(ch.path)!r} of channel layer {i} ({ch.name!r}) does not exist: a "
+                              "project refers to its images on disk; save that layer first (napari: File > Save "
+                              "Selected Layers…).")
+        shape = tuple(ch.shape)
+        if len(shape) not in (2, 3) or not all(isinstance(n, (int, np.integer)) and 1 <= n <= 2**31 for n in shape):
+            raise VitsegError(f"Channel layer {i} ({ch.name!r}) must have a (Y, X) or (Z, Y, X) shape; got {shape}.")
+        if shape != tuple(channels[0].shape):
+            raise VitsegError(f"The channel layers must have one shape: layer 0 ({channels[0].name!r}) is "
+                              f"{tuple(channels[0].shape)}, layer {i} ({ch.name!r}) is {shape}.")
+        if not (isinstance(ch.fingerprint, str) and len(ch.fingerprint) == 64
+                and all(c in "0123456789abcdef" for c in ch.fingerprint)):
+            raise VitsegError(f"Channel layer {i} ({ch.name!r}) needs its fingerprint: "
+                              "ProjectChannel(fingerprint=image_fingerprint(layer data)).")
+        if ch.name is not None and len(str(ch.name)) > 200:
+            raise VitsegError(f"The name of channel layer {i} is longer than 200 characters; rename the layer.")
+    return channels
+
+
+def _file_entry(file, parent: Path) -> dict:
+    absolute = Path(os.path.abspath(os.fspath(file)))
+    try:
+        relative = PurePosixPath(Path(os.path.relpath(absolute, parent))).as_posix()
+    except ValueError:  # another drive (Windows): the absolute path only
+        relative = None
+    return {"relative": relative, "absolute": str(absolute)}
+
+
 def save_project(path, project: Project, *, inputs: Iterable = ()) -> Path:
     """Write a project file atomically (a unique temporary name in the same folder, then rename).
 
@@ -266,7 +419,9 @@ def save_project(path, project: Project, *, inputs: Iterable = ()) -> Path:
         Destination, conventionally ``*.vitseg-project`` (:data:`PROJECT_SUFFIX`).
     project : Project
         ``image_path`` must exist; ``scribbles`` (any integer dtype, values 0..255) is read
-        plane by plane and stored as uint8; ``segmenter``, if given, must be fitted.
+        plane by plane and stored as uint8; ``segmenter``, if given, must be fitted. With
+        ``channels`` (2..64 layers, each file existing, one shape, each with its
+        :func:`image_fingerprint`) the file is written as format 2, else as format 1.
     inputs : iterable of path, optional
         Other files the caller read (layers' sources): the project is written over none of them
         (nor over the image).
@@ -280,7 +435,8 @@ def save_project(path, project: Project, *, inputs: Iterable = ()) -> Path:
     VitsegError
         The image does not exist; ``path`` is the image or an input, a folder, a non-regular
         file, or its folder is missing; scribbles that are not 2D / 3D integer labels 0..255;
-        invalid classes or channel axis; an unfitted segmenter. Nothing is written then.
+        invalid classes or channel axis; invalid channel layers (see above, or scribbles of
+        another shape than theirs); an unfitted segmenter. Nothing is written then.
     """
     path = Path(path)
     image = Path(os.path.abspath(os.fspath(project.image_path)))
@@ -292,12 +448,13 @@ def save_project(path, project: Project, *, inputs: Iterable = ()) -> Path:
     if ca is not None and (isinstance(ca, bool) or not isinstance(ca, (int, np.integer)) or not 0 <= ca <= 31):
         raise VitsegError(f"channel_axis must be None or an axis number 0..31; got {ca!r}.")
     scribbles = _check_scribbles(project.scribbles)
+    channels = _check_channels(project)
+    if channels and scribbles is not None and tuple(scribbles.shape) != tuple(channels[0].shape):
+        raise VitsegError(f"The scribbles of shape {tuple(scribbles.shape)} do not fit the channel layers of shape "
+                          f"{tuple(channels[0].shape)}.")
     parent = Path(os.path.abspath(path.parent if str(path.parent) else "."))
-    try:
-        relative = PurePosixPath(Path(os.path.relpath(image, parent))).as_posix()
-    except ValueError:  # another drive (Windows): the absolute path only
-        relative = None
-    with atomic_write(path, inputs=[image, *inputs], what="project file") as tmp:
+    relative = _file_entry(image, parent)["relative"]
+    with atomic_write(path, inputs=[image, *(ch.path for ch in channels), *inputs], what="project file") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
             members = {}
             if scribbles is not None:
@@ -306,7 +463,7 @@ def save_project(path, project: Project, *, inputs: Iterable = ()) -> Path:
                 members[_CLASSIFIER] = _write_classifier(zf, project.segmenter)
             meta = {
                 "format": PROJECT_FORMAT_NAME,
-                "format_version": PROJECT_FORMAT_VERSION,
+                "format_version": 2 if channels else 1,
                 "package": "napari-vitseg",
                 "package_version": __version__,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -318,6 +475,11 @@ def save_project(path, project: Project, *, inputs: Iterable = ()) -> Path:
                     "layer_name": project.scribbles_name},
                 "members": members,
             }
+            if channels:
+                meta["channels"] = [{**_file_entry(ch.path, parent), "reader": ch.reader,
+                                     "layer_name": None if ch.name is None else str(ch.name),
+                                     "shape": [int(n) for n in ch.shape], "fingerprint": ch.fingerprint}
+                                    for ch in channels]
             zf.writestr(_JSON, json.dumps(meta, indent=2))
     return path
 
@@ -457,7 +619,8 @@ def _read_scribbles(zf: zipfile.ZipFile, path: Path, meta: _ProjectMetadata) -> 
                 raise VitsegError(f"The scribbles of {str(path)!r} are longer than declared; refusing them.")
     except VitsegError:
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError,
+            SyntaxError, TypeError, RecursionError, tokenize.TokenError) as e:  # + a damaged .npy header
         raise _damaged(path, _SCRIBBLES, e) from None
     if h.hexdigest() != member.sha256:
         raise VitsegError(f"The scribbles of {str(path)!r} do not match their SHA-256 in project.json; the file is "
@@ -497,7 +660,7 @@ class _Null:
         return len(b)
 
 
-def _image_paths(path: Path, entry: _ImageEntry) -> tuple[str, tuple[str, ...]]:
+def _image_paths(path: Path, entry: _FileEntry) -> tuple[str, tuple[str, ...]]:
     """The image path to use and the candidates looked at (relative to the project first)."""
     candidates = []
     if entry.relative:
@@ -556,7 +719,8 @@ def load_project(path, *, classifier: bool = True, **segmenter_kwargs) -> Projec
     Project
         ``image_path`` resolved (see :attr:`Project.image_path`; the image is not opened);
         ``scribbles`` uint8 of the declared shape; ``class_names`` / ``class_colors`` from the
-        project's class table (also given to the loaded segmenter).
+        project's class table (also given to the loaded segmenter); ``channels`` (format 2)
+        with their paths resolved the same way (no file is opened).
 
     Raises
     ------
@@ -587,8 +751,13 @@ def load_project(path, *, classifier: bool = True, **segmenter_kwargs) -> Projec
                 raise _rename_errors(e, tmp, path) from None
         seg.set_classes(names, colors)
     image, candidates = _image_paths(path, meta.image)
+    channels = []
+    for entry in meta.channels or ():
+        found, looked = _image_paths(path, entry)
+        channels.append(ProjectChannel(path=found, name=entry.layer_name, reader=entry.reader, shape=tuple(entry.shape),
+                                       fingerprint=entry.fingerprint, candidates=looked))
     return Project(image_path=image, scribbles=scribbles, class_names=names, class_colors=colors,
                    channel_axis=meta.image.channel_axis, segmenter=seg, image_reader=meta.image.reader,
                    image_name=meta.image.layer_name,
                    scribbles_name=meta.scribbles.layer_name if meta.scribbles is not None else None,
-                   image_candidates=candidates, has_classifier=has_clf)
+                   image_candidates=candidates, has_classifier=has_clf, channels=channels)

@@ -1,6 +1,7 @@
 """Save project… / Open project… in the segmentation dock widget (issue 14, the project file):
-the session comes back (image, channel axis, scribbles, classes, classifier) and bad projects end
-in one line in the status line with nothing written or opened."""
+the session comes back (image, channel axis or the image layers used as channels, scribbles,
+classes, classifier) and bad projects end in one line in the status line with nothing written or
+opened."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import tifffile
 
 pytest.importorskip("napari")
 
-from _widget_helpers import dock, wait_idle  # noqa: E402
+from _widget_helpers import dock, paint_labels, wait_idle  # noqa: E402
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -222,3 +223,108 @@ def test_save_project_from_a_live_preview_stores_the_full_model(qtbot, make_napa
     project = load_project(tmp_path / "crop")
     assert project.segmenter.classifier_params["n_estimators"] == 9
     assert project.image_path == str(tmp_path / "crop.tif") and project.image_reader == "napari"
+
+
+# -- several image layers as channels (format 2) ------------------------------------------------
+@pytest.fixture
+def cyx_session(qtbot, make_napari_viewer, shared_data, tmp_path, errors, monkeypatch):
+    """The real alloy micrograph's first two colour channels as a CYX TIFF, opened as napari shows a
+    multichannel file (``viewer.open(path, channel_axis=0)``: one layer per channel), the layers
+    renamed and combined in the reverse order (channel 0 = the file's channel 1), its 3-class
+    scribbles painted, a classifier trained and the project saved beside the file."""
+    d = shared_data("alloy_optical_rgb")
+    rgb = tifffile.imread(d / "image.tif")
+    scribbles = tifffile.imread(d / "scribbles.tif")
+    cyx = np.ascontiguousarray(np.moveaxis(rgb, -1, 0)[:2])
+    data = tmp_path / "data"
+    data.mkdir()
+    tifffile.imwrite(data / "cyx.tif", cyx)
+    viewer = make_napari_viewer()
+    red, green = viewer.open(str(data / "cyx.tif"), channel_axis=0, plugin="napari")
+    red.name, green.name = "red", "green"
+    widget = dock(viewer)
+    widget.input.set_channel_layers([green, red])
+    assert widget.input.channel_layers() == [green, red] and widget.channel_axis() == 2
+    layer = widget.new_scribbles_layer()
+    for c in (1, 2, 3):
+        paint_labels(layer, scribbles == c, c)
+    widget.trees_spin.setValue(20)
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert errors == [] and widget.controller.model.segmenter.n_channels_ == 2
+    seg = viewer.layers["segmentation"].data.copy()
+    assert len(np.unique(seg)) == 3
+    path = data / "cyx.vitseg-project"
+    widget.save_project(str(path))
+    wait_idle(qtbot, widget)
+    assert errors == [] and path.is_file(), widget.status.text()
+    return viewer, widget, cyx, scribbles, seg, path
+
+
+def test_project_of_channel_layers_restores_them_and_the_segmentation(qtbot, cyx_session, errors):
+    import json
+
+    from napari_vitseg.pipeline.project import image_fingerprint
+
+    viewer, widget, cyx, scribbles, seg, path = cyx_session
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("project.json"))
+    assert meta["format_version"] == 2  # a reader of format 1 refuses it (it would restore one channel)
+    assert [(c["relative"], c["layer_name"], c["shape"], c["reader"]) for c in meta["channels"]] == [
+        ("cyx.tif", "green", list(cyx.shape[1:]), "napari"), ("cyx.tif", "red", list(cyx.shape[1:]), "napari")]
+    assert [c["fingerprint"] for c in meta["channels"]] == [image_fingerprint(cyx[1]), image_fingerprint(cyx[0])]
+    assert meta["image"]["channel_axis"] is None
+
+    viewer.layers.clear()
+    widget.trees_spin.setValue(7)
+    widget.open_project(str(path))
+    wait_idle(qtbot, widget)
+    assert errors == [], errors
+    chans = widget.input.channel_layers()
+    assert [lay.name for lay in chans] == ["green", "red"]  # the saved order and names, not napari's
+    np.testing.assert_array_equal(np.asarray(chans[0].data), cyx[1])
+    np.testing.assert_array_equal(np.asarray(chans[1].data), cyx[0])
+    assert widget.channel_axis() == 2 and widget.input.spatial_shape() == cyx.shape[1:]
+    np.testing.assert_array_equal(widget.scribbles_layer.data, scribbles)
+    model = widget.controller.model
+    assert model.loaded_from == str(path) and model.segmenter.n_channels_ == 2
+    assert widget.trees_spin.value() == 20
+    np.testing.assert_array_equal(viewer.layers["segmentation"].data, seg)
+
+    # Train again on the restored session: the same labels as before the project was saved
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert errors == []
+    np.testing.assert_array_equal(viewer.layers["segmentation"].data, seg)
+
+
+def test_project_of_channel_layers_reuses_open_layers(qtbot, cyx_session, errors):
+    viewer, widget, cyx, scribbles, seg, path = cyx_session
+    viewer.layers.clear()
+    opened = viewer.open(str(path.parent / "cyx.tif"), channel_axis=0, plugin="napari")  # napari's names
+    widget.open_project(str(path))
+    wait_idle(qtbot, widget)
+    assert errors == [], errors
+    images = [lay for lay in viewer.layers if lay.__class__.__name__ == "Image" and not widget.outputs.owns(lay)]
+    assert images == list(opened)  # nothing opened twice
+    assert widget.input.channel_layers() == [opened[1], opened[0]]  # matched by their pixels
+    np.testing.assert_array_equal(viewer.layers["segmentation"].data, seg)
+
+
+def test_project_of_channel_layers_whose_file_changed(qtbot, cyx_session, errors):
+    viewer, widget, cyx, scribbles, seg, path = cyx_session
+    viewer.layers.clear()
+    tifffile.imwrite(path.parent / "cyx.tif", cyx[::-1] // 2)
+    widget.open_project(str(path))
+    wait_idle(qtbot, widget)
+    one_line_error(widget, errors, 0, "Channel 0", "'green'", "the image changed")
+    assert len(viewer.layers) == 0  # the layers opened to look for the channels are removed
+
+
+def test_single_image_projects_stay_format_1(nano_session):
+    import json
+
+    path = nano_session[-1]
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("project.json"))
+    assert meta["format_version"] == 1 and "channels" not in meta

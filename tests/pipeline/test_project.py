@@ -226,6 +226,15 @@ def _other_dtype(src, d):
                          {**members_of(src), "scribbles.npy": npy(np.zeros((64, 64), np.int64))})
 
 
+def _damaged_npy_header(src, d):
+    """One byte of the .npy header's dict flipped (found by the project fuzzer: numpy's header parser
+    raised tokenize.TokenError, not a ValueError)."""
+    m = members_of(src)
+    b = bytearray(m["scribbles.npy"])
+    b[70] ^= 1
+    return write_members(d / "t.vitseg-project", {**m, "scribbles.npy": bytes(b)}, fix_sha=False)
+
+
 def _extra_member(src, d):
     return write_members(d / "t.vitseg-project", {**members_of(src), "run.py": b"import os"})
 
@@ -272,6 +281,7 @@ def _missing(src, d):
     (_newer_version, "project format 99, newer .* upgrade napari-vitseg"),
     (_pickle_in_npy, "never unpickled"),
     (_other_dtype, "never unpickled"),
+    (_damaged_npy_header, "damaged .scribbles.npy"),
     (_extra_member, "not a napari-vitseg project"),
     (_pickle_file, "pickle"),
     (_not_a_zip, "not a zip"),
@@ -347,3 +357,141 @@ def test_save_onto_a_folder_or_into_a_missing_folder(session, tmp_path):
         save_project(tmp_path, p)
     with pytest.raises(VitsegError, match="does not exist; create it"):
         save_project(tmp_path / "no" / "x.vitseg-project", p)
+
+
+# ----------------------------------------------------------------------------- channel layers (format 2)
+@pytest.fixture
+def channel_session(tmp_path, two_region_image):
+    """Two grey files used as the two channels of one image (the second in a sub-folder), with 2-channel
+    scribbles and a segmenter trained on their stack, saved as a project."""
+    from napari_vitseg.pipeline.project import ProjectChannel, image_fingerprint
+
+    image, scribbles = two_region_image
+    d = tmp_path / "data"
+    (d / "sub").mkdir(parents=True)
+    a, b = image, (image[::-1] * 2).astype(np.float32)
+    tifffile.imwrite(d / "a.tif", a)
+    tifffile.imwrite(d / "sub" / "b.tif", b)
+    stack = np.stack([a, b], -1)
+    seg = Segmenter(FeatureConfig(sigmas=(1,)), "rf", {"n_estimators": 5}).fit(stack, scribbles, channel_axis=-1)
+    channels = [ProjectChannel(d / "a.tif", "a", "napari", a.shape, image_fingerprint(a)),
+                ProjectChannel(d / "sub" / "b.tif", "b layer", None, b.shape, image_fingerprint(b))]
+    proj = Project(d / "a.tif", scribbles, NAMES, COLORS, segmenter=seg, image_name="a", channels=channels)
+    path = save_project(d / "two.vitseg-project", proj)
+    return stack, scribbles, seg, channels, path
+
+
+def test_channel_layers_round_trip_as_format_2(channel_session):
+    stack, scribbles, seg, channels, path = channel_session
+    meta = json.loads(members_of(path)["project.json"])
+    assert meta["format_version"] == 2
+    assert [c["relative"] for c in meta["channels"]] == ["a.tif", "sub/b.tif"]
+    back = load_project(path)
+    assert back.image_path == str(path.parent / "a.tif") and back.image_found and back.channel_axis is None
+    assert [(c.path, c.name, c.reader, c.shape, c.fingerprint) for c in back.channels] == [
+        (str(ch.path), ch.name, ch.reader, tuple(ch.shape), ch.fingerprint) for ch in channels]
+    np.testing.assert_array_equal(back.scribbles, scribbles)
+    np.testing.assert_array_equal(back.segmenter.segment(stack, channel_axis=-1).labels,
+                                  seg.segment(stack, channel_axis=-1).labels)
+
+
+def test_channel_layers_follow_a_moved_folder_and_a_missing_one_is_named(channel_session, tmp_path):
+    *_, path = channel_session
+    moved = tmp_path / "moved"
+    shutil.move(str(path.parent), moved)
+    back = load_project(moved / path.name)
+    assert [c.path for c in back.channels] == [str(moved / "a.tif"), str(moved / "sub" / "b.tif")]
+    assert back.image_found
+    (moved / "sub" / "b.tif").unlink()
+    back = load_project(moved / path.name)
+    assert not back.image_found and back.channels[0].found and not back.channels[1].found
+    msg = back.missing_image_message(moved / path.name)
+    assert "channel layer 'b layer'" in msg and str(moved / "sub" / "b.tif") in msg and "\n" not in msg
+
+
+def test_single_image_projects_are_format_1_and_a_format_1_reader_refuses_channels(session, channel_session,
+                                                                                   monkeypatch):
+    """Format 1 files (one image) are still written and read; a reader of format 1 only (the check
+    of napari-vitseg before channel layers, run here by lowering the supported version) opens
+    them and refuses a project of channel layers instead of restoring one channel."""
+    from napari_vitseg.pipeline import project as project_module
+
+    one, two = session[-1], channel_session[-1]
+    assert json.loads(members_of(one)["project.json"])["format_version"] == 1
+    assert load_project(one).channels == []
+    monkeypatch.setattr(project_module, "PROJECT_FORMAT_VERSION", 1)
+    assert load_project(one, classifier=False).image_found
+    with pytest.raises(VitsegError, match="project format 2, newer than .* upgrade napari-vitseg"):
+        load_project(two)
+
+
+def _edit_channels(src, d, **meta_changes):
+    m = members_of(src)
+    meta = json.loads(m["project.json"])
+    for k, v in meta_changes.items():
+        if callable(v):
+            v(meta)
+        else:
+            meta[k] = v
+    return write_members(d / "t.vitseg-project", {**m, "project.json": json.dumps(meta).encode()})
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(format_version=1), "channel layers need project format 2"),
+    (dict(x=lambda m: m["channels"].pop()), "channels"),
+    (dict(x=lambda m: m["channels"][1].update(shape=[64, 63])), "one shape"),
+    (dict(x=lambda m: m["channels"][0].update(shape=[32, 32]) or m["channels"][1].update(shape=[32, 32])),
+     "scribbles and the channel layers"),
+    (dict(x=lambda m: m["image"].update(channel_axis=0)), "has no channel axis"),
+    (dict(x=lambda m: m["channels"][0].update(fingerprint="x")), "fingerprint"),
+    (dict(x=lambda m: m["channels"][0].update(shape=[64])), "shape"),
+    (dict(x=lambda m: m.update(channels=m["channels"] * 40)), "channels"),
+])
+def test_bad_channel_metadata_is_refused(channel_session, tmp_path, change, match):
+    *_, src = channel_session
+    d = tmp_path / "bad"
+    d.mkdir()
+    with pytest.raises(VitsegError, match=match) as e:
+        load_project(_edit_channels(src, d, **change))
+    assert "\n" not in str(e.value)
+
+
+def test_save_refuses_bad_channel_layers(channel_session):
+    import dataclasses
+
+    stack, scribbles, seg, channels, path = channel_session
+    before = path.read_bytes()
+    base = Project(path.parent / "a.tif", scribbles, NAMES, COLORS, channels=channels)
+    for change, match in [
+        (dict(channels=channels[:1]), "2..64 channel layers"),
+        (dict(channel_axis=0), "no channel axis"),
+        (dict(channels=[channels[0], dataclasses.replace(channels[1], fingerprint=None)]), "needs its fingerprint"),
+        (dict(channels=[channels[0], dataclasses.replace(channels[1], shape=(64, 65))]), "one shape"),
+        (dict(channels=[channels[0], dataclasses.replace(channels[1], path=path.parent / "no.tif")]),
+         "does not exist"),
+        (dict(channels=[channels[0], ("b.tif",)]), "must be a ProjectChannel"),
+        (dict(scribbles=scribbles[:32]), "do not fit the channel layers"),
+    ]:
+        with pytest.raises(VitsegError, match=match):
+            save_project(path, dataclasses.replace(base, **change))
+    assert path.read_bytes() == before
+
+
+def test_image_fingerprint_reads_one_strided_plane():
+    import dask.array as da
+
+    from napari_vitseg.pipeline.project import image_fingerprint
+
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 60000, (5, 300, 260), dtype=np.uint16)
+    fp = image_fingerprint(stack)
+    assert len(fp) == 64 and fp == image_fingerprint(da.from_array(stack, chunks=(1, 100, 100)))
+    assert image_fingerprint(stack.astype(">u2")) == fp  # byte order does not matter, values do
+    other = stack.copy()
+    other[0] += 1  # not the middle plane: not read
+    assert image_fingerprint(other) == fp
+    other[2, 0, 0] += 1  # a sampled pixel of the middle plane
+    assert image_fingerprint(other) != fp
+    assert image_fingerprint(stack[2]) != fp and image_fingerprint(stack.astype(np.int32)) != fp
+    with pytest.raises(VitsegError, match="shape"):
+        image_fingerprint(stack[None])
