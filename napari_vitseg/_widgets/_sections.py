@@ -918,7 +918,7 @@ class FeaturesSection(QGroupBox):
         self.classical_check.setChecked(True)
         self.classical_check.toggled.connect(self.apply)
         form.addRow(self.classical_check)
-        self.sigmas_edit = QLineEdit("1, 2, 4, 8, 16")
+        self.sigmas_edit = QLineEdit(", ".join(f"{s:g}" for s in FeatureConfig().sigmas))
         self.sigmas_edit.setToolTip("Gaussian scales (pixels) of the classical filters.")
         self.sigmas_edit.editingFinished.connect(self.apply)
         form.addRow("Scales (px)", self.sigmas_edit)

@@ -238,7 +238,7 @@ def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles,
     np.testing.assert_array_equal(viewer.layers["segmentation"].data, seg)
     np.testing.assert_array_equal(viewer.layers["probabilities"].data, proba)
     assert widget.trees_spin.value() == 20
-    assert widget.sigmas_edit.text() == "1, 2, 4, 8, 16"
+    assert widget.sigmas_edit.text() == "0.5, 1, 2, 4, 8, 16"  # FeatureConfig's default scales
     assert widget.class_names() == ["particle", "matrix"]
     assert widget.controller.model.loaded_from == str(path)
 

@@ -55,7 +55,7 @@ def test_random_weight_vit_changes_classifier_input(tmp_path, capsys):
     main(["info", str(tmp_path / "v.vitseg")])
     meta = json.loads(capsys.readouterr().out)
     assert meta["backbone"] == {"name": "dinov2_vits14_reg", "weights_sha256": "random", "pretrained": False}
-    assert meta["classifier"]["n_features_in"] == 19 + 384  # intensity + 7 x 2 sigmas + 1 DoG + 3 bilateral
+    assert meta["classifier"]["n_features_in"] == 16 + 384  # intensity + 6 x 2 sigmas + 3 bilateral
     assert sum(n.startswith("dinov2_vits14_reg_") for n in meta["feature_names"]) == 384
     # the forest actually uses ViT channels
     from napari_vitseg.backbones import create_backbone

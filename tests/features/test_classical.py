@@ -47,9 +47,13 @@ def test_default_names():
         "gaussian_s2",
     ]
     assert "dog_s8-s16" in names and "dog_s1-s2" in names and not any("s0" in n for n in names)
-    cfg = FeatureConfig()  # the default adds the three bilateral channels after the classical ones
+    cfg = FeatureConfig()  # version 4: no laplacian / dog, sigma 0.5 added, bilateral channels last
     default = classical_feature_names(cfg.sigmas, cfg.families, cfg.include_intensity)
-    assert default[:40] == names and default[40:] == ["bilateral_s2", "bilateral_s4", "bilateral_s8"]
+    assert len(default) == 40 == len(set(default))
+    assert default[:7] == ["intensity", "gaussian_s0.5", "gradient_s0.5", "hessian_max_s0.5", "hessian_min_s0.5",
+                           "structure_max_s0.5", "structure_min_s0.5"]
+    assert default[-3:] == ["bilateral_s2", "bilateral_s4", "bilateral_s8"]
+    assert not any(n.startswith(("laplacian", "dog")) for n in default)
 
 
 def test_names_canonical_order():

@@ -37,12 +37,14 @@ def noise():
 
 # -- names, counts, halo ----------------------------------------------------------------------
 def test_families_are_opt_in_and_old_dicts_migrate():
-    """New families only append channels; the default adds 'bilateral' only; dictionaries of
-    versions 1 and 2 keep what they computed."""
-    assert FeatureConfig().families == CLASSICAL_FAMILIES + ("bilateral",)
+    """New families only append channels; the default (version 4) is gaussian, gradient,
+    hessian, structure and bilateral; dictionaries of versions 1 to 3 keep what they computed."""
+    assert FeatureConfig().families == ("gaussian", "gradient", "hessian", "structure", "bilateral")
+    assert FeatureConfig.from_dict({"version": 3, "backbone": None}).families == CLASSICAL_FAMILIES + ("bilateral",)
     assert ALL_FAMILIES == CLASSICAL_FAMILIES + EXTRA_FAMILIES
     assert len(classical_feature_names((1, 2, 4, 8, 16))) == 40
-    with_bilateral = Featurizer(FeatureConfig(families=CLASSICAL_FAMILIES + ("bilateral",))).feature_names()
+    with_bilateral = Featurizer(FeatureConfig(sigmas=(1, 2, 4, 8, 16),
+                                              families=CLASSICAL_FAMILIES + ("bilateral",))).feature_names()
     assert len(with_bilateral) == 43 and with_bilateral[:40] == classical_feature_names((1, 2, 4, 8, 16))
     for version in (1, 2):  # saved files name their families; a dictionary that does not gets the old default
         assert FeatureConfig.from_dict({"version": version, "backbone": None}).families == CLASSICAL_FAMILIES

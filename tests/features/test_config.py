@@ -11,7 +11,14 @@ import pytest
 
 from napari_vitseg._validation import VitsegError
 from napari_vitseg.features import FeatureConfig
-from napari_vitseg.features.config import FEATURE_CONFIG_VERSION, V1_DEFAULTS
+from napari_vitseg.features.config import (
+    CLASSICAL_FAMILIES,
+    DEFAULT_FAMILIES,
+    DEFAULT_SIGMAS,
+    FEATURE_CONFIG_VERSION,
+    V1_DEFAULTS,
+    V3_FEATURE_DEFAULTS,
+)
 from napari_vitseg.features.stack import Featurizer
 
 RELEASE = Path(__file__).resolve().parents[1] / "data"
@@ -21,9 +28,24 @@ def test_new_configs_get_the_reference_defaults():
     cfg = FeatureConfig()
     assert (cfg.intensity, cfg.pos_embed_interp, cfg.vit_autocast) == ("reference", "reference", False)
     d = cfg.to_dict()
-    assert d["version"] == FEATURE_CONFIG_VERSION == 3
+    assert d["version"] == FEATURE_CONFIG_VERSION == 4
     assert FeatureConfig.from_dict(d) == cfg
     assert FeatureConfig.from_json(cfg.to_json()) == cfg
+    assert (cfg.families, cfg.sigmas) == (DEFAULT_FAMILIES, DEFAULT_SIGMAS)
+    assert "laplacian" not in cfg.families and cfg.sigmas[0] == 0.5
+
+
+def test_version3_dict_without_families_or_sigmas_keeps_version3_defaults():
+    """A version-3 dictionary that does not name them gets version 3's families and scales,
+    so it computes the 43 channels it always did; a version-4 one gets today's 40."""
+    cfg3 = FeatureConfig.from_dict({"version": 3})
+    assert cfg3.families == CLASSICAL_FAMILIES + ("bilateral",) == V3_FEATURE_DEFAULTS["families"]
+    assert cfg3.sigmas == (1.0, 2.0, 4.0, 8.0, 16.0)
+    assert Featurizer(cfg3).n_features(1) == 43
+    assert FeatureConfig.from_dict(cfg3.to_dict()) == cfg3  # re-saved as version 4, same features
+    assert Featurizer(FeatureConfig.from_dict({"version": 4})).n_features(1) == 40
+    named = FeatureConfig.from_dict({"version": 3, "families": ["gaussian"], "sigmas": [2.0]})
+    assert (named.families, named.sigmas) == (("gaussian",), (2.0,))
 
 
 def test_version1_dict_migrates_to_what_releases_did():
@@ -39,8 +61,8 @@ def test_version1_dict_migrates_to_what_releases_did():
 def test_version1_dict_may_not_carry_version2_keys():
     with pytest.raises(VitsegError, match="Unknown feature config keys.*intensity"):
         FeatureConfig.from_dict({"version": 1, "intensity": "reference"})
-    with pytest.raises(VitsegError, match="version 4 is not supported"):
-        FeatureConfig.from_dict({"version": 4})
+    with pytest.raises(VitsegError, match="version 5 is not supported"):
+        FeatureConfig.from_dict({"version": 5})
 
 
 @pytest.mark.parametrize("field, bad", [("intensity", "minmax"), ("pos_embed_interp", "bilinear"),

@@ -54,7 +54,9 @@ def test_the_only_family_that_separates_gets_the_largest_share(classifier):
 
 def test_names_line_up_with_the_featurizer_and_groups_are_family_by_scale():
     image, scribbles = texture_pair(64)
-    seg = Segmenter(FeatureConfig(sigmas=(1, 2, 4)), classifier_params={"n_estimators": 10}).fit(image, scribbles)
+    families = ("gaussian", "gradient", "laplacian", "hessian", "structure", "dog", "bilateral")
+    seg = Segmenter(FeatureConfig(sigmas=(1, 2, 4), families=families),
+                    classifier_params={"n_estimators": 10}).fit(image, scribbles)
     imp = seg.feature_importances()
     assert imp.feature_names == tuple(seg.featurizer.feature_names(1))
     est = seg.classifier_.estimator_.feature_importances_

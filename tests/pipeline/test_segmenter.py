@@ -129,8 +129,8 @@ def test_vit_bands_equal_whole_plane_and_vit_features(nanoparticles, upsample, p
                    backbone=bb)
     whole = f.compute(image, key="plane")
     nv = pca or 384
-    nc = whole.shape[-1] - nv  # classical channels: intensity + 7 at sigma 1 + 3 bilateral
-    assert nc == 11 and len(f.feature_names()) == nc + nv
+    nc = whole.shape[-1] - nv  # classical channels: intensity + 6 at sigma 1 (default families) + 3 bilateral
+    assert nc == 10 and len(f.feature_names()) == nc + nv
     assert all(n.startswith("dinov2_vits14_reg_") for n in f.feature_names()[nc:])
     if pca is None:
         np.testing.assert_allclose(whole[..., nc:], vit_features(image, bb, upsample=upsample), atol=1e-5)
