@@ -1,7 +1,8 @@
 """Benchmark: apply (featurise + predict) throughput of each inference engine.
 
 Run ``python benchmarks/bench_apply.py [--quick] [--kinds rf xgb] [--engines sklearn compiled]
-[--predictions exact coarse-to-fine]``.
+[--predictions exact coarse-to-fine] [--overlap off on] [--exact-stack-planes 20]``, or pick
+the runs with ``--methods rf:sklearn.exact rf:sklearn.coarse-to-fine.on ...``.
 
 What is measured, end to end through the real :class:`~napari_vitseg.pipeline.Segmenter`
 (``predict_plane(plane, use_cache=False)``: the row-strip batch path ``vitseg apply`` uses;
@@ -25,7 +26,17 @@ classical features with their defaults, the default classifier of each kind):
   ``exact`` prediction of the same kind in the same run: agreement (fraction of equal labels)
   and mIoU;
 - the ratio columns are Mpx/s (wall, and per CPU-second) / those of sklearn + exact of the same
-  kind, same run (> 1: faster).
+  kind, same run (> 1: faster);
+- overlap: ``off`` predicts plane after plane (``iter_plane_probabilities(overlap=False)``,
+  i.e. ``Segmenter.predict_plane``), ``on`` featurises the next band / plane in a second thread
+  while the current one is predicted (``napari_vitseg.pipeline.batch.iter_plane_probabilities``,
+  the path of ``vitseg apply``; threads split between the two, no more than the cores); both
+  make each plane in the timed loop (the stack's planes are computed from the image, as a
+  reader would deliver them);
+- ``--exact-stack-planes N``: the sklearn + exact baseline runs the stack case on its first N
+  planes only (the 200-plane stack at exact speed takes long); its Mpx/s is still a rate, and
+  agreement / mIoU of the other rows are computed on those N planes;
+- the load average (1 min) before and after each run is recorded: the machine is shared.
 
 ISB (tldr-group/interactive-seg-backend) is not on PyPI and cannot be installed here, so it
 is not in the run (the script says so in its output).
@@ -85,16 +96,18 @@ def cpu_s() -> float:
 
 def worker(kind: str, method: str, cases: list, out_dir: Path) -> dict:
     """Load the classifier, warm the engine up, apply every case; save labels to ``out_dir``.
-    ``method`` is ``'<engine>.<prediction>'``."""
+    ``method`` is ``'<engine>.<prediction>.<overlap>'`` (overlap: on / off)."""
     from napari_vitseg.classifiers._engines import engine_info, model_hash
     from napari_vitseg.pipeline import Segmenter
+    from napari_vitseg.pipeline.batch import iter_plane_probabilities, overlap_threads
 
-    engine, prediction = method.split(".", 1)
+    engine, prediction, overlap = method.split(".")
     # trained once by the parent: one model for all engines and prediction settings
     seg = Segmenter.load(out_dir / f"{kind}.vitseg", prediction=prediction)
     clf = seg.classifier_.set_engine(engine)
     forest = getattr(clf, "estimator_", None)
-    info = {"kind": kind, "engine": engine, "prediction": seg.prediction_mode, "model_sha256": model_hash(clf)}
+    info = {"kind": kind, "engine": engine, "prediction": seg.prediction_mode, "model_sha256": model_hash(clf),
+            "overlap": overlap, "threads": overlap_threads(overlap == "on"), "load_before": os.getloadavg()[0]}
     if forest is not None:
         info["trees"] = len(forest.estimators_)
         info["max_depth"] = int(max(t.tree_.max_depth for t in forest.estimators_))
@@ -106,23 +119,23 @@ def worker(kind: str, method: str, cases: list, out_dir: Path) -> dict:
     info["engine_reason"] = engine_info(clf)["reason"]
     rows = []
     for name, size, n in cases:
-        planes = [plane(size, i) for i in range(n)] if n <= 8 else None
         labels = np.lib.format.open_memmap(out_dir / f"{kind}_{method}_{name}.npy", mode="w+", dtype=np.uint8,
                                            shape=(n, size, size))
         w0, c0 = time.perf_counter(), cpu_s()
-        for i in range(n):
-            p = planes[i] if planes is not None else plane(size, i)
-            labels[i] = seg.labels_from_proba(seg.predict_plane(p, use_cache=False))
+        for i, p in iter_plane_probabilities(seg, ((i, lambda i=i, s=size: plane(s, i)) for i in range(n)),
+                                             overlap=overlap == "on"):
+            labels[i] = seg.labels_from_proba(p)
         wall, cpu = time.perf_counter() - w0, cpu_s() - c0
         labels.flush()
         mpx = n * size * size / 1e6
         rows.append({"case": name, "size": size, "planes": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
                      "mpx_per_s": round(mpx / wall, 3), "mpx_per_cpu_s": round(mpx / cpu, 3)})
-        print(f"  {kind:4s} {engine:9s} {prediction:14s} {name:12s} {mpx / wall:6.2f} Mpx/s", file=sys.stderr,
-              flush=True)
+        print(f"  {kind:4s} {engine:9s} {prediction:14s} overlap {overlap:3s} {name:14s} {mpx / wall:6.2f} Mpx/s "
+              f"{mpx / cpu:6.2f} Mpx/cpu-s load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     info["engine_used_after"] = engine_info(clf)["used"]
     info["rows"] = rows
     info["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    info["load_after"] = os.getloadavg()[0]
     return info
 
 
@@ -287,7 +300,14 @@ def main(argv=None) -> int:
                     choices=["sklearn", "compiled", "auto"])
     ap.add_argument("--predictions", nargs="+", default=["exact", "coarse-to-fine"],
                     choices=["exact", "coarse-to-fine"], help="Segmenter prediction settings to run")
+    ap.add_argument("--overlap", nargs="+", default=["off", "on"], choices=["off", "on"],
+                    help="sequential planes (off) and / or featurise-while-predict (on)")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="explicit runs kind:engine.prediction.overlap (e.g. rf:sklearn.coarse-to-fine.on); "
+                         "rf:sklearn.exact.off is always added as the baseline of each kind")
     ap.add_argument("--stack-planes", type=int, default=None, help="planes of the stack case (0: no stack)")
+    ap.add_argument("--exact-stack-planes", type=int, default=None,
+                    help="planes of the stack case for the sklearn + exact baseline (default: all)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--predict-only", action="store_true",
                     help="time the predict step alone for every candidate engine (GTIL, TL2cgen, ONNX Runtime)")
@@ -300,8 +320,8 @@ def main(argv=None) -> int:
     cases = [("plane_1024", 1024, 1), ("plane_2048", 2048, 1)] + (
         [(f"stack_{n_stack}x1024", 1024, n_stack)] if n_stack > 0 else [])
     if args.worker:
-        kind, engine, out_dir = args.worker
-        print(json.dumps(worker(kind, engine, cases, Path(out_dir))))
+        kind, method, out_dir = args.worker
+        print(json.dumps(worker(kind, method, cases, Path(out_dir))))
         return 0
     if args.coarse:
         res = coarse()
@@ -321,9 +341,24 @@ def main(argv=None) -> int:
         print(f"wrote {out}")
         return 0
     engines = ["sklearn"] + [e for e in args.engines if e != "sklearn"]
-    methods = ["sklearn.exact"] + [f"{e}.{p}" for e in engines for p in args.predictions
-                                   if f"{e}.{p}" != "sklearn.exact"]
+    base_method = "sklearn.exact.off"
+    if args.methods:
+        runs = []
+        for m in args.methods:
+            kind, _, method = m.partition(":")
+            if kind not in ("rf", "xgb") or len(method.split(".")) != 3:
+                ap.error(f"--methods takes kind:engine.prediction.overlap, e.g. rf:sklearn.exact.off; got {m!r}")
+            runs.append((kind, method))
+        kinds = list(dict.fromkeys(k for k, _ in runs))
+        runs = [(k, base_method) for k in kinds] + [r for r in runs if r[1] != base_method]
+    else:
+        kinds = args.kinds
+        runs = [(k, base_method) for k in kinds] + [
+            (k, f"{e}.{p}.{o}") for k in kinds for e in engines for p in args.predictions for o in args.overlap
+            if f"{e}.{p}.{o}" != base_method]
+    n_exact = n_stack if args.exact_stack_planes is None else min(n_stack, args.exact_stack_planes)
     print("ISB (interactive-seg-backend) is not on PyPI and not installable here: not in this run.")
+    print(f"load average at start: {os.getloadavg()}")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_apply_") as tmp:
         import tifffile
@@ -331,40 +366,50 @@ def main(argv=None) -> int:
         from napari_vitseg.pipeline import Segmenter
 
         img, scr = tifffile.imread(SET / "image.tif"), tifffile.imread(SET / "scribbles.tif")
-        for kind in args.kinds:
+        for kind in kinds:
             Segmenter(classifier=kind).fit(img, scr).save(Path(tmp) / f"{kind}.vitseg")
-            for method in methods:
+            for method in [m for k, m in runs if k == kind]:
                 cmd = [sys.executable, __file__, "--worker", kind, method, tmp]
-                cmd += ["--stack-planes", str(n_stack)]
+                cmd += ["--stack-planes", str(n_exact if method == base_method else n_stack)]
                 r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
                 info = json.loads(r.stdout.strip().splitlines()[-1])
                 for row in info["rows"]:
                     lab = np.load(Path(tmp) / f"{kind}_{method}_{row['case']}.npy", mmap_mode="r")
-                    ref = np.load(Path(tmp) / f"{kind}_sklearn.exact_{row['case']}.npy", mmap_mode="r")
+                    ref_case = row["case"] if row["planes"] <= n_exact else f"stack_{n_exact}x1024"
+                    ref = np.load(Path(tmp) / f"{kind}_{base_method}_{ref_case}.npy", mmap_mode="r")
+                    lab = lab[:len(ref)]
+                    row["compared_planes"] = len(ref)
                     row["agreement"] = float(np.mean(lab == ref))
                     row["miou_vs_sklearn"] = miou(np.asarray(lab), np.asarray(ref))
                 results.append(info)
-    base_rows = [r for r in results if r["engine"] == "sklearn" and r["prediction"] == "exact"]
-    base = {(r["kind"], row["case"]): row["mpx_per_s"] for r in base_rows for row in r["rows"]}
-    base_cpu = {(r["kind"], row["case"]): row["mpx_per_cpu_s"] for r in base_rows for row in r["rows"]}
-    print(f"\n{'kind':4s} {'engine':9s} {'used':9s} {'prediction':14s} {'case':15s} {'Mpx/s':>7s} {'ratio':>6s} {'Mpx/cpu-s':>9s} "
-          f"{'cpu ratio':>9s} {'agree':>8s} {'mIoU':>6s} {'RSS MiB':>8s} {'warm-up s':>9s}")
+    base_rows = [r for r in results if r["engine"] == "sklearn" and r["prediction"] == "exact"
+                 and r["overlap"] == "off"]
+    # the stack case of the baseline may have fewer planes (--exact-stack-planes): matched by size
+    base = {(r["kind"], row["case"].split("_")[0] + str(row["size"])): row["mpx_per_s"]
+            for r in base_rows for row in r["rows"]}
+    base_cpu = {(r["kind"], row["case"].split("_")[0] + str(row["size"])): row["mpx_per_cpu_s"]
+                for r in base_rows for row in r["rows"]}
+    print(f"\n{'kind':4s} {'engine':9s} {'used':9s} {'prediction':14s} {'ovl':3s} {'case':15s} {'Mpx/s':>7s} "
+          f"{'ratio':>6s} {'Mpx/cpu-s':>9s} {'cpu ratio':>9s} {'agree':>8s} {'mIoU':>6s} {'RSS MiB':>8s} "
+          f"{'warm-up s':>9s} {'load':>9s}")
     for r in results:
         for row in r["rows"]:
-            row["ratio_vs_sklearn"] = round(row["mpx_per_s"] / base[(r["kind"], row["case"])], 3)
-            row["cpu_ratio_vs_sklearn"] = round(row["mpx_per_cpu_s"] / base_cpu[(r["kind"], row["case"])], 3)
-            print(f"{r['kind']:4s} {r['engine']:9s} {r['engine_used_after']:9s} {r['prediction']:14s} {row['case']:15s} "
+            key = (r["kind"], row["case"].split("_")[0] + str(row["size"]))
+            row["ratio_vs_sklearn"] = round(row["mpx_per_s"] / base[key], 3)
+            row["cpu_ratio_vs_sklearn"] = round(row["mpx_per_cpu_s"] / base_cpu[key], 3)
+            print(f"{r['kind']:4s} {r['engine']:9s} {r['engine_used_after']:9s} {r['prediction']:14s} "
+                  f"{r['overlap']:3s} {row['case']:15s} "
                   f"{row['mpx_per_s']:7.2f} {row['ratio_vs_sklearn']:6.2f} {row['mpx_per_cpu_s']:9.2f} "
                   f"{row['cpu_ratio_vs_sklearn']:9.2f} {row['agreement']:8.5f} {row['miou_vs_sklearn']:6.4f} "
-                  f"{r['peak_rss_mib']:8.0f} {r['warmup_s']:9.1f}")
-    for r in results:
-        if "max_depth" in r and r["engine"] == "sklearn":
-            print(f"{r['kind']} forest: {r['trees']} trees, max depth {r['max_depth']}, {r['leaves']} leaves")
+                  f"{r['peak_rss_mib']:8.0f} {r['warmup_s']:9.1f} {r['load_before']:4.1f}-{r['load_after']:4.1f}")
+    for r in {r["kind"]: r for r in results if "max_depth" in r}.values():
+        print(f"{r['kind']} forest: {r['trees']} trees, max depth {r['max_depth']}, {r['leaves']} leaves")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"bench_apply_{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
-            "python": sys.version.split()[0], "quick": args.quick, "isb": "not installable (not on PyPI)"}
+            "python": sys.version.split()[0], "quick": args.quick, "stack_planes": n_stack,
+            "exact_stack_planes": n_exact, "isb": "not installable (not on PyPI)"}
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"wrote {out}")
     return 0

@@ -37,10 +37,18 @@ The engine is chosen per classifier with ``estimator.set_engine(name)`` (the API
 apply --engine``), else by the environment variable ``VITSEG_ENGINE`` (which the napari widget
 and dask workers inherit), else ``'auto'``. It is an inference setting only: it is not a
 constructor parameter and is never written to the classifier file.
+
+Threads: every engine uses all cores by default (scikit-learn ``n_jobs=-1``, XGBoost's
+OpenMP threads, TL2cgen's thread pool). :func:`predict_threads` caps them for the calling
+thread only, so that a pipeline can featurise in one thread while it predicts in another
+without running more threads than cores (the overlapped batch path,
+:func:`napari_vitseg.pipeline.batch.iter_plane_probabilities`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import logging
 import os
@@ -58,7 +66,7 @@ import numpy as np
 from .._validation import VitsegError, VitsegWarning
 
 __all__ = ["ENGINES", "ENV_VAR", "check_engine", "engine_info", "model_hash", "predict_proba",
-           "requested_engine", "compiled_cache_dir"]
+           "predict_threads", "requested_engine", "compiled_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +85,43 @@ AUTO_COMPILE_AFTER_ROWS = 8 * 2**20
 TIE_MARGIN = 1e-4
 #: Bump when the way libraries are built changes (invalidates the cache).
 _BUILD_VERSION = 1
+
+_local = threading.local()  # per-thread cap on prediction threads (predict_threads)
+
+
+@contextlib.contextmanager
+def predict_threads(n: int | None):
+    """Cap the threads that :func:`predict_proba` runs in the calling thread.
+
+    Parameters
+    ----------
+    n : int or None
+        At most this many threads for each prediction made by this thread inside the
+        ``with`` block (scikit-learn's forest ``n_jobs``, XGBoost's ``nthread``, TL2cgen's
+        thread pool); None: no cap (every core). Other threads are not affected.
+
+    Raises
+    ------
+    VitsegError
+        ``n`` is not None and not a positive int.
+
+    Examples
+    --------
+    >>> with predict_threads(1):
+    ...     pass  # clf.predict_proba(X) here runs on one thread
+    """
+    if n is not None and (not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1):
+        raise VitsegError(f"predict_threads takes a positive number of threads or None; got {n!r}.")
+    old = getattr(_local, "threads", None)
+    _local.threads = None if n is None else int(n)
+    try:
+        yield
+    finally:
+        _local.threads = old
+
+
+def _thread_cap() -> int | None:
+    return getattr(_local, "threads", None)
 
 
 def check_engine(engine) -> str:
@@ -134,6 +179,8 @@ class _Runtime:
         self.warned = False
         self.size: tuple[int, int] | None = None  # (total nodes, deepest tree)
         self.libname: str | None = None
+        self.libpath: Path | None = None  # the loaded library (for predictors with fewer threads)
+        self.capped: dict = {}  # thread cap -> forest copy (sklearn) or TL2cgen predictor
         self.last = {"requested": None, "used": None, "reason": ""}
 
 
@@ -208,13 +255,38 @@ def _forest_size(estimator) -> tuple[int, int]:
 
 # -- native (library) predictor ------------------------------------------------------------------
 def native_proba(estimator, X: np.ndarray) -> np.ndarray:
-    """Probabilities from the library's own predictor, (n, K) float32."""
+    """Probabilities from the library's own predictor, (n, K) float32 (threads capped by
+    :func:`predict_threads`)."""
+    cap = _thread_cap()
     if estimator.kind == "rf":
-        return estimator.estimator_.predict_proba(X).astype(np.float32, copy=False)
-    p = np.asarray(estimator.booster_.inplace_predict(X), dtype=np.float32)
+        forest = estimator.estimator_
+        if cap is not None and cap != forest.n_jobs:
+            forest = _capped_model(estimator, cap)
+        return forest.predict_proba(X).astype(np.float32, copy=False)
+    booster = estimator.booster_ if cap is None else _capped_model(estimator, cap)
+    p = np.asarray(booster.inplace_predict(X), dtype=np.float32)
     if estimator.classes_.size == 2 and p.ndim == 1:
         p = np.stack([1.0 - p, p], axis=1)
     return p
+
+
+def _capped_model(estimator, cap: int):
+    """The fitted model with at most ``cap`` threads, made once per classifier: a shallow copy
+    of the random forest sharing its trees (own ``n_jobs``), or a copy of the XGBoost booster
+    with its own ``nthread`` (``xgboost.config_context(nthread=...)`` would also set OpenMP's
+    thread count of the calling thread for good, which later TL2cgen calls refuse)."""
+    rt = _runtime(estimator)
+    with rt.lock:
+        model = rt.capped.get(("library", cap))
+        if model is None:
+            if estimator.kind == "rf":
+                model = copy.copy(estimator.estimator_)
+                model.n_jobs = cap
+            else:
+                model = copy.copy(estimator.booster_)  # XGBoost copies the model (bytes)
+                model.set_param({"nthread": cap})
+            rt.capped[("library", cap)] = model
+    return model
 
 
 # -- compiled engine -------------------------------------------------------------------------
@@ -340,14 +412,18 @@ def _load_compiled(estimator, *, build: bool, name: str | None = None):
         log.info("compiled the forest into %s in %.1f s", path, time.perf_counter() - t0)
     _check_private(path, False)
     try:
-        return tl2cgen.Predictor(str(path), nthread=nthread)
+        pred = tl2cgen.Predictor(str(path), nthread=nthread)
+        pred.vitseg_libpath = path  # for copies with fewer threads (_capped_predictor)
+        return pred
     except Exception:  # noqa: BLE001 - a damaged cache entry: rebuild it once
         if not build:
             return None
         path.unlink(missing_ok=True)
         _build(estimator, path, nthread)
         _check_private(path, False)
-        return tl2cgen.Predictor(str(path), nthread=nthread)
+        pred = tl2cgen.Predictor(str(path), nthread=nthread)
+        pred.vitseg_libpath = path
+        return pred
 
 
 def _compiled_proba(estimator, predictor, X: np.ndarray) -> np.ndarray:
@@ -361,6 +437,23 @@ def _compiled_proba(estimator, predictor, X: np.ndarray) -> np.ndarray:
     if p.shape[1] != k:
         raise VitsegError(f"The compiled forest returned {p.shape[1]} columns for {k} classes.")
     return p
+
+
+def _capped_predictor(rt: _Runtime, predictor):
+    """``predictor``, or one of the same library with at most :func:`predict_threads` threads."""
+    import tl2cgen
+
+    cap = _thread_cap()
+    path = getattr(predictor, "vitseg_libpath", None)
+    if cap is None or path is None:
+        return predictor
+    with rt.lock:
+        pred = rt.capped.get(("compiled", cap, str(path)))
+        if pred is None:  # the same already-checked library of the cache, fewer threads
+            _check_private(path, False)
+            pred = tl2cgen.Predictor(str(path), nthread=cap)
+            rt.capped[("compiled", cap, str(path))] = pred
+    return pred
 
 
 def _fix_ties(estimator, p: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -476,7 +569,7 @@ def predict_proba(estimator, X: np.ndarray) -> np.ndarray:
     rt.rows += X.shape[0]
     if predictor is not None:
         try:
-            p = _compiled_proba(estimator, predictor, X)
+            p = _compiled_proba(estimator, _capped_predictor(rt, predictor), X)
         except Exception as e:  # noqa: BLE001 - never fail a prediction the library can make
             rt.unavailable = f"the compiled forest failed: {e}"
             rt.predictor = None

@@ -34,7 +34,11 @@ naming, resume and atomic writing are the same everywhere:
   that keeps the staging store;
 - scale-out: with a ``distributed.Client`` the planes are predicted on the cluster's workers
   (:mod:`napari_vitseg.pipeline._distributed`; inputs on a shared filesystem) and written by
-  the caller through the same staging path, in order; results are identical to one process.
+  the caller through the same staging path, in order; results are identical to one process;
+- overlap (one process, opt-in: ``overlap=True`` or ``$VITSEG_OVERLAP=1``): the next row band
+  (or plane) is read and featurised in one thread while the current one is predicted, with the
+  threads split between the two so that together they use the machine's cores and no more
+  (:func:`iter_plane_probabilities`); the labels are those of :meth:`Segmenter.predict_plane`.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +72,8 @@ from ..io._writers import (
 )
 from .segmenter import Segmenter, as_channels_last, plane_of
 
-__all__ = ["OUTPUT_FORMATS", "output_paths", "iter_apply_file", "iter_apply_files"]
+__all__ = ["OUTPUT_FORMATS", "OVERLAP_ENV", "output_paths", "iter_apply_file", "iter_apply_files",
+           "iter_plane_probabilities", "overlap_threads"]
 
 #: Progress of :func:`iter_apply_files` is reported in these units for the whole run.
 PROGRESS_UNITS = 1000
@@ -235,12 +242,202 @@ def _read_plane(image, nsp: int, z, input_path) -> np.ndarray:
                           "may be truncated or damaged.") from None
 
 
+# -- featurising and predicting in two threads -------------------------------------------------
+#: Environment variable: ``1`` / ``on`` turns the overlapped path on (default: off, planes one
+#: after the other; its wall-clock gain is not yet measured on a quiet machine, see
+#: ``docs/apply_speed.md``).
+OVERLAP_ENV = "VITSEG_OVERLAP"
+#: Row bands whose features exist at one time in the overlapped path: the one being predicted
+#: and the next one, being featurised (memory: twice the sequential path's one band).
+MAX_BANDS_IN_FLIGHT = 2
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+def overlap_threads(overlap: bool | None = None) -> tuple[int, int] | None:
+    """Threads of the overlapped path: ``(featurise, predict)``, or None when it is off.
+
+    Parameters
+    ----------
+    overlap : bool, optional
+        True / False; None: on when ``$VITSEG_OVERLAP`` is ``1`` / ``on`` / ``true`` / ``yes``
+        (default off).
+
+    Returns
+    -------
+    (int, int) or None
+        Their sum is the number of cores this process may run on; None with fewer than 2
+        cores or when switched off. Featurising gets a third of the cores (at least one): it
+        is the smaller part of the work (``docs/apply_speed.md``).
+    """
+    if overlap is None:
+        overlap = os.environ.get(OVERLAP_ENV, "").strip().lower() in ("1", "on", "true", "yes")
+    cores = _cores()
+    if not overlap or cores < 2:
+        return None
+    feat = max(1, cores // 3)
+    return feat, cores - feat
+
+
+class _Failed:
+    """An exception raised in the featurising thread, handed over to the consumer."""
+
+    def __init__(self, key, error: BaseException, reading: bool):
+        self.key, self.error, self.reading = key, error, reading
+
+
+_DONE = object()
+
+
+def _featurise_planes(seg: Segmenter, planes, coarse: bool, q: queue.SimpleQueue, slots: threading.Semaphore,
+                      stop: threading.Event, cpus: set | None) -> None:
+    """The featurising thread: read each plane, then compute its bands' features, at most
+    :data:`MAX_BANDS_IN_FLIGHT` ahead of the predicted ones (``slots``)."""
+    from ..features.cache import content_digest
+
+    key = None
+    try:
+        if cpus:  # this thread (and the feature pool it starts) on its share of the cores
+            os.sched_setaffinity(0, cpus)
+        for key, src in planes:
+            if stop.is_set():
+                return
+            try:
+                plane = src() if callable(src) else np.asarray(src)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                q.put(_Failed(key, e, True))
+                return
+            seg._check_plane(plane)
+            digest = content_digest(plane)
+            bands = seg._batch_bands(plane)
+            for i, band in enumerate(bands):
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                fb, off = seg._band_features(plane, band, digest, coarse)
+                q.put((key, plane.shape[:2], band, i == len(bands) - 1, fb, off))
+                del fb
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer
+        q.put(_Failed(key, e, False))
+    finally:
+        q.put(_DONE)
+
+
+def iter_plane_probabilities(seg: Segmenter, planes: Iterable, *, overlap: bool | None = None, where=None):
+    """Probabilities of planes, featurising the next row band while the current one is predicted.
+
+    The batch path of ``vitseg apply`` and :func:`iter_apply_file`: each plane in the
+    bounded-memory row bands of :meth:`Segmenter.predict_plane` (``use_cache=False``), with
+    the same results. A background thread reads each plane and computes the features of its
+    bands (:meth:`Segmenter._band_features`) at most :data:`MAX_BANDS_IN_FLIGHT` bands ahead,
+    while the calling thread predicts (:meth:`Segmenter._predict_band`), across plane
+    boundaries, so both run at once (a software pipeline). The threads are split between the
+    two (:func:`overlap_threads`): the featurising thread is restricted to its share of the
+    cores (``os.sched_setaffinity``, Linux) and the forest's threads are capped to the rest
+    (:func:`napari_vitseg.classifiers._engines.predict_threads`), so the process never runs
+    more compute threads than cores. Auto-context models (several stages, each needing the
+    previous one's whole-plane probabilities), one core, or ``overlap=False`` predict the
+    planes one after the other with :meth:`Segmenter.predict_plane`.
+
+    Parameters
+    ----------
+    seg : Segmenter
+        Fitted.
+    planes : iterable of (key, plane or callable)
+        Planes (Y, X) or (Y, X, C) in order, or functions returning them (called in the
+        featurising thread, so reading overlaps with prediction too); ``key`` is passed back.
+    overlap : bool, optional
+        See :func:`overlap_threads` (None: ``$VITSEG_OVERLAP``, default off).
+    where : callable, optional
+        ``where(key) -> str`` names a plane in error messages (e.g. ``"plane 3 of 'a.tif'"``).
+
+    Yields
+    ------
+    (key, ndarray)
+        Probabilities (K, Y, X) float32 in ``seg.classes_`` order, in the order of ``planes``.
+        Closing the generator stops the featurising thread (after the band it is computing).
+
+    Raises
+    ------
+    VitsegError
+        A plane with the wrong number of channels or non-finite values (named by ``where``);
+        errors of reading a plane are raised as they are.
+    """
+    seg._check_fitted()
+
+    def named(key, e: VitsegError) -> VitsegError:
+        return VitsegError(f"{where(key)}: {e}") if where is not None else e
+
+    threads = overlap_threads(overlap)
+    chain = seg._stages()
+    if threads is None or len(chain) > 1:
+        for key, src in planes:
+            plane = src() if callable(src) else np.asarray(src)
+            try:
+                p = seg.predict_plane(plane, use_cache=False)
+            except VitsegError as e:
+                raise named(key, e) from None
+            yield key, p
+        return
+    from ..classifiers._engines import predict_threads
+
+    n_feat, n_pred = threads
+    cpus = None
+    if hasattr(os, "sched_setaffinity"):
+        cpus = set(sorted(os.sched_getaffinity(0))[-n_feat:])
+    coarse = seg.prediction_mode == "coarse-to-fine"
+    clf, classes = chain[0], seg.classes_
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    slots = threading.Semaphore(MAX_BANDS_IN_FLIGHT)
+    stop = threading.Event()
+    worker = threading.Thread(target=_featurise_planes, args=(seg, planes, coarse, q, slots, stop, cpus),
+                              name="vitseg-featurise", daemon=True)
+    worker.start()
+    out = None
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                break
+            if isinstance(item, _Failed):
+                if isinstance(item.error, VitsegError) and not item.reading:
+                    raise named(item.key, item.error) from None
+                raise item.error
+            key, (ny, nx), band, last, fb, off = item
+            del item
+            try:
+                if out is None:
+                    out = np.empty((len(classes), ny, nx), dtype=np.float32)
+                with predict_threads(n_pred):
+                    seg._predict_band(clf, fb, off, band, ny, classes, None, coarse, out)
+            except VitsegError as e:
+                raise named(key, e) from None
+            finally:
+                del fb
+                slots.release()
+            if last:
+                p, out = out, None
+                yield key, p
+    finally:
+        stop.set()
+        slots.release()  # a producer waiting for a slot sees ``stop`` at once
+        worker.join()
+
+
 class _Run:
     """What every file of one apply run shares: the segmenter, its identity, the cluster."""
 
-    def __init__(self, seg: Segmenter, client=None, max_in_flight: int | None = None):
+    def __init__(self, seg: Segmenter, client=None, max_in_flight: int | None = None, overlap: bool | None = None):
         seg._check_fitted()
         self.seg = seg
+        self.overlap = overlap
         self.identity = _segmenter_identity(seg)
         self.remote = None
         if client is not None:
@@ -254,14 +451,19 @@ class _Run:
             yield from self.remote.iter_planes(input_path, channel_axis, jobs, probabilities)
             return
         seg = self.seg
-        for j, z in jobs:
-            plane = _read_plane(image, nsp, z, input_path)
-            try:
-                p = seg.predict_plane(plane, use_cache=False)
-            except VitsegError as e:  # bad values (NaN, ...): the message names the file
-                where = f"plane {z} of " if z is not None else ""
-                raise VitsegError(f"{where}{str(input_path)!r}: {e}") from None
-            yield j, seg.labels_from_proba(p), (p.astype(np.float16) if probabilities else None)
+        zs = dict(jobs)
+
+        def where(j):  # bad values (NaN, ...): the message names the file
+            return (f"plane {zs[j]} of " if zs[j] is not None else "") + repr(str(input_path))
+
+        source = iter_plane_probabilities(
+            seg, ((j, lambda z=z: _read_plane(image, nsp, z, input_path)) for j, z in jobs),
+            overlap=self.overlap, where=where)
+        try:
+            for j, p in source:
+                yield j, seg.labels_from_proba(p), (p.astype(np.float16) if probabilities else None)
+        finally:
+            source.close()
 
     def close(self) -> None:
         if self.remote is not None:
@@ -453,7 +655,7 @@ def _iter_apply_one(run: _Run, input_path, output_path, probabilities_path, chan
 
 
 def iter_apply_file(seg: Segmenter, input_path, output_path, *, probabilities_path=None, channel_axis=None,
-                    planes=None, client=None, max_in_flight: int | None = None):
+                    planes=None, client=None, max_in_flight: int | None = None, overlap: bool | None = None):
     """Segment an image file plane by plane and write the labels as you go, resumably.
 
     Memory stays bounded by one plane's features (row strips for large planes). Planes are
@@ -483,6 +685,9 @@ def iter_apply_file(seg: Segmenter, input_path, output_path, *, probabilities_pa
         share); the results are identical to a single process.
     max_in_flight : int, optional
         With ``client``: tasks submitted at a time (default twice the cluster's threads).
+    overlap : bool, optional
+        Featurise the next row band while the current one is predicted
+        (:func:`iter_plane_probabilities`; same labels). None: ``$VITSEG_OVERLAP`` (default off).
 
     Yields
     ------
@@ -501,7 +706,7 @@ def iter_apply_file(seg: Segmenter, input_path, output_path, *, probabilities_pa
         or that exists and is not a regular file (or an existing OME-Zarr), an unknown output
         format, not enough free space (checked first), or a full disk (the staging is kept).
     """
-    run = _Run(seg, client, max_in_flight)
+    run = _Run(seg, client, max_in_flight, overlap)
     try:
         return (yield from _iter_apply_one(run, input_path, output_path, probabilities_path, channel_axis, planes,
                                            check_space=True))
@@ -547,7 +752,8 @@ def _remove_leftover_staging(outputs) -> None:
 
 def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: str = "_seg",
                      probabilities: bool = False, channel_axis=None, skip_existing: bool = True,
-                     output_format: str = "tiff", planes=None, client=None, max_in_flight: int | None = None):
+                     output_format: str = "tiff", planes=None, client=None, max_in_flight: int | None = None,
+                     overlap: bool | None = None):
     """Segment image files (and the TIFF files of folders) into ``output_dir``.
 
     Outputs are named by :func:`output_paths`; with ``skip_existing`` a rerun skips the
@@ -578,7 +784,7 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
         Only these planes of every stack (see :func:`iter_apply_file`).
     client : distributed.Client, optional
         Predict on this dask.distributed cluster (the classifier is shipped once for all files).
-    max_in_flight : int, optional
+    max_in_flight, overlap : optional
         See :func:`iter_apply_file`.
 
     Yields
@@ -644,7 +850,7 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
     units = PROGRESS_UNITS
     total_planes = sum(counts)
     planes_done = 0
-    run = _Run(seg, client, max_in_flight)
+    run = _Run(seg, client, max_in_flight, overlap)
     failed: list[tuple[Path, str]] = []
     try:
         k = 0

@@ -744,58 +744,50 @@ class Segmenter:
 
         ``prev`` are the previous stage's probabilities of the plane (context features are made
         from them), ``None`` for stage 1; ``feats`` the plane's features when already at hand.
-        Coarse-to-fine (:attr:`prediction_mode`) when ``coarse``.
+        Coarse-to-fine (:attr:`prediction_mode`) when ``coarse``. Each band is featurised
+        (:meth:`_band_features`) then predicted (:meth:`_predict_band`); the overlapped batch
+        path (:func:`napari_vitseg.pipeline.batch.iter_plane_probabilities`) runs the same two
+        steps in two threads, so its results are the same.
         """
         if coarse is None:
             coarse = self.prediction_mode == "coarse-to-fine"
-        if coarse:
-            return self._predict_stage_coarse(clf, plane, prev, classes, feats)
-        nc = 1 if plane.ndim == 2 else plane.shape[-1]
-        ny, nx = plane.shape[:2]
-        k = len(classes)
-        nf = self.featurizer.n_features(nc)
-        out = np.empty((k, ny, nx), dtype=np.float32)
-        if feats is not None:
-            bands = [(0, ny)]
-        else:
-            digest = content_digest(plane)
-            step = self.featurizer.strip_rows(plane.shape, nc)
-            bands = [(y, min(ny, y + step)) for y in range(0, ny, step)]
-        rows_per_chunk = max(1, (1 << 22) // max(nx, 1))  # ~4M pixels per predict call
-        for y0, y1 in bands:
-            fb = feats[y0:y1] if feats is not None else self.featurizer.compute(plane, rows=(y0, y1), key=digest)
-            for r0 in range(0, y1 - y0, rows_per_chunk):
-                r1 = min(y1 - y0, r0 + rows_per_chunk)
-                Xb = fb[r0:r1].reshape(-1, nf)
-                if prev is not None:
-                    ctx = context_features(prev, rows=(y0 + r0, y0 + r1))
-                    Xb = np.concatenate([Xb, ctx.reshape(Xb.shape[0], -1)], axis=1)
-                p = expand_proba(clf.predict_proba(Xb), clf.classes_, classes)
-                out[:, y0 + r0:y0 + r1] = p.T.reshape(k, r1 - r0, nx)
-        return out
-
-    def _predict_stage_coarse(self, clf, plane: np.ndarray, prev: np.ndarray | None, classes: np.ndarray,
-                              feats: np.ndarray | None = None) -> np.ndarray:
-        """:meth:`_predict_stage` by coarse-to-fine prediction: each band and chunk of rows is
-        widened by the rows its coarse cells' neighbours need (:func:`coarse_rows_needed`, a
-        few rows), so the result equals the whole plane's coarse-to-fine prediction."""
         ny, nx = plane.shape[:2]
         out = np.empty((len(classes), ny, nx), dtype=np.float32)
-        proba = _stage_proba(clf, classes)
         if feats is not None:
-            bands = [(0, ny)]
-        else:
-            nc = 1 if plane.ndim == 2 else plane.shape[-1]
-            digest = content_digest(plane)
-            step = self.featurizer.strip_rows(plane.shape, nc)
-            bands = [(y, min(ny, y + step)) for y in range(0, ny, step)]
-        rows_per_chunk = max(1, (1 << 22) // max(nx, 1))  # ~4M pixels per chunk
-        for y0, y1 in bands:
-            if feats is not None:
-                fb, off = feats, 0
-            else:
-                off, e1 = coarse_rows_needed((y0, y1), ny)
-                fb = self.featurizer.compute(plane, rows=(off, e1), key=digest)
+            self._predict_band(clf, feats, 0, (0, ny), ny, classes, prev, coarse, out)
+            return out
+        digest = content_digest(plane)
+        for band in self._batch_bands(plane):
+            fb, off = self._band_features(plane, band, digest, coarse)
+            self._predict_band(clf, fb, off, band, ny, classes, prev, coarse, out)
+            del fb
+        return out
+
+    def _batch_bands(self, plane: np.ndarray) -> list[tuple[int, int]]:
+        """Row bands ``[(y0, y1), ...]`` of the batch path: the featurizer's bounded-memory strips."""
+        nc = 1 if plane.ndim == 2 else plane.shape[-1]
+        ny = plane.shape[0]
+        step = self.featurizer.strip_rows(plane.shape, nc)
+        return [(y, min(ny, y + step)) for y in range(0, ny, step)]
+
+    def _band_features(self, plane: np.ndarray, band: tuple[int, int], digest, coarse: bool):
+        """Features of the plane rows that predicting ``band`` needs, and the plane row of the
+        first: the band itself, widened by :func:`coarse_rows_needed` (a few rows) for
+        coarse-to-fine prediction. ``(rows, X, F) float32, int``."""
+        off, e1 = coarse_rows_needed(band, plane.shape[0]) if coarse else band
+        return self.featurizer.compute(plane, rows=(off, e1), key=digest), off
+
+    def _predict_band(self, clf, fb: np.ndarray, off: int, band: tuple[int, int], ny: int, classes: np.ndarray,
+                      prev: np.ndarray | None, coarse: bool, out: np.ndarray) -> None:
+        """Write the probabilities of the plane rows ``band`` into ``out`` (K, ny, X), from the
+        features ``fb`` of plane rows ``[off, off + len(fb))``, in chunks of ~4M pixels.
+        Coarse-to-fine chunks are widened by the rows their coarse cells' neighbours need, so
+        the result equals the whole plane's coarse-to-fine prediction."""
+        y0, y1 = band
+        nx = fb.shape[1]
+        rows_per_chunk = max(1, (1 << 22) // max(nx, 1))  # ~4M pixels per predict call
+        if coarse:
+            proba = _stage_proba(clf, classes)
             for a in range(y0, y1, rows_per_chunk):
                 b = min(y1, a + rows_per_chunk)
                 f0, f1 = coarse_rows_needed((a, b), ny)
@@ -803,7 +795,16 @@ class Segmenter:
                 if prev is not None:
                     X = np.concatenate([X, context_features(prev, rows=(f0, f1))], axis=-1)
                 out[:, a:b] = coarse_to_fine_rows(proba, X, offset=f0, n_rows=ny, rows=(a, b))
-        return out
+            return
+        k, nf = len(classes), fb.shape[-1]
+        for a in range(y0, y1, rows_per_chunk):
+            b = min(y1, a + rows_per_chunk)
+            Xb = fb[a - off:b - off].reshape(-1, nf)
+            if prev is not None:
+                ctx = context_features(prev, rows=(a, b))
+                Xb = np.concatenate([Xb, ctx.reshape(Xb.shape[0], -1)], axis=1)
+            p = expand_proba(clf.predict_proba(Xb), clf.classes_, classes)
+            out[:, a:b] = p.T.reshape(k, b - a, nx)
 
     def predict_plane(self, plane: np.ndarray, *, use_cache: bool = True, stride: int = 1, progress=None,
                       stages: int | None = None):
@@ -946,7 +947,10 @@ class Segmenter:
         probabilities : bool
             Also return per-class probabilities.
         use_cache : bool
-            Keep the features of each plane in the cache.
+            Keep the features of each plane in the cache. Without it, planes go through
+            :func:`napari_vitseg.pipeline.batch.iter_plane_probabilities`, as in ``vitseg
+            apply``: with ``$VITSEG_OVERLAP=1`` the next plane (or row band) is featurised
+            while the current one is predicted (same labels).
 
         Yields
         ------
@@ -964,15 +968,26 @@ class Segmenter:
         unc = np.zeros(spatial, np.float32)
         proba = np.zeros((k, *spatial), np.float16) if probabilities else None
         zs = [None] if nsp == 2 else (list(planes) if planes is not None else list(range(spatial[0])))
-        for i, z in enumerate(zs):
-            yield Progress(i, len(zs), f"plane {i + 1}/{len(zs)}")
-            plane = plane_of(image, nsp, z)
-            p = self.predict_plane(plane, use_cache=use_cache)
-            sl = (slice(None),) if z is None else (z,)
-            labels[sl] = self.labels_from_proba(p)
-            unc[sl] = uncertainty(p)
-            if proba is not None:
-                proba[(slice(None),) + sl] = p
+        source = None
+        if not use_cache:  # batch: featurise the next plane / band while this one is predicted
+            from .batch import iter_plane_probabilities
+
+            source = iter_plane_probabilities(self, ((z, lambda z=z: plane_of(image, nsp, z)) for z in zs))
+        try:
+            for i, z in enumerate(zs):
+                yield Progress(i, len(zs), f"plane {i + 1}/{len(zs)}")
+                if source is not None:
+                    _, p = next(source)
+                else:
+                    p = self.predict_plane(plane_of(image, nsp, z), use_cache=use_cache)
+                sl = (slice(None),) if z is None else (z,)
+                labels[sl] = self.labels_from_proba(p)
+                unc[sl] = uncertainty(p)
+                if proba is not None:
+                    proba[(slice(None),) + sl] = p
+        finally:
+            if source is not None:
+                source.close()  # Cancel: stops the featurising thread
         yield Progress(len(zs), len(zs), "done")
         return SegmentationResult(labels, proba, unc, self.classes_.copy())
 

@@ -11,7 +11,7 @@ pytest.importorskip("napari_matplotlib")
 from _widget_helpers import dock, paint_labels, wait_idle  # noqa: E402
 
 from napari_vitseg._widgets._importance import NO_MODEL, ImportancePanel  # noqa: E402
-from napari_vitseg.features.config import DEFAULT_FAMILIES  # noqa: E402
+from napari_vitseg.features.config import DEFAULT_FAMILIES, DEFAULT_SIGMAS  # noqa: E402
 
 
 def _overlaps(boxes) -> bool:
@@ -44,11 +44,11 @@ def test_panel_says_train_first_then_shows_family_by_scale_after_training(qtbot,
     assert imp.feature_names == tuple(widget.current_segmenter().featurizer.feature_names(1))
     # one row per family of the default features (+ raw intensity), one column per scale (+ no scale)
     assert panel.families == ["intensity", *DEFAULT_FAMILIES]
-    assert panel.scales == [1.0, 2.0, 4.0, 8.0, 16.0, None]
+    assert panel.scales == [*DEFAULT_SIGMAS, None]
     finite = np.isfinite(panel.shares)
-    # every family x scale that has a channel is a cell, and only those: DoG has none at the first
-    # scale, intensity only in the no-scale column, bilateral at its own sigmas 2, 4, 8
-    assert finite.sum() == 1 + 5 * 5 + 4 + 3
+    # every family x scale that has a channel is a cell, and only those: intensity only in the
+    # no-scale column, the four filter families at every scale, bilateral at its own sigmas 2, 4, 8
+    assert finite.sum() == 1 + 4 * len(DEFAULT_SIGMAS) + 3
     assert np.isclose(np.nansum(panel.shares), 1.0)
     ax = panel.figure.axes[0]
     assert len(ax.images) == 1
