@@ -509,8 +509,18 @@ def _plane_range(planes, nz: int | None, input_path: Path) -> range | None:
 
 
 def _open_input(seg: Segmenter, lazy, input_path: Path, channel_axis):
-    """The input as a channels-last (lazy) array, checked against the classifier's channels."""
+    """The input as a channels-last (lazy) array, checked against the classifier's channels.
+
+    The channel axis is, in order: the one asked for; the one the file declares (its axes
+    metadata: ``S`` / ``C``); for a classifier of ``n > 1`` channels and a file that declares
+    none (a plain TIFF written without axes), its first or last axis when exactly one of them
+    has ``n`` entries -- a single-channel reading could not be applied anyway.
+    """
     declared = lazy.channel_axis  # a samples (RGB) or channel axis the file declares
+    if channel_axis is None and declared is None and seg.n_channels_ > 1 and len(lazy.shape) >= 3:
+        fits = sorted({ax % len(lazy.shape) for ax in (0, -1) if lazy.shape[ax] == seg.n_channels_})
+        if len(fits) == 1:
+            channel_axis = fits[0]
     if channel_axis is None and declared is not None:
         k = lazy.shape[declared]
         if seg.n_channels_ > 1 or k == 1:
