@@ -131,13 +131,14 @@ def cmd_apply(args) -> int:
         with dask_client(args.workers, args.scheduler) as client:
             if single:
                 run_job(iter_apply_file(seg, files[0], out, probabilities_path=args.probabilities,
-                                        channel_axis=args.channel_axis, planes=args.planes, client=client),
+                                        channel_axis=args.channel_axis, planes=args.planes, client=client,
+                                        overlap=args.overlap),
                         desc="apply", quiet=args.quiet)
                 written = [out]
             else:
                 written = run_job(iter_apply_files(seg, files, out, probabilities=bool(args.probabilities),
                                                    channel_axis=args.channel_axis, output_format=args.format or "tiff",
-                                                   planes=args.planes, client=client),
+                                                   planes=args.planes, client=client, overlap=args.overlap),
                                   desc="apply", quiet=args.quiet)
     except KeyboardInterrupt as e:
         kept = [str(staging_path(o)) for o in outputs if staging_path(o).is_dir()]
@@ -240,6 +241,10 @@ def add_subcommands(subparsers) -> None:
     a.add_argument("--exact", action="store_true",
                    help="classify every pixel (default: coarse-to-fine, about half the work, >= 99.5%% of the "
                         "labels; or $VITSEG_PREDICTION=exact)")
+    a.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="featurise the next row band while this one is predicted, one thread each (same labels; "
+                        "faster for XGBoost stacks, slower for single planes on 2 cores; default off, or "
+                        "$VITSEG_OVERLAP=1; see docs/apply_speed.md)")
     a.add_argument("--device", default=None)
     a.add_argument("--quiet", action="store_true")
     a.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
