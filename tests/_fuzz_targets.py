@@ -187,12 +187,8 @@ def test_reader_random_metadata_document(tmp_path, kind, value):
     _load_and_use(path)
 
 
-@fuzz()
-@given(kind=st.sampled_from(["rf", "xgb"]), data=st.data())
-def test_reader_damaged_real_file(tmp_path, kind, data):
-    """Byte flips, overwritten runs and truncation of a real file (CRC errors, deflate errors,
-    damaged central directories)."""
-    blob = bytearray(_real(kind))
+def _damaged(blob: bytearray, data) -> bytearray:
+    """``blob`` with a few bytes flipped, a run overwritten, or truncated (drawn from ``data``)."""
     how = data.draw(st.sampled_from(["flip", "overwrite", "truncate"]))
     if how == "flip":
         for pos in data.draw(st.lists(st.integers(0, len(blob) - 1), min_size=1, max_size=8)):
@@ -203,6 +199,15 @@ def test_reader_damaged_real_file(tmp_path, kind, data):
         blob[start:start + len(chunk)] = chunk
     else:
         blob = blob[:data.draw(st.integers(0, len(blob) - 1))]
+    return blob
+
+
+@fuzz()
+@given(kind=st.sampled_from(["rf", "xgb"]), data=st.data())
+def test_reader_damaged_real_file(tmp_path, kind, data):
+    """Byte flips, overwritten runs and truncation of a real file (CRC errors, deflate errors,
+    damaged central directories)."""
+    blob = _damaged(bytearray(_real(kind)), data)
     path = tmp_path / "b.vitseg"
     path.write_bytes(bytes(blob))
     _load_and_use(path)
@@ -361,17 +366,7 @@ def _fix_members(members: dict[str, bytes]) -> dict[str, bytes]:
 @given(kind=st.sampled_from(PROJECT_KINDS), data=st.data())
 def test_project_damaged_real_file(tmp_path, kind, data):
     """Byte flips, overwritten runs and truncation of a real project file."""
-    blob = bytearray(_real_project(kind))
-    how = data.draw(st.sampled_from(["flip", "overwrite", "truncate"]))
-    if how == "flip":
-        for pos in data.draw(st.lists(st.integers(0, len(blob) - 1), min_size=1, max_size=8)):
-            blob[pos] ^= data.draw(st.integers(1, 255))
-    elif how == "overwrite":
-        start = data.draw(st.integers(0, len(blob) - 1))
-        chunk = data.draw(st.binary(min_size=1, max_size=64))
-        blob[start:start + len(chunk)] = chunk
-    else:
-        blob = blob[:data.draw(st.integers(0, len(blob) - 1))]
+    blob = _damaged(bytearray(_real_project(kind)), data)
     path = tmp_path / "b.vitseg-project"
     path.write_bytes(bytes(blob))
     _load_project_and_use(path)

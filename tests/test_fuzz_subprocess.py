@@ -78,11 +78,28 @@ LOAD_CAPPED = textwrap.dedent("""
 """)
 
 
+def _assert_refused_in_child(tmp_path, members: dict, script: str) -> None:
+    """Zip ``members`` into a classifier file and open it with ``script`` in a memory-capped child:
+    it must exit normally and print REFUSED with the file's name (never die by a signal)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+    bad = tmp_path / "bad.vitseg"
+    bad.write_bytes(buf.getvalue())
+    proc = subprocess.run([sys.executable, "-c", script, str(bad), str(HEADROOM)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"return code {proc.returncode}: {proc.stderr[-1500:]}"
+    assert proc.stdout.startswith("REFUSED") and str(bad) in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("blob", [b"", b"{L\x00\x00\x00\x00\x10\x00\x00\x00"], ids=["empty", "declares-256MiB"])
 def test_garbage_xgboost_model_member_is_refused_without_a_crash(tmp_path, blob):
     """A model.ubj of a few bytes (found by the fuzzer of random zip members) must end in
     VitsegError, in a process capped like the fuzzers."""
-    import io
     import zipfile
 
     import numpy as np
@@ -100,16 +117,7 @@ def test_garbage_xgboost_model_member_is_refused_without_a_crash(tmp_path, blob)
     with zipfile.ZipFile(good) as zf:
         members = {n: zf.read(n) for n in zf.namelist()}
     members["model.ubj"] = blob
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for n, b in members.items():
-            zf.writestr(n, b)
-    bad = tmp_path / "bad.vitseg"
-    bad.write_bytes(buf.getvalue())
-    proc = subprocess.run([sys.executable, "-c", LOAD_CAPPED, str(bad), str(HEADROOM)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, f"return code {proc.returncode}: {proc.stderr[-1500:]}"
-    assert proc.stdout.startswith("REFUSED") and str(bad) in proc.stdout, proc.stdout
+    _assert_refused_in_child(tmp_path, members, LOAD_CAPPED)
 
 
 PREDICT_CAPPED = LOAD_CAPPED.replace('Segmenter.load(sys.argv[1])', (
@@ -121,7 +129,6 @@ PREDICT_CAPPED = LOAD_CAPPED.replace('Segmenter.load(sys.argv[1])', (
 @pytest.mark.parametrize("field, value", [("left_children", 100_000), ("split_indices", 10**6),
                                           ("right_children", 0)])
 def test_out_of_range_xgboost_tree_is_refused_without_a_crash(tmp_path, field, value):
-    import io
     import json
     import zipfile
 
@@ -147,13 +154,4 @@ def test_out_of_range_xgboost_tree_is_refused_without_a_crash(tmp_path, field, v
     crafted = xgb.Booster()
     crafted.load_model(bytearray(json.dumps(model).encode()))  # XGBoost itself accepts it
     members["model.ubj"] = bytes(crafted.save_raw("ubj"))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for n, b in members.items():
-            zf.writestr(n, b)
-    bad = tmp_path / "bad.vitseg"
-    bad.write_bytes(buf.getvalue())
-    proc = subprocess.run([sys.executable, "-c", PREDICT_CAPPED, str(bad), str(HEADROOM)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, f"return code {proc.returncode}: {proc.stderr[-1500:]}"
-    assert proc.stdout.startswith("REFUSED") and str(bad) in proc.stdout, proc.stdout
+    _assert_refused_in_child(tmp_path, members, PREDICT_CAPPED)

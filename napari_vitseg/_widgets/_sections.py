@@ -684,18 +684,21 @@ class InputSection(QGroupBox):
         # np.zeros takes its pages from the OS lazily: a stack's scribbles cost only the painted pages
         self._fresh = np.zeros(shape, np.uint8)
         try:
-            layer = self.viewer.add_labels(
-                self._fresh, name="scribbles", colormap=class_colormap(len(names), colors),
-                metadata={"class_names": list(names)}, **self.spatial_transform(),
-            )
-            layer.brush_size = 8
-            layer.mode = "paint"
-            layer.selected_label = 1
-            idx = self.scribbles_combo.findData(layer)
-            if idx >= 0:
-                self.scribbles_combo.setCurrentIndex(idx)
+            return self.add_scribbles_layer(self._fresh, names, colors)
         finally:
             self._fresh = None
+
+    def add_scribbles_layer(self, data, names, colors, name: str = "scribbles"):
+        """Add ``data`` as a scribbles Labels layer (class colours and names, the image's
+        transform, paint mode with class 1 and an 8 px brush), choose it and return it."""
+        layer = self.viewer.add_labels(data, name=name, colormap=class_colormap(len(names), colors),
+                                       metadata={"class_names": list(names)}, **self.spatial_transform())
+        layer.brush_size = 8
+        layer.mode = "paint"
+        layer.selected_label = 1
+        idx = self.scribbles_combo.findData(layer)
+        if idx >= 0:
+            self.scribbles_combo.setCurrentIndex(idx)
         return layer
 
 

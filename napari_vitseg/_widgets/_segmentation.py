@@ -1116,15 +1116,7 @@ class SegmentationWidget(QWidget):
                     f"{str(project.image_path)!r} has spatial shape {shape} (channel axis "
                     f"{'none' if self.channel_axis() is None else self.channel_axis()}): the image changed since the "
                     "project was saved; open the image it was made with.")
-            layer = self.viewer.add_labels(project.scribbles, name=project.scribbles_name or "scribbles",
-                                           colormap=class_colormap(len(names), colors),
-                                           metadata={"class_names": names}, **self.input.spatial_transform())
-            layer.brush_size = 8
-            layer.mode = "paint"
-            layer.selected_label = 1
-            idx = self.scribbles_combo.findData(layer)
-            if idx >= 0:
-                self.scribbles_combo.setCurrentIndex(idx)
+            self.input.add_scribbles_layer(project.scribbles, names, colors, name=project.scribbles_name or "scribbles")
         self.classes.set_classes(names, colors)
 
     def _project_message(self, job: Job, value, name: str = "") -> str | None:

@@ -121,9 +121,11 @@ def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = 
     return path
 
 
-def _check_members(zf: zipfile.ZipFile, path: Path, limits: dict[str, int], max_members: int, what: str) -> None:
+def _check_members(zf: zipfile.ZipFile, path: Path, limits: dict[str, int], max_members: int, what: str,
+                   ratio_exempt: tuple[str, ...] = ()) -> None:
     """Refuse a zip whose directory declares too many, too large or too compressed members
-    (checked before anything is decompressed)."""
+    (checked before anything is decompressed). Members named in ``ratio_exempt`` (sparse
+    arrays that deflate by design) are bounded by their size limit only."""
     infos = zf.infolist()
     if len(infos) > max_members:
         raise VitsegError(f"{what} of {str(path)!r} has {len(infos)} members (at most {max_members}); it was not "
@@ -136,7 +138,8 @@ def _check_members(zf: zipfile.ZipFile, path: Path, limits: dict[str, int], max_
         limit = limits.get(info.filename, limits.get("*", 0))
         total += info.file_size
         ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > limit or (info.file_size > 2**20 and ratio > LIMITS["compression_ratio"]):
+        if info.file_size > limit or (info.file_size > 2**20 and ratio > LIMITS["compression_ratio"]
+                                      and info.filename not in ratio_exempt):
             raise VitsegError(
                 f"{what} of {str(path)!r} declares a member {info.filename[:80]!r} of {info.file_size} bytes "
                 f"(compressed {info.compress_size}); refusing to unpack it."
@@ -145,26 +148,52 @@ def _check_members(zf: zipfile.ZipFile, path: Path, limits: dict[str, int], max_
         raise VitsegError(f"{what} of {str(path)!r} declares {total} bytes in all; refusing to unpack it.")
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
+def open_zip_file(path: Path, *, noun: str, save_hint: str) -> zipfile.ZipFile:
+    """A napari-vitseg zip file (a classifier or project file), opened after the checks that
+    decompress nothing: it exists, is a regular file, is not a pickle and is a zip archive.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+    noun : str
+        What the file is, for messages (``'classifier file'``, ``'project file'``).
+    save_hint : str
+        What to do instead of loading a pickle (``'retrain and save the classifier'``).
+
+    Returns
+    -------
+    zipfile.ZipFile
+        Open; the caller checks its members (:func:`_check_members`) and closes it.
+
+    Raises
+    ------
+    VitsegError
+        Missing, a folder, not a regular file, a pickle, not a zip, or a damaged zip directory.
+    """
     if not path.exists():
-        raise VitsegError(f"Classifier file {str(path)!r} does not exist.")
+        raise VitsegError(f"{noun.capitalize()} {str(path)!r} does not exist.")
     if path.is_dir():
-        raise VitsegError(f"{str(path)!r} is a folder, not a classifier file.")
+        raise VitsegError(f"{str(path)!r} is a folder, not a {noun}.")
     if not path.is_file():
-        raise VitsegError(f"{str(path)!r} is not a regular file (a device, pipe or socket); give a classifier file.")
+        raise VitsegError(f"{str(path)!r} is not a regular file (a device, pipe or socket); give a {noun}.")
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:1] == b"\x80" or head[:2] in (b"(d", b"(l", b"cc"):
         raise VitsegError(
             f"{str(path)!r} looks like a Python pickle. napari-vitseg never loads pickles (they can run "
-            "arbitrary code); retrain and save the classifier with napari-vitseg."
+            f"arbitrary code); {save_hint} with napari-vitseg."
         )
     if head != b"PK\x03\x04":
-        raise VitsegError(f"{str(path)!r} is not a napari-vitseg classifier file (not a zip archive).")
+        raise VitsegError(f"{str(path)!r} is not a napari-vitseg {noun} (not a zip archive).")
     try:
-        zf = zipfile.ZipFile(path)
+        return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise VitsegError(f"Classifier file {str(path)!r} is damaged or truncated ({e}); save it again.") from None
+        raise VitsegError(f"{noun.capitalize()} {str(path)!r} is damaged or truncated ({str(e)[:100]}); "
+                          "save it again.") from None
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    zf = open_zip_file(path, noun="classifier file", save_hint="retrain and save the classifier")
     try:
         _check_members(zf, path, {"metadata.json": LIMITS["metadata_bytes"], "model.skops": LIMITS["model_bytes"],
                                   "model.ubj": LIMITS["model_bytes"], "arrays.npz": LIMITS["arrays_bytes"],

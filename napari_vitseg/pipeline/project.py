@@ -67,6 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .. import __version__
 from .._validation import VitsegError
+from ..classifiers._file import _check_members, open_zip_file
 from ..classifiers._schema import LIMITS, ClassEntry, _depth
 from ..io._atomic import atomic_write
 
@@ -487,38 +488,16 @@ def save_project(path, project: Project, *, inputs: Iterable = ()) -> Path:
 # ----------------------------------------------------------------------------- loading
 def _open(path: Path) -> zipfile.ZipFile:
     """The project's zip, after the checks on its directory (nothing decompressed yet)."""
-    if not path.exists():
-        raise VitsegError(f"Project file {str(path)!r} does not exist.")
-    if path.is_dir():
-        raise VitsegError(f"{str(path)!r} is a folder, not a project file.")
-    if not path.is_file():
-        raise VitsegError(f"{str(path)!r} is not a regular file (a device, pipe or socket); give a project file.")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:1] == b"\x80":
-        raise VitsegError(f"{str(path)!r} looks like a Python pickle. napari-vitseg never loads pickles (they can "
-                          "run arbitrary code); save the project with napari-vitseg.")
-    if head != b"PK\x03\x04":
-        raise VitsegError(f"{str(path)!r} is not a napari-vitseg project file (not a zip archive).")
+    zf = open_zip_file(path, noun="project file", save_hint="save the project")
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise VitsegError(f"Project file {str(path)!r} is damaged or truncated ({str(e)[:100]}); "
-                          "save the project again.") from None
-    try:
-        infos = zf.infolist()
-        names = [i.filename for i in infos]
+        names = [i.filename for i in zf.infolist()]
         if len(names) != len(set(names)) or not set(names) <= {_JSON, _SCRIBBLES, _CLASSIFIER} or _JSON not in names:
             raise VitsegError(f"{str(path)!r} is not a napari-vitseg project (its members are "
                               f"{[n[:40] for n in names[:5]]}).")
-        limits = {_JSON: PROJECT_LIMITS["json_bytes"], _CLASSIFIER: PROJECT_LIMITS["classifier_bytes"],
-                  _SCRIBBLES: PROJECT_LIMITS["scribbles_bytes"] + PROJECT_LIMITS["npy_header_bytes"]}
-        for info in infos:
-            if info.file_size > limits[info.filename] or (
-                    info.filename != _SCRIBBLES and info.file_size > 2**20
-                    and info.file_size / max(info.compress_size, 1) > LIMITS["compression_ratio"]):
-                raise VitsegError(f"Project file {str(path)!r} declares a member {info.filename!r} of {info.file_size} "
-                                  f"bytes (compressed {info.compress_size}); refusing to unpack it.")
+        # the scribbles are mostly 0 and deflate far beyond any ratio: their size limit bounds them
+        _check_members(zf, path, {_JSON: PROJECT_LIMITS["json_bytes"], _CLASSIFIER: PROJECT_LIMITS["classifier_bytes"],
+                                  _SCRIBBLES: PROJECT_LIMITS["scribbles_bytes"] + PROJECT_LIMITS["npy_header_bytes"]},
+                       3, "The zip", ratio_exempt=(_SCRIBBLES,))
     except BaseException:
         zf.close()
         raise
