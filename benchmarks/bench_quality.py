@@ -133,6 +133,8 @@ METHODS: dict[str, dict] = {
                                              "sigmas": (0.5, 1, 2, 4, 8, 16)}},
     "lean+laplacian_from_0.5": {"features": {"families": LEAN_FAMILIES + ("laplacian",),
                                              "sigmas": (0.5, 1, 2, 4, 8, 16)}},
+    # issue 13: version 5 computes the scales >= 8 px on a scale-space pyramid; this is version 4's way
+    "no_pyramid": {"features": {"pyramid": False}, "note": "every scale at full resolution (feature config v4)"},
     "prior_em": {"prior": "em", "note": "EM prior adjustment of the class probabilities (Saerens 2002)"},
     # 3D features for stacks: rename the keyword to the one FeatureConfig adopts.
     "features3d": {"features": {"dims": 3}, "note": "3D filters on stacks"},

@@ -53,7 +53,7 @@ def _train(args, out: Path, image, scribbles, channel_axis) -> int:
     backbone_name = resolve_backbone_name(args.backbone)
     cfg_kwargs = dict(backbone=backbone_name, upsample=args.upsample, vit_pca=args.vit_pca or None,
                       classical=not args.no_classical, intensity=args.intensity, vit_tiling=args.vit_tiling,
-                      vit_budget_mib=args.vit_budget_mib)
+                      vit_budget_mib=args.vit_budget_mib, pyramid=not args.no_pyramid)
     if args.sigmas is not None:
         cfg_kwargs["sigmas"] = args.sigmas
     if args.vit_channels is not None:
@@ -188,6 +188,9 @@ def add_subcommands(subparsers) -> None:
                    help="classical filter scales in px (default "
                         f"{','.join(f'{s:g}' for s in _FEATURE_DEFAULTS.sigmas)})")
     t.add_argument("--no-classical", action="store_true", help="ViT features only")
+    t.add_argument("--no-pyramid", action="store_true",
+                   help="compute every classical scale at full resolution (default: scales of 8 px and more on a "
+                        "scale-space pyramid, ~0.6x the featurising time; docs/features.md)")
     t.add_argument("--upsample", choices=UPSAMPLERS, default=_FEATURE_DEFAULTS.upsample,
                    help=f"ViT feature upsampling (default {_FEATURE_DEFAULTS.upsample})")
     t.add_argument("--vit-pca", type=int, default=_FEATURE_DEFAULTS.vit_pca or 0,

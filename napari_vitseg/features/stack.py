@@ -228,7 +228,16 @@ class Featurizer:
 
         if not self.config.classical or not self.config.sigmas:
             return 0
-        return classical_halo(self.config.sigmas, self.config.families)
+        return classical_halo(self.config.sigmas, self.config.families, self.config.pyramid)
+
+    def _band_start_step(self) -> int:
+        """Rows a band's features must start on a multiple of: the largest pyramid reduction
+        factor (so that the band's 2 x 2 blocks are the whole plane's), else 1."""
+        from .classical import pyramid_factor
+
+        if not (self.config.classical and self.config.pyramid and self.config.sigmas):
+            return 1
+        return max(pyramid_factor(s) for s in self.config.sigmas)
 
     def _vit_margin_tokens(self, patch: int) -> int:
         r = self.config.guided_radius if self.config.upsample == "guided" else 0
@@ -280,19 +289,22 @@ class Featurizer:
         nc = 1 if plane.ndim == 2 else plane.shape[2]
         y0, y1 = (0, ny) if rows is None else (max(0, rows[0]), min(ny, rows[1]))
         cfg = self.config
-        if cfg.classical and cfg.backbone is None and nc == 1 and rows is None:
-            # the common classical-only case: write straight into the output (one allocation)
+        if cfg.classical and cfg.backbone is None and nc == 1 and (y0, y1) == (0, ny):
+            # the common classical-only case, whole plane (also a band that is the whole plane, as
+            # the batch path asks for planes up to `strip_rows`): write straight into the output
+            # (one allocation, no copy; the whole-plane families are computed on this very plane)
             from .classical import classical_features
 
             return classical_features(plane, sigmas=cfg.sigmas, families=cfg.families,
-                                      include_intensity=cfg.include_intensity, backend="auto", device=self.device)
+                                      include_intensity=cfg.include_intensity, backend="auto", device=self.device,
+                                      pyramid=cfg.pyramid)
         out = np.empty((y1 - y0, nx, self.n_features(nc)), dtype=np.float32)
         f = 0
         if cfg.classical:
             from .classical import WHOLE_PLANE_FAMILIES, classical_feature_names, classical_features
 
-            h = self._classical_halo()
-            a0, a1 = max(0, y0 - h), min(ny, y1 + h)
+            h, step = self._classical_halo(), self._band_start_step()
+            a0, a1 = max(0, y0 - h) // step * step, min(ny, y1 + h)
             # whole-plane families ('context', 'bilateral'; no halo): taken from the whole plane,
             # memoised; their channels are the last of each image channel's classical block
             local = tuple(fam for fam in cfg.families if fam not in WHOLE_PLANE_FAMILIES)
@@ -304,7 +316,7 @@ class Featurizer:
                     ch = plane[a0:a1] if nc == 1 else plane[a0:a1, :, c]
                     feats = classical_features(
                         ch, sigmas=cfg.sigmas, families=local, include_intensity=cfg.include_intensity,
-                        backend="auto", device=self.device,
+                        backend="auto", device=self.device, pyramid=cfg.pyramid,
                     )
                     out[:, :, f:f + k - n_ctx] = feats[y0 - a0:y1 - a0]
                     del feats

@@ -227,6 +227,8 @@ def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles,
     widget.trees_spin.setValue(7)
     widget.sigmas_edit.setText("1, 2")
     widget.sigmas_edit.editingFinished.emit()
+    widget.pyramid_check.setChecked(False)
+    assert widget.controller.feature_config.pyramid is False
     widget.class_table.item(0, 1).setText("renamed")
     widget.controller.model = None
     viewer.layers["segmentation"].data[:] = 0
@@ -239,6 +241,7 @@ def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles,
     np.testing.assert_array_equal(viewer.layers["probabilities"].data, proba)
     assert widget.trees_spin.value() == 20
     assert widget.sigmas_edit.text() == "0.5, 1, 2, 4, 8, 16"  # FeatureConfig's default scales
+    assert widget.pyramid_check.isChecked() and widget.controller.feature_config.pyramid  # the file's
     assert widget.class_names() == ["particle", "matrix"]
     assert widget.controller.model.loaded_from == str(path)
 

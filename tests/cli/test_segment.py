@@ -40,6 +40,21 @@ def test_train_apply_classical_real_data(tmp_path, capsys):
     assert meta["training"]["labelled_pixels"].keys() == {"1", "2"}
 
 
+def test_train_no_pyramid_saves_full_resolution_features(tmp_path, capsys):
+    """`--no-pyramid` gives the classifier version 4's full-resolution scales; the default the pyramid."""
+    crop = tifffile.imread(NANO / "image.tif")[:120, :120]
+    tifffile.imwrite(tmp_path / "im.tif", crop)
+    tifffile.imwrite(tmp_path / "sc.tif", tifffile.imread(NANO / "scribbles.tif")[:120, :120])
+    common = ["--scribbles", str(tmp_path / "sc.tif"), "--quiet", "--backbone", "none", "--n-estimators", "5"]
+    for flag, want in (([], True), (["--no-pyramid"], False)):
+        model = tmp_path / f"{want}.vitseg"
+        assert main(["train", str(tmp_path / "im.tif"), "-o", str(model), *common, *flag]) == 0
+        capsys.readouterr()
+        assert main(["info", str(model)]) == 0
+        cfg = json.loads(capsys.readouterr().out)["feature_config"]
+        assert cfg["pyramid"] is want and cfg["version"] == 5
+
+
 def test_random_weight_vit_changes_classifier_input(tmp_path, capsys):
     """The same flow with a random-weight ViT runs, and the ViT features reach the classifier."""
     crop = tifffile.imread(NANO / "image.tif")[:140, :168]

@@ -28,7 +28,8 @@ def test_new_configs_get_the_reference_defaults():
     cfg = FeatureConfig()
     assert (cfg.intensity, cfg.pos_embed_interp, cfg.vit_autocast) == ("reference", "reference", False)
     d = cfg.to_dict()
-    assert d["version"] == FEATURE_CONFIG_VERSION == 4
+    assert d["version"] == FEATURE_CONFIG_VERSION == 5
+    assert cfg.pyramid is True
     assert FeatureConfig.from_dict(d) == cfg
     assert FeatureConfig.from_json(cfg.to_json()) == cfg
     assert (cfg.families, cfg.sigmas) == (DEFAULT_FAMILIES, DEFAULT_SIGMAS)
@@ -42,7 +43,7 @@ def test_version3_dict_without_families_or_sigmas_keeps_version3_defaults():
     assert cfg3.families == CLASSICAL_FAMILIES + ("bilateral",) == V3_FEATURE_DEFAULTS["families"]
     assert cfg3.sigmas == (1.0, 2.0, 4.0, 8.0, 16.0)
     assert Featurizer(cfg3).n_features(1) == 43
-    assert FeatureConfig.from_dict(cfg3.to_dict()) == cfg3  # re-saved as version 4, same features
+    assert FeatureConfig.from_dict(cfg3.to_dict()) == cfg3  # re-saved as version 5, same features
     assert Featurizer(FeatureConfig.from_dict({"version": 4})).n_features(1) == 40
     named = FeatureConfig.from_dict({"version": 3, "families": ["gaussian"], "sigmas": [2.0]})
     assert (named.families, named.sigmas) == (("gaussian",), (2.0,))
@@ -61,8 +62,22 @@ def test_version1_dict_migrates_to_what_releases_did():
 def test_version1_dict_may_not_carry_version2_keys():
     with pytest.raises(VitsegError, match="Unknown feature config keys.*intensity"):
         FeatureConfig.from_dict({"version": 1, "intensity": "reference"})
-    with pytest.raises(VitsegError, match="version 5 is not supported"):
-        FeatureConfig.from_dict({"version": 5})
+    with pytest.raises(VitsegError, match="version 6 is not supported"):
+        FeatureConfig.from_dict({"version": 6})
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_configs_before_version5_compute_every_scale_at_full_resolution(version):
+    """Versions 1-4 had no pyramid: their dictionaries load with ``pyramid=False`` and may not
+    carry the key (it did not exist); version 5 stores it."""
+    cfg = FeatureConfig.from_dict({"version": version, "sigmas": [1.0, 8.0, 16.0]})
+    assert cfg.pyramid is False
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg  # re-saved as version 5, still no pyramid
+    with pytest.raises(VitsegError, match="Unknown feature config keys.*pyramid"):
+        FeatureConfig.from_dict({"version": version, "pyramid": True})
+    assert FeatureConfig.from_dict({"version": 5}).pyramid is True
+    with pytest.raises(VitsegError, match="pyramid must be True or False"):
+        FeatureConfig(pyramid="yes")
 
 
 @pytest.mark.parametrize("field, bad", [("intensity", "minmax"), ("pos_embed_interp", "bilinear"),

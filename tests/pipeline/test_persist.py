@@ -68,6 +68,19 @@ def test_release_files_load_and_predict_identically(name):
     assert seg.config.class_names == ("particle", "background") or name == "vit_random"
 
 
+def test_version4_file_predicts_as_before_the_pyramid():
+    """A file saved with feature config version 4 (default features of commit 941ab21, every
+    scale at full resolution) computes the same features and predicts exactly as then, although
+    new configurations (version 5) compute the large scales on a pyramid."""
+    expected = np.load(RELEASE / "v4_expected.npz")
+    seg = Segmenter.load(RELEASE / "v4_rf.vitseg", prediction="exact")
+    assert seg.feature_config.pyramid is False and seg.featurizer.n_features(1) == 40
+    np.testing.assert_array_equal(seg.featurizer.compute(expected["image"])[::8, ::8], expected["features"])
+    result = seg.segment(expected["image"])
+    np.testing.assert_array_equal(result.labels, expected["labels"])
+    np.testing.assert_array_equal(result.probabilities, expected["probabilities"])
+
+
 def test_random_weights_file_refused_unless_allowed():
     with pytest.raises(VitsegError, match="random weights"):
         Segmenter.load(RELEASE / "v0.1.0_vit_random.vitseg")
