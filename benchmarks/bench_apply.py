@@ -47,7 +47,10 @@ via skl2onnx), with build / compile time, agreement and max |probability differe
 
 ``--coarse`` measures coarse-to-fine prediction (``napari_vitseg.pipeline._coarse``) on whole
 planes against the exact prediction on every shared set with ground truth: fraction of pixels
-classified, label agreement, worst per-class IoU vs exact, mIoU vs ground truth.
+classified, label agreement, worst per-class IoU vs exact, mIoU vs ground truth, and the
+predict step alone (exact and coarse-to-fine on the same features, same run), then the predict
+step alone on a 1024^2 tiled TEM plane; ``--coarse-schemes v1 default L3 ...`` picks the schemes
+(``COARSE_SCHEMES``: v1 = the single stride-2 level of scheme 1), ``--coarse-sets`` the sets.
 
 Results go to ``benchmarks/results/bench_apply_<timestamp>.json`` (``bench_apply_predict_*``
 for ``--predict-only``, ``bench_apply_coarse_*`` for ``--coarse``).
@@ -236,18 +239,49 @@ GT_SETS = {"tem_nanoparticles": None, "flyem_medulla_fibsem": None, "bbbc039_u2o
            "sandstone_xrm": None, "dsb2018_histology": -1}
 
 
-def coarse(halos=(0, 1), margin: float = 0.2) -> dict:
-    """Coarse-to-fine vs exact on every plane of every shared set with ground truth."""
+#: coarse-to-fine schemes of ``--coarse`` (keyword arguments of ``coarse_to_fine_proba``)
+COARSE_SCHEMES = {
+    "v1": {"levels": 1, "grow": 0, "rule": "3x3", "margin": 0.2},  # single stride-2 level (scheme 1)
+    "default": {},  # the Segmenter's: _coarse's defaults (scheme 2: stride 4 -> 2 -> 1)
+    "v1-halo1": {"levels": 1, "grow": 0, "rule": "3x3", "margin": 0.2, "halo": 1},
+    "L2-margin0.2": {"margin": 0.2},
+    "L2-grow0": {"grow": 0},
+    "L2-grow2,0": {"grow": (2, 0)},
+    "L2-grow1,0": {"grow": (1, 0)},
+    "L2-grow2": {"grow": 2},
+    "L2-halo1": {"halo": 1},
+    "L3": {"levels": 3},
+}
+
+
+def coarse(schemes=("v1", "default"), sets=None, plane_size: int = 1024) -> dict:
+    """Coarse-to-fine vs exact on every plane of every shared set with ground truth, per scheme:
+    fraction of pixels classified, label agreement and worst per-class IoU vs exact, mIoU of both
+    vs ground truth, and the predict step alone (wall and CPU seconds, exact and coarse-to-fine,
+    same features, same run); then the predict step alone on a ``plane_size``^2 tiled TEM plane."""
     import tifffile
 
     from napari_vitseg.pipeline import Segmenter
     from napari_vitseg.pipeline._coarse import coarse_to_fine_proba
 
+    def timed(fn, *args, **kwargs):
+        w0, c0 = time.perf_counter(), cpu_s()
+        r = fn(*args, **kwargs)
+        return r, time.perf_counter() - w0, cpu_s() - c0
+
+    def exact_all(clf, feats):
+        return [clf.predict_proba(f.reshape(-1, f.shape[-1])) for f in feats]
+
+    def c2f_all(clf, feats, kw):
+        return [coarse_to_fine_proba(clf.predict_proba, f, return_fraction=True, **kw) for f in feats]
+
     out = {}
-    print(f"\ncoarse-to-fine (margin {margin}) vs exact, default random forest")
-    print(f"{'set':22s} {'halo':>4s} {'classified':>10s} {'agreement':>9s} {'worst IoU':>9s} {'mIoU exact':>10s} "
-          f"{'mIoU c2f':>8s}")
+    print("\ncoarse-to-fine vs exact, default random forest, sklearn engine; times: predict step alone")
+    print(f"{'set':22s} {'scheme':13s} {'classified':>10s} {'agreement':>9s} {'worst IoU':>9s} {'mIoU exact':>10s} "
+          f"{'mIoU c2f':>8s} {'exact s':>8s} {'c2f s':>7s} {'CPU ratio':>9s}")
     for name, cax in GT_SETS.items():
+        if sets and name not in sets:
+            continue
         d = DATA / name
         img, scr = tifffile.imread(d / "image.tif"), tifffile.imread(d / "scribbles.tif")
         gt = tifffile.imread(d / "ground_truth.tif")
@@ -256,25 +290,80 @@ def coarse(halos=(0, 1), margin: float = 0.2) -> dict:
         cls = seg.classes_.astype(np.uint8)
         planes = [img] if (img.ndim == 2 or cax is not None) else list(img)
         feats = [seg.plane_features(p) for p in planes]
-        exact = np.stack([cls[clf.predict_proba(f.reshape(-1, f.shape[-1])).argmax(1)].reshape(f.shape[:2])
-                          for f in feats])
+        clf.predict_proba(feats[0][:8, :8].reshape(-1, feats[0].shape[-1]))  # warm up
+        probs, t_ex, c_ex = timed(exact_all, clf, feats)
+        exact = np.stack([cls[p.argmax(1)].reshape(f.shape[:2]) for p, f in zip(probs, feats, strict=True)])
         gt = gt.reshape(exact.shape)
         ks = np.unique(gt)
-        for halo in halos:
-            labs, fracs = [], []
-            for f in feats:
-                p, frac = coarse_to_fine_proba(clf.predict_proba, f, margin=margin, halo=halo, return_fraction=True)
-                labs.append(cls[p.argmax(0)])
-                fracs.append(frac)
-            c2f = np.stack(labs)
-            ious = [_iou(c2f, exact, k) for k in ks]
-            row = {"classified": float(np.mean(fracs)), "agreement": float(np.mean(c2f == exact)),
-                   "worst_class_iou_vs_exact": float(min(ious)),
-                   "miou_exact_vs_gt": float(np.mean([_iou(exact, gt, k) for k in ks])),
-                   "miou_c2f_vs_gt": float(np.mean([_iou(c2f, gt, k) for k in ks]))}
-            out[f"{name}/halo{halo}"] = row
-            print(f"{name:22s} {halo:4d} {row['classified']:10.3f} {row['agreement']:9.5f} "
-                  f"{row['worst_class_iou_vs_exact']:9.4f} {row['miou_exact_vs_gt']:10.4f} {row['miou_c2f_vs_gt']:8.4f}")
+        miou_exact = float(np.mean([_iou(exact, gt, k) for k in ks]))
+        for scheme in schemes:
+            kw = COARSE_SCHEMES[scheme]
+            res, t_c, c_c = timed(c2f_all, clf, feats, kw)
+            c2f = np.stack([cls[p.argmax(0)] for p, _ in res])
+            ious = [_iou(c2f, exact, k) for k in np.unique(exact)]
+            row = {"scheme": kw, "classified": float(np.mean([fr for _, fr in res])),
+                   "agreement": float(np.mean(c2f == exact)), "worst_class_iou_vs_exact": float(min(ious)),
+                   "miou_exact_vs_gt": miou_exact, "miou_c2f_vs_gt": float(np.mean([_iou(c2f, gt, k) for k in ks])),
+                   "predict_exact_wall_s": t_ex, "predict_exact_cpu_s": c_ex,
+                   "predict_c2f_wall_s": t_c, "predict_c2f_cpu_s": c_c, "pixels": int(exact.size)}
+            out[f"{name}/{scheme}"] = row
+            print(f"{name:22s} {scheme:13s} {row['classified']:10.3f} {row['agreement']:9.5f} "
+                  f"{row['worst_class_iou_vs_exact']:9.4f} {miou_exact:10.4f} {row['miou_c2f_vs_gt']:8.4f} "
+                  f"{t_ex:8.2f} {t_c:7.2f} {c_ex / max(c_c, 1e-9):9.2f}", flush=True)
+    if plane_size:
+        name = f"plane_{plane_size}"
+        seg = Segmenter().fit(tifffile.imread(SET / "image.tif"), tifffile.imread(SET / "scribbles.tif"))
+        clf = seg.classifier_.set_engine("sklearn")
+        f = seg.featurizer.compute(plane(plane_size))
+        clf.predict_proba(f[:8, :8].reshape(-1, f.shape[-1]))
+        (ref,), t_ex, c_ex = timed(exact_all, clf, [f])
+        ref = ref.argmax(1).reshape(f.shape[:2])
+        mpx = f.shape[0] * f.shape[1] / 1e6
+        print(f"\npredict step alone, {plane_size}^2 TEM plane: exact {t_ex:.2f} s wall ({mpx / t_ex:.2f} Mpx/s), "
+              f"{c_ex:.2f} CPU-s")
+        for scheme in schemes:
+            kw = COARSE_SCHEMES[scheme]
+            ((p, fr),), t_c, c_c = timed(c2f_all, clf, [f], kw)
+            row = {"scheme": kw, "classified": fr, "agreement": float(np.mean(p.argmax(0) == ref)),
+                   "predict_exact_wall_s": t_ex, "predict_exact_cpu_s": c_ex,
+                   "predict_c2f_wall_s": t_c, "predict_c2f_cpu_s": c_c, "pixels": int(ref.size)}
+            out[f"{name}/{scheme}"] = row
+            print(f"  {scheme:13s} classified {fr:.3f}, agreement {row['agreement']:.5f}: {t_c:.2f} s wall "
+                  f"({mpx / t_c:.2f} Mpx/s, {t_ex / t_c:.2f}x), {c_c:.2f} CPU-s ({c_ex / max(c_c, 1e-9):.2f}x)",
+                  flush=True)
+        out.update(_coarse_end_to_end(seg, plane(plane_size), schemes, timed))
+    return out
+
+
+def _coarse_end_to_end(seg, img: np.ndarray, schemes, timed, repeats: int = 2) -> dict:
+    """``Segmenter.predict_plane(use_cache=False)`` (featurise + predict, row strips) with the exact
+    setting and with coarse-to-fine under each scheme (the Segmenter's calls into ``_coarse`` given
+    the scheme's keywords for the run), best of ``repeats``; sklearn engine."""
+    import functools
+
+    from napari_vitseg.pipeline import _coarse, segmenter
+
+    mpx, out, ref = img.size / 1e6, {}, None
+    print(f"\nend to end, Segmenter.predict_plane on the {img.shape[0]}x{img.shape[1]} TEM plane (best of {repeats})")
+    for scheme in ["exact", *schemes]:
+        kw = COARSE_SCHEMES.get(scheme, {})
+        rows_kw = {k: v for k, v in kw.items() if k in ("stride", "halo", "levels", "grow")}
+        seg.prediction = "exact" if scheme == "exact" else "coarse-to-fine"
+        segmenter.coarse_to_fine_rows = functools.partial(_coarse.coarse_to_fine_rows, **kw)
+        segmenter.coarse_rows_needed = functools.partial(_coarse.coarse_rows_needed, **rows_kw)
+        try:
+            runs = [timed(seg.predict_plane, img, use_cache=False) for _ in range(repeats)]
+        finally:
+            segmenter.coarse_to_fine_rows, segmenter.coarse_rows_needed = (_coarse.coarse_to_fine_rows,
+                                                                           _coarse.coarse_rows_needed)
+            seg.prediction = None
+        proba, wall, cpu = min(runs, key=lambda r: r[1])
+        lab = proba.argmax(0)
+        ref = lab if ref is None else ref
+        row = {"wall_s": wall, "cpu_s": cpu, "mpx_per_s": mpx / wall, "agreement_vs_exact": float(np.mean(lab == ref))}
+        out[f"end_to_end_{img.shape[0]}/{scheme}"] = row
+        print(f"  {scheme:13s} {wall:.2f} s wall ({row['mpx_per_s']:.2f} Mpx/s), {cpu:.2f} CPU-s "
+              f"({mpx / cpu:.2f} Mpx per CPU-s), agreement {row['agreement_vs_exact']:.5f}", flush=True)
     return out
 
 
@@ -313,6 +402,11 @@ def main(argv=None) -> int:
                     help="time the predict step alone for every candidate engine (GTIL, TL2cgen, ONNX Runtime)")
     ap.add_argument("--coarse", action="store_true",
                     help="coarse-to-fine agreement and work on the shared sets with ground truth")
+    ap.add_argument("--coarse-schemes", nargs="+", default=["v1", "default"], choices=list(COARSE_SCHEMES),
+                    help="coarse-to-fine schemes for --coarse (v1: single stride-2 level; default: the Segmenter's)")
+    ap.add_argument("--coarse-sets", nargs="+", default=None, choices=list(GT_SETS), help="sets for --coarse")
+    ap.add_argument("--coarse-plane", type=int, default=1024,
+                    help="side of the tiled TEM plane timed by --coarse (0: none)")
     ap.add_argument("--rows", type=int, default=2**20, help="rows for --predict-only (default 1024^2)")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -324,11 +418,12 @@ def main(argv=None) -> int:
         print(json.dumps(worker(kind, method, cases, Path(out_dir))))
         return 0
     if args.coarse:
-        res = coarse()
+        res = coarse(args.coarse_schemes, args.coarse_sets, args.coarse_plane)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"bench_apply_coarse_{stamp}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"meta": {"machine": platform.platform()}, "results": res}, indent=1))
+        out.write_text(json.dumps({"meta": {"machine": platform.platform(), "cpus": os.cpu_count(),
+                                            "load_avg_at_end": os.getloadavg()}, "results": res}, indent=1))
         print(f"wrote {out}")
         return 0
     if args.predict_only:

@@ -604,13 +604,13 @@ def _iter_apply_one(run: _Run, input_path, output_path, probabilities_path, chan
             depends = {
                 "package": f"napari-vitseg {__version__}",
                 "segmenter": run.identity,
-                "prediction": seg.prediction_mode,  # coarse-to-fine and exact labels may differ
+                "prediction": seg.prediction_key,  # coarse-to-fine (of each scheme) and exact labels may differ
                 "input": {"path": os.path.abspath(input_path), **_input_signature(input_path),
                           "shape": list(lazy.shape), "dtype": str(lazy.dtype), "channel_axis": channel_axis},
                 "planes": [zs.start, zs.stop, zs.step] if zs is not None else None,
             }
             specs = _specs(seg, outputs, spatial, zs)
-            stamp = _output_stamp(run.identity, seg.prediction_mode, input_path, *given)
+            stamp = _output_stamp(run.identity, seg.prediction_key, input_path, *given)
             if check_space:  # before anything is written
                 check_free_space(_bytes_needed(specs))
             for spec in specs:
@@ -835,7 +835,7 @@ def iter_apply_files(seg: Segmenter, inputs: Sequence, output_dir, *, suffix: st
         if not skip_existing or not any(os.path.lexists(o) for o in outs):
             return False
         try:
-            want = _output_stamp(identity, seg.prediction_mode, inp, channel_axis, planes)
+            want = _output_stamp(identity, seg.prediction_key, inp, channel_axis, planes)
             changed = _input_signature(Path(inp))["mtime_ns"]  # the input was modified after its output
         except OSError:  # a missing / unreadable input: segmenting it reports the problem
             return False

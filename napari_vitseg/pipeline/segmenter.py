@@ -62,6 +62,7 @@ from ._autocontext import (
     expand_proba,
     stroke_folds,
 )
+from ._coarse import SCHEME_VERSION as COARSE_SCHEME_VERSION
 from ._coarse import coarse_rows_needed, coarse_to_fine_rows
 from .scribbles import ScribbleIndex
 
@@ -391,14 +392,23 @@ class Segmenter:
         self._prediction = value
 
     @property
+    def prediction_key(self) -> str:
+        """What a prediction's labels depend on besides the model: ``'exact'``, or
+        ``'coarse-to-fine/<scheme>'`` naming the version of the coarse-to-fine scheme
+        (:data:`napari_vitseg.pipeline._coarse.SCHEME_VERSION`). Batch outputs record it, so
+        that a resumed run never mixes planes of two schemes."""
+        mode = self.prediction_mode
+        return f"{mode}/{COARSE_SCHEME_VERSION}" if mode == "coarse-to-fine" else mode
+
+    @property
     def prediction_mode(self) -> str:
         """How full-resolution planes are predicted now.
 
-        ``'coarse-to-fine'`` (default): the forest classifies a stride-2 grid, then only the
-        pixels near a label boundary or where the two largest probabilities are within 0.2
-        (:mod:`napari_vitseg.pipeline._coarse`); about half the forest work, >= 99.98 % of the
-        labels of ``'exact'`` on the shared sets (``docs/apply_speed.md``). ``'exact'``: every
-        pixel. Order: :attr:`prediction`, else ``$VITSEG_PREDICTION`` (read at every
+        ``'coarse-to-fine'`` (default): the forest classifies a stride-4 grid, refines the
+        stride-2 grid near boundaries and uncertain cells (following thin structures), then full
+        resolution between disagreeing stride-2 points (:mod:`napari_vitseg.pipeline._coarse`);
+        15-35 % of the pixels are classified, >= 99.9 % of the labels of ``'exact'`` on the
+        shared sets (``docs/apply_speed.md``). ``'exact'``: every pixel. Order: :attr:`prediction`, else ``$VITSEG_PREDICTION`` (read at every
         prediction, so the widget and dask workers follow it), else ``'coarse-to-fine'`` —
         except for classifier files of format 1 (napari-vitseg 0.1), which keep predicting
         exactly as they did (``'exact'``).

@@ -496,7 +496,7 @@ def test_a_damaged_file_in_a_folder_run_is_reported_and_the_others_are_segmented
     np.testing.assert_array_equal(tifffile.imread(out / "c_seg.tif"), seg.predict(image[::-1].copy()))
 
 
-def test_a_folder_rerun_skips_only_outputs_of_this_classifier_and_input(tmp_path, small_seg):
+def test_a_folder_rerun_skips_only_outputs_of_this_classifier_and_input(tmp_path, small_seg, monkeypatch):
     """An existing output made by another classifier, or older than its input, is neither skipped
     as done nor overwritten: it is reported, the other inputs are segmented, the run fails at the end."""
     src = tmp_path / "in"
@@ -518,6 +518,14 @@ def test_a_folder_rerun_skips_only_outputs_of_this_classifier_and_input(tmp_path
     finally:
         small_seg.prediction = before
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # nothing overwritten
+    # a later coarse-to-fine scheme gives other labels too: outputs of the old one are not "done"
+    import napari_vitseg.pipeline.segmenter as segmenter_module
+
+    monkeypatch.setattr(segmenter_module, "COARSE_SCHEME_VERSION", "older")
+    with pytest.raises(VitsegError, match="exists but was not made by this classifier"):
+        run(iter_apply_files(small_seg, [src], out))
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
     stamp = os.stat(out / "a_seg.tif").st_mtime_ns
     os.utime(src / "a.tif", ns=(stamp + 10**9, stamp + 10**9))  # the input changed after its output
     with pytest.raises(VitsegError, match="was modified after its output"):

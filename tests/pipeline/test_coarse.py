@@ -1,8 +1,10 @@
 """Coarse-to-fine prediction (napari_vitseg.pipeline._coarse): >= 99.5 % label agreement with
 the exact per-pixel prediction on every shared set with ground truth (FIB-SEM membranes two
-pixels wide included), exact probabilities wherever it classified, fewer pixels classified;
-the Segmenter's default (coarse-to-fine) against its ``exact`` setting, row bands equal to
-whole planes, the CLI's ``--exact``, ``$VITSEG_PREDICTION``, and the setting never stored.
+pixels wide included), exact probabilities wherever it classified, fewer pixels classified than
+the single-level scheme 1; the multi-level scheme against a plain reference implementation of
+its definition; thin curved lines surviving; the Segmenter's default (coarse-to-fine) against
+its ``exact`` setting, row bands equal to whole planes (every level, odd sizes, stride-4
+edges), the CLI's ``--exact``, ``$VITSEG_PREDICTION``, and the setting never stored.
 
 Real data: ../shared/data/{tem_nanoparticles, flyem_medulla_fibsem, bbbc039_u2os_nuclei,
 sandstone_xrm, dsb2018_histology}."""
@@ -22,6 +24,8 @@ from napari_vitseg.cli import main
 from napari_vitseg.features import FeatureConfig
 from napari_vitseg.pipeline import Segmenter
 from napari_vitseg.pipeline._coarse import (
+    DEFAULT_LEVELS,
+    SCHEME_VERSION,
     coarse_rows_needed,
     coarse_to_fine_proba,
     coarse_to_fine_rows,
@@ -33,6 +37,7 @@ NANO = Path(__file__).resolve().parents[2] / "sample_data" / "tem_nanoparticles"
 
 SETS = {"tem_nanoparticles": None, "flyem_medulla_fibsem": None, "bbbc039_u2os_nuclei": None,
         "sandstone_xrm": None, "dsb2018_histology": -1}
+SCHEME_1 = {"levels": 1, "grow": 0, "rule": "3x3", "margin": 0.2}  # the single stride-2 level
 
 
 def _iou(a, b, c):
@@ -55,13 +60,16 @@ def test_agreement_with_exact_prediction(shared_data, name, monkeypatch):
         ref = clf.predict_proba(f.reshape(-1, f.shape[-1])).reshape(*f.shape[:2], -1)
         got, frac = coarse_to_fine_proba(clf.predict_proba, f, return_fraction=True)
         assert got.shape == (len(clf.classes_), *f.shape[:2]) and got.dtype == np.float32
-        np.testing.assert_array_equal(got[:, ::2, ::2], np.moveaxis(ref[::2, ::2], -1, 0))
+        step = 2 ** DEFAULT_LEVELS  # the coarsest grid is classified exactly
+        np.testing.assert_array_equal(got[:, ::step, ::step], np.moveaxis(ref[::step, ::step], -1, 0))
         exact.append(ref.argmax(-1))
         coarse.append(got.argmax(0))
-        fractions.append(frac)
+        fractions.append((frac, coarse_to_fine_proba(clf.predict_proba, f, return_fraction=True, **SCHEME_1)[1]))
     exact, coarse = np.stack(exact), np.stack(coarse)
     assert np.mean(exact == coarse) >= 0.995
-    assert np.mean(fractions) < 0.75  # the point of it: most pixels are not classified
+    frac, frac_1 = np.mean(fractions, axis=0)
+    assert frac < 0.5  # the point of it: most pixels are not classified
+    assert frac < 0.85 * frac_1  # and clearly fewer than with the single stride-2 level
     for c in np.unique(exact):  # every class survives, thin membranes included
         assert _iou(exact, coarse, c) >= 0.99
     # through the Segmenter: its default (coarse-to-fine, in row bands) against its exact setting
@@ -83,40 +91,194 @@ def test_agreement_with_exact_prediction(shared_data, name, monkeypatch):
     assert np.mean(seg.labels_from_proba(whole) == lab_d) >= 0.9995
 
 
-def test_refined_pixels_are_exact_and_thin_lines_survive():
-    """A line two pixels wide (like the FIB-SEM membranes) crossing settled regions is refined:
-    it and its neighbours get the exact probabilities, every label equals the exact one."""
-    rng = np.random.default_rng(0)
-    f = rng.normal(0, 0.01, (64, 80, 3)).astype(np.float32)
-    f[:, 41:43, 0] += 1.0  # a vertical line two pixels wide, starting off the stride-2 grid
+def _line_proba(x):
+    """Three classes from two features: background 0.5, a line where feature 0 is high, a blob
+    where feature 1 is."""
+    s = np.stack([np.full(len(x), 0.5, np.float32), x[:, 0], x[:, 1]], axis=1)
+    e = np.exp(8 * s)
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("x0", [40, 41, 42, 43])
+def test_refined_pixels_are_exact_and_a_slanted_line_is_followed(x0):
+    """A sharp line two pixels wide crossing settled ground at a slant (a step right every 4 rows,
+    at every offset to the stride-4 grid) is found where a grid touches it and followed from
+    there (surprise growing reaches ``grow`` cells): every label equals the exact one, except
+    at most the line's last pixels past the stride-4 grid's last row (the plane's edge: no grid
+    row beyond to touch the line again), and most pixels are not classified. The single stride-2
+    level keeps all of it, exactly."""
+    f = np.random.default_rng(0).normal(0, 0.01, (64, 80, 3)).astype(np.float32)
+    yy, xx = np.mgrid[:64, :80]
+    on_line = np.abs(xx - x0 - yy // 4) < 1  # one pixel wide
+    on_line |= np.roll(on_line, 1, axis=1)  # two pixels wide
+    f[on_line, 0] += 1.0
     f[20:40, 10:30, 1] += 1.0
-
-    def proba(x):
-        s = np.stack([np.full(len(x), 0.5, np.float32), x[:, 0], x[:, 1]], axis=1)
-        e = np.exp(8 * s)
-        return e / e.sum(1, keepdims=True)
-
-    ref = proba(f.reshape(-1, 3)).reshape(64, 80, 3)
-    got, frac = coarse_to_fine_proba(proba, f, return_fraction=True)
+    ref = _line_proba(f.reshape(-1, 3)).reshape(64, 80, 3)
+    got, frac = coarse_to_fine_proba(_line_proba, f, return_fraction=True)
+    wrong = got.argmax(0) != ref.argmax(-1)
+    assert not wrong[:61].any()  # rows 61-63 lie past the stride-4 grid's last row (60)
+    assert np.count_nonzero(wrong) <= 4
+    assert frac < 0.3
+    got, frac = coarse_to_fine_proba(_line_proba, f, return_fraction=True, **SCHEME_1)
     np.testing.assert_array_equal(got.argmax(0), ref.argmax(-1))
-    exact_px = np.all(np.isclose(np.moveaxis(got, 0, -1), ref), axis=-1)
-    assert exact_px[:, 40:44].all()  # the line and its neighbours were classified exactly
+    assert np.all(np.isclose(np.moveaxis(got, 0, -1), ref), axis=-1)[on_line].all()  # classified exactly
     assert frac < 0.5
+
+
+def test_an_axis_parallel_line_between_coarse_grid_lines():
+    """The limit of a coarse grid: a sharp straight line two pixels wide, parallel to the grid
+    and between two stride-4 grid columns, with confident ground on both sides, is sampled by the
+    stride-2 grid (``levels=1``: always kept) but by no cell of the stride-4 grid (the default
+    loses it). Real features are smooth (Gaussian scales >= 0.5 px, the image's own blur), so
+    curved and slanted thin structures survive (previous test, FIB-SEM membranes, the next test)."""
+    f = np.random.default_rng(0).normal(0, 0.01, (64, 80, 3)).astype(np.float32)
+    f[:, 41:43, 0] += 1.0  # columns 41-42: between the stride-4 grid columns 40 and 44
+    ref = _line_proba(f.reshape(-1, 3)).reshape(64, 80, 3).argmax(-1)
+    for kw in (SCHEME_1, {"levels": 1}):
+        np.testing.assert_array_equal(coarse_to_fine_proba(_line_proba, f, **kw).argmax(0), ref, err_msg=str(kw))
+    assert not np.array_equal(coarse_to_fine_proba(_line_proba, f).argmax(0), ref)  # documented limit
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.0])
+def test_thin_curved_lines_survive_with_real_features(blur):
+    """Circles and waves one and two pixels wide (sharp, or blurred like a microscope's point
+    spread), default features, a random forest trained on scribbles: coarse-to-fine keeps the
+    lines (IoU with the exact prediction's line class >= 0.99) while classifying < 40 % of the
+    pixels."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    n = 160
+    yy, xx = np.mgrid[:n, :n].astype(np.float32)
+    line = np.zeros((n, n), bool)
+    for cy, cx, r, w in ((50, 60, 30, 1), (100, 100, 22, 2), (120, 40, 12, 1), (45, 120, 9, 2)):
+        line |= np.abs(np.hypot(yy - cy, xx - cx) - r) < w / 2
+    for y0, a, w in ((20, 6, 1), (140, 4, 2)):
+        line |= np.abs(yy - (y0 + a * np.sin(xx / 13))) < w / 2
+    img = np.where(line, 0.8, 0.3).astype(np.float32)
+    if blur:
+        img = ndi.gaussian_filter(img, blur)
+    img += rng.normal(0, 0.03, img.shape).astype(np.float32)
+    scr = np.zeros(img.shape, np.uint8)
+    scr[line & (rng.random(line.shape) < 0.3)] = 2
+    scr[~ndi.binary_dilation(line, iterations=3) & (rng.random(line.shape) < 0.05)] = 1
+    seg = Segmenter(classifier_params={"n_estimators": 30}).fit(img, scr)
+    f = seg.plane_features(img)
+    ref = seg.classifier_.predict_proba(f.reshape(-1, f.shape[-1])).argmax(1).reshape(n, n)
+    got, frac = coarse_to_fine_proba(seg.classifier_.predict_proba, f, return_fraction=True)
+    lab = got.argmax(0)
+    assert np.count_nonzero(ref == 1) > 0.8 * np.count_nonzero(line)  # the forest does see the lines
+    assert _iou(ref, lab, 1) >= 0.99
+    assert np.mean(lab == ref) >= 0.999
+    assert frac < 0.4
+
+
+def _reference(proba, f, *, stride=2, levels=DEFAULT_LEVELS, margin=0.3, halo=0, grow=None, rule="auto"):
+    """The scheme as its docstring defines it, one point at a time (small planes only)."""
+    ny, nx, _ = f.shape
+    if grow is None:  # 2 rounds after every step but the last
+        grow = (2,) * (levels - 1) + (0,)
+    elif isinstance(grow, int):
+        grow = (grow,) * levels
+
+    def grid(step):
+        return -(-ny // step), -(-nx // step)
+
+    def unsure(v):
+        top = np.sort(v)[-2:]
+        return len(v) > 1 and top[1] - top[0] < margin
+
+    step = stride ** levels
+    cy, cx = grid(step)
+    val = {(i, j): proba(f[i * step, j * step][None])[0].astype(np.float32) for i in range(cy) for j in range(cx)}
+    exact = dict.fromkeys(val, True)
+    for lev in range(levels - 1, -1, -1):
+        up, up_val, up_exact, (uy, ux) = step, val, exact, grid(step)
+        step = stride ** lev
+        cy, cx = grid(step)
+        lab = {k: int(np.argmax(v)) for k, v in up_val.items()}
+
+        def cells(i0, i1, j0, j1, uy=uy, ux=ux):  # coarser cells in a box, clipped
+            return [(i, j) for i in range(max(0, i0), min(uy - 1, i1) + 1) for j in range(max(0, j0), min(ux - 1, j1) + 1)]
+
+        def unsettled(c, cells=cells, lab=lab, up_val=up_val):  # 3x3 rule, one coarser cell
+            return any(len({lab[d] for d in cells(e[0] - 1, e[0] + 1, e[1] - 1, e[1] + 1)}) > 1 or unsure(up_val[e])
+                       for e in cells(c[0] - halo, c[0] + halo, c[1] - halo, c[1] + halo))
+
+        val, exact, todo = {}, {}, []
+        for i in range(cy):
+            for j in range(cx):
+                y, x = i * step, j * step
+                par = (min((y + up // 2) // up, uy - 1), min((x + up // 2) // up, ux - 1))
+                val[i, j] = up_val[par].copy()
+                exact[i, j] = up_exact[par] and y % up == 0 and x % up == 0
+                if lev == 0 and rule == "auto":  # enclosing cells, halo wider
+                    q0, c0 = y // up, x // up
+                    box = cells(q0 - halo, q0 + (y % up > 0) + halo, c0 - halo, c0 + (x % up > 0) + halo)
+                    refine = len({lab[d] for d in box}) > 1 or any(unsure(up_val[d]) for d in box)
+                else:
+                    refine = unsettled(par)
+                if refine and not exact[i, j]:
+                    todo.append((i, j))
+        rounds = grow[levels - 1 - lev]
+        for round_ in range(rounds + 1):
+            surprises = []
+            for i, j in todo:
+                before = int(np.argmax(val[i, j]))
+                val[i, j] = proba(f[i * step, j * step][None])[0].astype(np.float32)
+                exact[i, j] = True
+                if int(np.argmax(val[i, j])) != before:
+                    surprises.append((i, j))
+            if round_ == rounds:
+                break
+            todo = sorted({(a, b) for i, j in surprises for a in range(i - 1, i + 2) for b in range(j - 1, j + 2)
+                           if 0 <= a < cy and 0 <= b < cx and not exact[a, b]})
+    out = np.stack([np.stack([val[i, j] for j in range(nx)]) for i in range(ny)])
+    return np.moveaxis(out, -1, 0), np.mean([exact[i, j] for i in range(ny) for j in range(nx)])
+
+
+@pytest.mark.parametrize("kw", [{}, SCHEME_1, {"levels": 3}, {"halo": 1}, {"grow": 0}, {"grow": 2}, {"rule": "3x3"},
+                                {"grow": [0, 3]}, {"stride": 3, "levels": 2, "margin": 0.1},
+                                {"levels": 1, "halo": 1, "grow": 1}])
+def test_matches_a_plain_reference_implementation(kw):
+    """Every level, rule, halo and growing round as defined, point by point (odd plane sizes,
+    grids that end short of the plane's edges)."""
+    rng = np.random.default_rng(3)
+    f = rng.normal(0, 0.3, (29, 23, 3)).astype(np.float32)
+    f[:, 11:13, 0] += 1
+    f[17:19, :, 1] += 1
+    want, want_frac = _reference(_line_proba, f, **kw)
+    got, frac = coarse_to_fine_proba(_line_proba, f, return_fraction=True, **kw)
+    np.testing.assert_array_equal(got, want)
+    assert frac == pytest.approx(want_frac)
+
+
+def test_scheme_constants():
+    assert DEFAULT_LEVELS == 2 and SCHEME_VERSION == 2  # bump SCHEME_VERSION when the defaults' labels change
 
 
 def test_bad_input():
     f = np.zeros((8, 8, 2), np.float32)
-    with pytest.raises(VitsegError, match="stride"):
-        coarse_to_fine_proba(lambda x: x, f, stride=1)
-    with pytest.raises(VitsegError, match="margin"):
-        coarse_to_fine_proba(lambda x: x, f, margin=2)
+    for kw, match in (({"stride": 1}, "stride"), ({"margin": 2}, "margin"), ({"margin": "x"}, "margin"),
+                      ({"halo": -1}, "halo"), ({"levels": 0}, "levels"), ({"levels": 1.5}, "levels"),
+                      ({"grow": -1}, "grow"), ({"grow": (1, 2, 3)}, "grow"), ({"grow": "2"}, "grow"),
+                      ({"rule": "nearest"}, "rule")):
+        with pytest.raises(VitsegError, match=match):
+            coarse_to_fine_proba(lambda x: x, f, **kw)
     with pytest.raises(VitsegError, match="features"):
         coarse_to_fine_proba(lambda x: x, f[..., 0])
+    with pytest.raises(VitsegError, match="levels"):
+        coarse_rows_needed((0, 4), 8, levels=0)
+    with pytest.raises(VitsegError, match="rows"):
+        coarse_to_fine_rows(lambda x: x, f, offset=0, n_rows=8, rows=(4, 4))
 
 
-def test_rows_of_a_band_equal_the_whole_plane():
+@pytest.mark.parametrize("kw", [{}, SCHEME_1, {"levels": 3}, {"halo": 1}, {"levels": 1, "halo": 1},
+                                {"stride": 3}, {"grow": 4, "rule": "3x3"}, {"grow": (1, 3), "halo": 1}])
+def test_rows_of_a_band_equal_the_whole_plane(kw):
     """coarse_to_fine_rows on a band widened by coarse_rows_needed gives exactly the whole
-    plane's rows, for any band (odd starts, one row, the plane's edges) and halo."""
+    plane's rows, for any band (every offset, one row, the plane's edges), odd sizes and
+    planes whose stride-4 and stride-8 grids end short of the last row."""
     rng = np.random.default_rng(1)
 
     def proba(x):
@@ -124,19 +286,21 @@ def test_rows_of_a_band_equal_the_whole_plane():
         e = np.exp(4 * s)
         return e / e.sum(1, keepdims=True)
 
-    for ny in (37, 64):
-        f = rng.normal(0, 0.3, (ny, 41, 3)).astype(np.float32)
-        f[:, 20:22, 0] += 1
-        for halo in (0, 1):
-            whole = coarse_to_fine_proba(proba, f, halo=halo)
-            for a in range(0, ny - 1, 5):
-                for b in (a + 1, a + 2, a + 7, ny):
-                    if b <= ny:
-                        f0, f1 = coarse_rows_needed((a, b), ny, halo=halo)
-                        got = coarse_to_fine_rows(proba, f[f0:f1], offset=f0, n_rows=ny, rows=(a, b), halo=halo)
-                        np.testing.assert_array_equal(got, whole[:, a:b])
+    for ny, nx in ((37, 41), (64, 50), (30, 17)):
+        f = rng.normal(0, 0.3, (ny, nx, 3)).astype(np.float32)
+        f[:, 20 % nx:22 % nx, 0] += 1
+        f[ny // 2:ny // 2 + 2, :, 1] += 1
+        whole = coarse_to_fine_proba(proba, f, **kw)
+        opts = {k: v for k, v in kw.items() if k in ("stride", "halo", "levels", "grow")}
+        for a in range(ny):
+            for b in {a + 1, a + 2, a + 5, a + 11, ny}:
+                if b <= ny:
+                    f0, f1 = coarse_rows_needed((a, b), ny, **opts)
+                    got = coarse_to_fine_rows(proba, f[f0:f1], offset=f0, n_rows=ny, rows=(a, b), **kw)
+                    np.testing.assert_array_equal(got, whole[:, a:b], err_msg=f"{ny} {a} {b}")
+    f0, f1 = coarse_rows_needed((10, 20), ny, **opts)
     with pytest.raises(VitsegError, match="do not cover"):
-        coarse_to_fine_rows(proba, f[10:20], offset=10, n_rows=ny, rows=(10, 20))
+        coarse_to_fine_rows(proba, f[f0 + 1:f1], offset=f0 + 1, n_rows=ny, rows=(10, 20), **kw)
 
 
 @pytest.fixture(scope="module")
