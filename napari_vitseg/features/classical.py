@@ -458,6 +458,15 @@ def _check_image(image) -> np.ndarray:
     return np.ascontiguousarray(as_float32(image, "image"))
 
 
+def _pixel_major(out) -> bool:
+    """Whether ``out`` (Y, X, n) is C-contiguous or a channel slice ``big[..., c0:c1]`` of a
+    C-contiguous (Y, X, N) array: channels adjacent, pixels at a fixed step (rows of pixels)."""
+    if out.flags.c_contiguous:
+        return True
+    sy, sx, sc = out.strides
+    return sc == out.itemsize and sx >= out.shape[2] * sc and sy == sx * out.shape[1]
+
+
 def _check_out(out, shape):
     if out is None:
         return np.empty(shape, dtype=np.float32)
@@ -465,15 +474,21 @@ def _check_out(out, shape):
         not isinstance(out, np.ndarray)
         or out.dtype != np.float32
         or tuple(out.shape) != tuple(shape)
-        or not out.flags.c_contiguous
+        or not _pixel_major(out)
         or not out.flags.writeable
     ):
         got = f"{type(out).__name__} {getattr(out, 'dtype', '')} {tuple(getattr(out, 'shape', ()))}"
         raise VitsegError(
-            f"out must be a writeable, C-contiguous float32 numpy array of shape {tuple(shape)}; "
-            f"got {got}. Allocate it with numpy.empty({tuple(shape)}, numpy.float32) or pass None."
+            f"out must be a writeable float32 numpy array of shape {tuple(shape)}, C-contiguous or a channel "
+            f"slice of one; got {got}. Allocate it with numpy.empty({tuple(shape)}, numpy.float32) or pass None."
         )
     return out
+
+
+def _pixel_rows(out) -> np.ndarray:
+    """(Y * X, n) view of a pixel-major (Y, X, n) ``out`` (see :func:`_pixel_major`); never a copy."""
+    Y, X, n = out.shape
+    return np.lib.stride_tricks.as_strided(out, (Y * X, n), (out.strides[1], out.strides[2]), writeable=True)
 
 
 def _default_workers(workers, n_tasks):
@@ -924,7 +939,7 @@ def _cpu_reduced_block(octaves, sigma, f, kinds, offset, shape, dst):
 def _cpu_features(img, sigmas, families, include_intensity, out, workers, pyramid=False):
     Y, X = img.shape
     blocks, n = _layout(sigmas, families, include_intensity)
-    out2d = out.reshape(Y * X, n)
+    out2d = _pixel_rows(out)
     split = _split_pyramid(blocks, sigmas, pyramid)
     offsets, reduced, c = {}, {}, int(include_intensity)
     for i, kinds in blocks:
@@ -1318,7 +1333,9 @@ def classical_features(
         Torch device for ``backend='torch'`` / ``'auto'`` (default: CUDA if available, else
         CPU). Ignored by ``backend='cpu'``.
     out : (Y, X, F) ndarray of float32, optional
-        C-contiguous array to write the features into (returned).
+        Array to write the features into (returned): C-contiguous, or a channel slice
+        ``big[:, :, c0:c0 + F]`` of a C-contiguous (Y, X, N) array (a caller assembling more
+        channels writes these in place, without a copy).
     workers : int, optional
         Threads for ``backend='cpu'`` (default: all cores available to the process). OpenCV may
         additionally use its own thread pool inside each call.

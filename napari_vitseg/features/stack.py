@@ -26,6 +26,15 @@ def _source_dtype(plane) -> np.dtype:
     return np.dtype(dt) if dt is not None else np.asarray(plane).dtype
 
 
+def _take(buffer, shape) -> np.ndarray | None:
+    """The first elements of a 1-D float32 ``buffer`` as a C-contiguous array of ``shape``, or
+    None when there is no buffer or it is too small."""
+    n = math.prod(shape)
+    if buffer is None or buffer.dtype != np.float32 or buffer.ndim != 1 or buffer.size < n:
+        return None
+    return buffer[:n].reshape(shape)
+
+
 class Featurizer:
     """Compute per-pixel features of image planes.
 
@@ -247,6 +256,14 @@ class Featurizer:
         """Number of feature channels F."""
         return len(self.feature_names(n_channels))
 
+    def buffer_size(self, shape, n_channels: int = 1) -> int:
+        """Elements of a ``buffer`` that :meth:`compute` can use for every row band of
+        :meth:`strip_rows` rows (or the whole plane) of planes of ``shape``: a band, its
+        classical halo above and below and the pyramid's row alignment."""
+        y, x = shape[:2]
+        rows = min(y, self.strip_rows(shape, n_channels) + 2 * self._classical_halo() + self._band_start_step())
+        return rows * x * self.n_features(n_channels)
+
     def strip_rows(self, shape, n_channels: int = 1) -> int:
         """Rows per strip so that one strip of features stays within ``strip_bytes``."""
         y, x = shape[:2]
@@ -257,7 +274,8 @@ class Featurizer:
             rows = max(p, rows // p * p)
         return int(min(y, rows))
 
-    def compute(self, plane, *, rows: tuple[int, int] | None = None, key=None, progress=None) -> np.ndarray:
+    def compute(self, plane, *, rows: tuple[int, int] | None = None, key=None, progress=None,
+                buffer: np.ndarray | None = None) -> np.ndarray:
         """Features of one plane (or of a band of its rows).
 
         Parameters
@@ -270,11 +288,16 @@ class Featurizer:
             Plane identity for memoising the ViT tokens between bands.
         progress : callable, optional
             ``progress(done, total)`` over ViT tiles.
+        buffer : ndarray, 1-D float32, optional
+            Memory to compute into when it is large enough (see :meth:`buffer_size`); the result
+            is then a view of it. A batch pipeline passes the buffer of a band it has finished
+            with, which spares the kernel zero-filling ~40 bytes per pixel of fresh memory for
+            every band (a fifth of the featurising time).
 
         Returns
         -------
         ndarray, (rows, X, F) float32
-            Channel order as :meth:`feature_names`.
+            Channel order as :meth:`feature_names`; C-contiguous.
 
         Raises
         ------
@@ -289,6 +312,7 @@ class Featurizer:
         nc = 1 if plane.ndim == 2 else plane.shape[2]
         y0, y1 = (0, ny) if rows is None else (max(0, rows[0]), min(ny, rows[1]))
         cfg = self.config
+        nf = self.n_features(nc)
         if cfg.classical and cfg.backbone is None and nc == 1 and (y0, y1) == (0, ny):
             # the common classical-only case, whole plane (also a band that is the whole plane, as
             # the batch path asks for planes up to `strip_rows`): write straight into the output
@@ -297,14 +321,21 @@ class Featurizer:
 
             return classical_features(plane, sigmas=cfg.sigmas, families=cfg.families,
                                       include_intensity=cfg.include_intensity, backend="auto", device=self.device,
-                                      pyramid=cfg.pyramid)
-        out = np.empty((y1 - y0, nx, self.n_features(nc)), dtype=np.float32)
+                                      pyramid=cfg.pyramid, out=_take(buffer, (ny, nx, nf)))
+        a0, a1 = y0, y1  # rows computed: the band, and with classical filters their halo
+        if cfg.classical:
+            h, step = self._classical_halo(), self._band_start_step()
+            a0, a1 = max(0, y0 - h) // step * step, min(ny, y1 + h)
+        # every channel of rows [a0, a1): the classical filters write straight into it (no copy of
+        # a separate result); the band is the rows [y0, y1) of it (C-contiguous)
+        buf = _take(buffer, (a1 - a0, nx, nf))
+        if buf is None:
+            buf = np.empty((a1 - a0, nx, nf), dtype=np.float32)
+        out = buf[y0 - a0:y1 - a0]
         f = 0
         if cfg.classical:
             from .classical import WHOLE_PLANE_FAMILIES, classical_feature_names, classical_features
 
-            h, step = self._classical_halo(), self._band_start_step()
-            a0, a1 = max(0, y0 - h) // step * step, min(ny, y1 + h)
             # whole-plane families ('context', 'bilateral'; no halo): taken from the whole plane,
             # memoised; their channels are the last of each image channel's classical block
             local = tuple(fam for fam in cfg.families if fam not in WHOLE_PLANE_FAMILIES)
@@ -314,12 +345,10 @@ class Featurizer:
             for c in range(nc):
                 if k > n_ctx:
                     ch = plane[a0:a1] if nc == 1 else plane[a0:a1, :, c]
-                    feats = classical_features(
+                    classical_features(
                         ch, sigmas=cfg.sigmas, families=local, include_intensity=cfg.include_intensity,
-                        backend="auto", device=self.device, pyramid=cfg.pyramid,
+                        backend="auto", device=self.device, pyramid=cfg.pyramid, out=buf[:, :, f:f + k - n_ctx],
                     )
-                    out[:, :, f:f + k - n_ctx] = feats[y0 - a0:y1 - a0]
-                    del feats
                 if n_ctx:
                     out[:, :, f + k - n_ctx:f + k] = self._whole_plane(plane, c, key)[y0:y1]
                 f += k

@@ -35,7 +35,8 @@ naming, resume and atomic writing are the same everywhere:
 - scale-out: with a ``distributed.Client`` the planes are predicted on the cluster's workers
   (:mod:`napari_vitseg.pipeline._distributed`; inputs on a shared filesystem) and written by
   the caller through the same staging path, in order; results are identical to one process;
-- overlap (one process, opt-in: ``overlap=True`` or ``$VITSEG_OVERLAP=1``): the next row band
+- overlap (one process, default on with 2 cores or more; ``overlap=False`` or ``$VITSEG_OVERLAP=0``
+  turns it off): the next row band
   (or plane) is read and featurised in one thread while the current one is predicted, with the
   threads split between the two so that together they use the machine's cores and no more
   (:func:`iter_plane_probabilities`); the labels are those of :meth:`Segmenter.predict_plane`.
@@ -243,9 +244,8 @@ def _read_plane(image, nsp: int, z, input_path) -> np.ndarray:
 
 
 # -- featurising and predicting in two threads -------------------------------------------------
-#: Environment variable: ``1`` / ``on`` turns the overlapped path on (default: off, planes one
-#: after the other; its wall-clock gain is not yet measured on a quiet machine, see
-#: ``docs/apply_speed.md``).
+#: Environment variable: ``0`` / ``off`` / ``false`` / ``no`` turns the overlapped path off (planes
+#: one after the other); default on (1.3-1.5x the throughput on 2 cores: ``docs/apply_speed.md``).
 OVERLAP_ENV = "VITSEG_OVERLAP"
 #: Row bands whose features exist at one time in the overlapped path: the one being predicted
 #: and the next one, being featurised (memory: twice the sequential path's one band).
@@ -265,22 +265,23 @@ def overlap_threads(overlap: bool | None = None) -> tuple[int, int] | None:
     Parameters
     ----------
     overlap : bool, optional
-        True / False; None: on when ``$VITSEG_OVERLAP`` is ``1`` / ``on`` / ``true`` / ``yes``
-        (default off).
+        True / False; None: off when ``$VITSEG_OVERLAP`` is ``0`` / ``off`` / ``false`` / ``no``,
+        else on.
 
     Returns
     -------
     (int, int) or None
         Their sum is the number of cores this process may run on; None with fewer than 2
-        cores or when switched off. Featurising gets a third of the cores (at least one): it
-        is the smaller part of the work (``docs/apply_speed.md``).
+        cores or when switched off. Featurising gets half of the cores (at least one): with
+        the default features and coarse-to-fine prediction the two take about the same CPU
+        time per pixel (``docs/apply_speed.md``).
     """
     if overlap is None:
-        overlap = os.environ.get(OVERLAP_ENV, "").strip().lower() in ("1", "on", "true", "yes")
+        overlap = os.environ.get(OVERLAP_ENV, "").strip().lower() not in ("0", "off", "false", "no")
     cores = _cores()
     if not overlap or cores < 2:
         return None
-    feat = max(1, cores // 3)
+    feat = max(1, cores // 2)
     return feat, cores - feat
 
 
@@ -295,15 +296,16 @@ _DONE = object()
 
 
 def _featurise_planes(seg: Segmenter, planes, coarse: bool, q: queue.SimpleQueue, slots: threading.Semaphore,
-                      stop: threading.Event, cpus: set | None) -> None:
+                      stop: threading.Event, cpus: set | None, free: queue.SimpleQueue,
+                      finished: threading.Event) -> None:
     """The featurising thread: read each plane, then compute its bands' features, at most
-    :data:`MAX_BANDS_IN_FLIGHT` ahead of the predicted ones (``slots``)."""
+    :data:`MAX_BANDS_IN_FLIGHT` ahead of the predicted ones (``slots``), into the buffers the
+    consumer has finished with (``free``); ``finished`` is set once the last band is queued."""
     from ..features.cache import content_digest
 
     key = None
+    pinned = False
     try:
-        if cpus:  # this thread (and the feature pool it starts) on its share of the cores
-            os.sched_setaffinity(0, cpus)
         for key, src in planes:
             if stop.is_set():
                 return
@@ -321,12 +323,24 @@ def _featurise_planes(seg: Segmenter, planes, coarse: bool, q: queue.SimpleQueue
                         return
                 if stop.is_set():
                     return
-                fb, off = seg._band_features(plane, band, digest, coarse)
-                q.put((key, plane.shape[:2], band, i == len(bands) - 1, fb, off))
-                del fb
+                try:
+                    buf = free.get_nowait()
+                except queue.Empty:
+                    nc = 1 if plane.ndim == 2 else plane.shape[-1]
+                    buf = np.empty(seg.featurizer.buffer_size(plane.shape, nc), np.float32)
+                fb, off = seg._band_features(plane, band, digest, coarse, buffer=buf)
+                q.put((key, plane.shape[:2], band, i == len(bands) - 1, fb, off, buf))
+                del fb, buf
+                if cpus and not pinned:
+                    # the first band ran on every core (nothing to predict yet); from now on this
+                    # thread (and the feature pool it starts) keeps to its share of the cores
+                    os.sched_setaffinity(0, cpus)
+                    pinned = True
+        finished.set()
     except BaseException as e:  # noqa: BLE001 - handed to the consumer
         q.put(_Failed(key, e, False))
     finally:
+        finished.set()
         q.put(_DONE)
 
 
@@ -339,10 +353,12 @@ def iter_plane_probabilities(seg: Segmenter, planes: Iterable, *, overlap: bool 
     bands (:meth:`Segmenter._band_features`) at most :data:`MAX_BANDS_IN_FLIGHT` bands ahead,
     while the calling thread predicts (:meth:`Segmenter._predict_band`), across plane
     boundaries, so both run at once (a software pipeline). The threads are split between the
-    two (:func:`overlap_threads`): the featurising thread is restricted to its share of the
-    cores (``os.sched_setaffinity``, Linux) and the forest's threads are capped to the rest
-    (:func:`napari_vitseg.classifiers._engines.predict_threads`), so the process never runs
-    more compute threads than cores. Auto-context models (several stages, each needing the
+    two (:func:`overlap_threads`): after the first band (computed on every core, while nothing
+    can be predicted yet) the featurising thread is restricted to its share of the cores
+    (``os.sched_setaffinity``, Linux) and the forest's threads are capped to the rest
+    (:func:`napari_vitseg.classifiers._engines.predict_threads`) until the last band has been
+    featurised, so the process never runs more compute threads than cores. Feature buffers of
+    predicted bands are reused for the next ones (at most :data:`MAX_BANDS_IN_FLIGHT` exist). Auto-context models (several stages, each needing the
     previous one's whole-plane probabilities), one core, or ``overlap=False`` predict the
     planes one after the other with :meth:`Segmenter.predict_plane`.
 
@@ -354,7 +370,7 @@ def iter_plane_probabilities(seg: Segmenter, planes: Iterable, *, overlap: bool 
         Planes (Y, X) or (Y, X, C) in order, or functions returning them (called in the
         featurising thread, so reading overlaps with prediction too); ``key`` is passed back.
     overlap : bool, optional
-        See :func:`overlap_threads` (None: ``$VITSEG_OVERLAP``, default off).
+        See :func:`overlap_threads` (None: ``$VITSEG_OVERLAP``, default on).
     where : callable, optional
         ``where(key) -> str`` names a plane in error messages (e.g. ``"plane 3 of 'a.tif'"``).
 
@@ -395,9 +411,11 @@ def iter_plane_probabilities(seg: Segmenter, planes: Iterable, *, overlap: bool 
     coarse = seg.prediction_mode == "coarse-to-fine"
     clf, classes = chain[0], seg.classes_
     q: queue.SimpleQueue = queue.SimpleQueue()
+    free: queue.SimpleQueue = queue.SimpleQueue()  # feature buffers of predicted bands, for reuse
     slots = threading.Semaphore(MAX_BANDS_IN_FLIGHT)
-    stop = threading.Event()
-    worker = threading.Thread(target=_featurise_planes, args=(seg, planes, coarse, q, slots, stop, cpus),
+    stop, finished = threading.Event(), threading.Event()
+    worker = threading.Thread(target=_featurise_planes,
+                              args=(seg, planes, coarse, q, slots, stop, cpus, free, finished),
                               name="vitseg-featurise", daemon=True)
     worker.start()
     out = None
@@ -410,17 +428,20 @@ def iter_plane_probabilities(seg: Segmenter, planes: Iterable, *, overlap: bool 
                 if isinstance(item.error, VitsegError) and not item.reading:
                     raise named(item.key, item.error) from None
                 raise item.error
-            key, (ny, nx), band, last, fb, off = item
+            key, (ny, nx), band, last, fb, off, buf = item
             del item
             try:
                 if out is None:
                     out = np.empty((len(classes), ny, nx), dtype=np.float32)
-                with predict_threads(n_pred):
+                # every core once nothing is left to featurise (the last bands of a run)
+                with predict_threads(None if finished.is_set() else n_pred):
                     seg._predict_band(clf, fb, off, band, ny, classes, None, coarse, out)
             except VitsegError as e:
                 raise named(key, e) from None
             finally:
                 del fb
+                free.put(buf)
+                del buf
                 slots.release()
             if last:
                 p, out = out, None
@@ -697,7 +718,7 @@ def iter_apply_file(seg: Segmenter, input_path, output_path, *, probabilities_pa
         With ``client``: tasks submitted at a time (default twice the cluster's threads).
     overlap : bool, optional
         Featurise the next row band while the current one is predicted
-        (:func:`iter_plane_probabilities`; same labels). None: ``$VITSEG_OVERLAP`` (default off).
+        (:func:`iter_plane_probabilities`; same labels). None: ``$VITSEG_OVERLAP`` (default on).
 
     Yields
     ------

@@ -50,6 +50,7 @@ from .._validation import (
     check_option,
 )
 from ..classifiers import CLASSIFIERS, make_classifier
+from ..classifiers._engines import EARLY_EXIT_VERSION
 from ..classifiers._estimators import _iter_in_thread
 from ..features.cache import FeatureCache, content_digest
 from ..features.config import FeatureConfig
@@ -272,10 +273,14 @@ def as_channels_last(image, channel_axis: int | None):
     return image, nsp, nc
 
 
-def _stage_proba(clf, classes: np.ndarray):
-    """``X -> (n, K)`` probabilities over ``classes`` of one stage model."""
+def _stage_proba(clf, classes: np.ndarray, early_exit: bool = False):
+    """``X -> (n, K)`` probabilities over ``classes`` of one stage model (with ``early_exit``:
+    a random forest stops after a quarter of its trees for confident rows, the approximate
+    ``'coarse-to-fine'`` mode; :func:`napari_vitseg.classifiers._engines.early_exit_proba`)."""
+    predict = clf.predict_proba_early_exit if early_exit else clf.predict_proba
+
     def proba(X):
-        return expand_proba(clf.predict_proba(X), clf.classes_, classes)
+        return expand_proba(predict(X), clf.classes_, classes)
 
     return proba
 
@@ -394,11 +399,12 @@ class Segmenter:
     @property
     def prediction_key(self) -> str:
         """What a prediction's labels depend on besides the model: ``'exact'``, or
-        ``'coarse-to-fine/<scheme>'`` naming the version of the coarse-to-fine scheme
-        (:data:`napari_vitseg.pipeline._coarse.SCHEME_VERSION`). Batch outputs record it, so
-        that a resumed run never mixes planes of two schemes."""
+        ``'coarse-to-fine/<scheme>/early-exit-<rule>'`` naming the versions of the coarse-to-fine
+        scheme (:data:`napari_vitseg.pipeline._coarse.SCHEME_VERSION`) and of the forests' early
+        exit (:data:`napari_vitseg.classifiers._engines.EARLY_EXIT_VERSION`). Batch outputs record
+        it, so that a resumed run never mixes planes of two schemes."""
         mode = self.prediction_mode
-        return f"{mode}/{COARSE_SCHEME_VERSION}" if mode == "coarse-to-fine" else mode
+        return f"{mode}/{COARSE_SCHEME_VERSION}/early-exit-{EARLY_EXIT_VERSION}" if mode == "coarse-to-fine" else mode
 
     @property
     def prediction_mode(self) -> str:
@@ -407,8 +413,10 @@ class Segmenter:
         ``'coarse-to-fine'`` (default): the forest classifies a stride-4 grid, refines the
         stride-2 grid near boundaries and uncertain cells (following thin structures), then full
         resolution between disagreeing stride-2 points (:mod:`napari_vitseg.pipeline._coarse`);
-        15-35 % of the pixels are classified, >= 99.9 % of the labels of ``'exact'`` on the
-        shared sets (``docs/apply_speed.md``). ``'exact'``: every pixel. Order: :attr:`prediction`, else ``$VITSEG_PREDICTION`` (read at every
+        15-35 % of the pixels are classified, and a random forest stops after a quarter of its
+        trees where they agree (:func:`napari_vitseg.classifiers._engines.early_exit_proba`);
+        >= 99.9 % of the labels of ``'exact'`` on the shared sets (``docs/apply_speed.md``).
+        ``'exact'``: every pixel, every tree. Order: :attr:`prediction`, else ``$VITSEG_PREDICTION`` (read at every
         prediction, so the widget and dask workers follow it), else ``'coarse-to-fine'`` —
         except for classifier files of format 1 (napari-vitseg 0.1), which keep predicting
         exactly as they did (``'exact'``).
@@ -780,12 +788,13 @@ class Segmenter:
         step = self.featurizer.strip_rows(plane.shape, nc)
         return [(y, min(ny, y + step)) for y in range(0, ny, step)]
 
-    def _band_features(self, plane: np.ndarray, band: tuple[int, int], digest, coarse: bool):
+    def _band_features(self, plane: np.ndarray, band: tuple[int, int], digest, coarse: bool, buffer=None):
         """Features of the plane rows that predicting ``band`` needs, and the plane row of the
         first: the band itself, widened by :func:`coarse_rows_needed` (a few rows) for
-        coarse-to-fine prediction. ``(rows, X, F) float32, int``."""
+        coarse-to-fine prediction. ``(rows, X, F) float32, int``; computed into ``buffer``
+        (1-D float32, see :meth:`Featurizer.compute`) when it is large enough."""
         off, e1 = coarse_rows_needed(band, plane.shape[0]) if coarse else band
-        return self.featurizer.compute(plane, rows=(off, e1), key=digest), off
+        return self.featurizer.compute(plane, rows=(off, e1), key=digest, buffer=buffer), off
 
     def _predict_band(self, clf, fb: np.ndarray, off: int, band: tuple[int, int], ny: int, classes: np.ndarray,
                       prev: np.ndarray | None, coarse: bool, out: np.ndarray) -> None:
@@ -797,7 +806,7 @@ class Segmenter:
         nx = fb.shape[1]
         rows_per_chunk = max(1, (1 << 22) // max(nx, 1))  # ~4M pixels per predict call
         if coarse:
-            proba = _stage_proba(clf, classes)
+            proba = _stage_proba(clf, classes, early_exit=True)
             for a in range(y0, y1, rows_per_chunk):
                 b = min(y1, a + rows_per_chunk)
                 f0, f1 = coarse_rows_needed((a, b), ny)
@@ -852,7 +861,9 @@ class Segmenter:
         k = len(self.classes_)
         if stride > 1:
             feats = self.plane_features(plane, progress=progress)[::stride, ::stride]
-            p = chain[0].predict_proba(feats.reshape(-1, feats.shape[-1]))
+            fast = self.prediction_mode == "coarse-to-fine"  # the approximate mode: early exit of forests
+            predict = chain[0].predict_proba_early_exit if fast else chain[0].predict_proba
+            p = predict(feats.reshape(-1, feats.shape[-1]))
             return np.ascontiguousarray(p.T.reshape(k, *feats.shape[:2]))
         ny, nx = plane.shape[:2]
         nf = self.featurizer.n_features(nc)
@@ -926,7 +937,8 @@ class Segmenter:
                 X = feats[f0 - e0:f1 - e0]
                 if p is not None:
                     X = np.concatenate([X, context_features(p, rows=(f0 - a, f1 - a))], axis=-1)
-                p = coarse_to_fine_rows(_stage_proba(clf, self.classes_), X, offset=f0, n_rows=ny, rows=spans[s])
+                p = coarse_to_fine_rows(_stage_proba(clf, self.classes_, early_exit=True), X, offset=f0, n_rows=ny,
+                                        rows=spans[s])
                 a = spans[s][0]
             return p
         p, a = None, e0  # p: the previous stage's probabilities of rows [a, a + p.shape[1])
@@ -959,8 +971,8 @@ class Segmenter:
         use_cache : bool
             Keep the features of each plane in the cache. Without it, planes go through
             :func:`napari_vitseg.pipeline.batch.iter_plane_probabilities`, as in ``vitseg
-            apply``: with ``$VITSEG_OVERLAP=1`` the next plane (or row band) is featurised
-            while the current one is predicted (same labels).
+            apply``: the next plane (or row band) is featurised while the current one is
+            predicted (same labels; ``$VITSEG_OVERLAP=0`` turns it off).
 
         Yields
         ------

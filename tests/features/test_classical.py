@@ -107,6 +107,25 @@ def test_out_argument(noise):
         classical_features(noise, sigmas=SIGMAS, out=np.empty(noise.shape + (n,), np.float64))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_out_may_be_a_channel_slice_of_a_larger_array(noise, backend):
+    """A caller assembling more channels (the Featurizer's row bands) passes ``big[..., c0:c1]``:
+    written in place, equal to a fresh result; views that are not pixel-major are refused."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    n = len(classical_feature_names(SIGMAS))
+    big = np.full(noise.shape + (n + 5,), np.nan, np.float32)
+    res = classical_features(noise, sigmas=SIGMAS, out=big[:, :, 2:2 + n], backend=backend, device="cpu")
+    assert np.shares_memory(res, big)
+    np.testing.assert_array_equal(big[:, :, 2:2 + n], classical_features(noise, sigmas=SIGMAS, backend=backend,
+                                                                           device="cpu"))
+    assert np.isnan(big[:, :, :2]).all() and np.isnan(big[:, :, 2 + n:]).all()  # nothing outside the slice
+    for bad in (np.empty((noise.shape[0] * 2, noise.shape[1], n), np.float32)[::2],  # every other row
+                np.empty(noise.shape + (2 * n,), np.float32)[:, :, ::2]):  # every other channel
+        with pytest.raises(VitsegError, match="out must be"):
+            classical_features(noise, sigmas=SIGMAS, out=bad)
+
+
 def test_workers_give_same_result(noise):
     a = classical_features(noise, sigmas=SIGMAS, workers=1)
     b = classical_features(noise, sigmas=SIGMAS, workers=4)

@@ -145,3 +145,19 @@ def test_tiny_images():
 def test_bad_pyramid_argument(tem):
     with pytest.raises(VitsegError, match="pyramid must be True or False"):
         classical_features(tem, pyramid="yes")
+
+
+@pytest.mark.parametrize("rows", [None, (37, 101)])
+def test_featurizer_computes_into_a_reused_buffer(tem, rows):
+    """A buffer large enough (Featurizer.buffer_size) is used and the result is its view, equal to
+    a fresh computation; a small one is ignored."""
+    fz = Featurizer(FeatureConfig())
+    fresh = fz.compute(tem, rows=rows)
+    big = np.full(fz.buffer_size(tem.shape), np.nan, np.float32)
+    got = fz.compute(tem, rows=rows, buffer=big)
+    assert np.shares_memory(got, big) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, fresh)
+    small = np.zeros(10, np.float32)
+    got = fz.compute(tem, rows=rows, buffer=small)
+    assert not np.shares_memory(got, small)
+    np.testing.assert_array_equal(got, fresh)

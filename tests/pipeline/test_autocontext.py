@@ -125,12 +125,14 @@ def test_banded_rows_and_cached_plane_equal_the_whole_plane(fitted, tem_crop):
         np.testing.assert_allclose(part, whole[:, rows[0]:rows[1]], atol=1e-5)
     assert context_halo() > 0
     assert fitted.n_stages == 2 and fitted.stages_used() == 2 and fitted.stages_used(stride=2) == 1
-    coarse = fitted.predict_plane(image, stride=2)  # the fast form: stage 1 only
-    fitted.prediction = "exact"  # coarse-to-fine classifies only some stride-2 points exactly
+    fast = fitted.predict_plane(image, stride=2)  # the fast form: stage 1 only, forest with early exit
+    fitted.prediction = "exact"  # coarse-to-fine classifies only some stride-2 points, with early exit
     try:
+        coarse = fitted.predict_plane(image, stride=2)
         np.testing.assert_allclose(coarse, fitted.predict_plane(image, stages=1)[:, ::2, ::2], atol=1e-6)
     finally:
         fitted.prediction = None
+    assert (fast.argmax(0) == coarse.argmax(0)).mean() > 0.999
 
 
 def test_file_round_trip_format_2(fitted, tem_crop, tmp_path):

@@ -123,17 +123,18 @@ def stack_file(tmp_path, crop_stack):
 
 
 class CountingSegmenter:
-    """Counts predict_plane calls of a segmenter (the planes a run really computed)."""
+    """Counts the row bands a single-stage segmenter predicts (``_predict_band``, on both the
+    sequential and the overlapped path): the planes a run really computed, for planes of one band."""
 
     def __init__(self, seg, monkeypatch):
         self.calls = 0
-        orig = seg.predict_plane
+        orig = seg._predict_band
 
         def counted(*a, **k):
             self.calls += 1
             return orig(*a, **k)
 
-        monkeypatch.setattr(seg, "predict_plane", counted)
+        monkeypatch.setattr(seg, "_predict_band", counted)
 
 
 def _read(path):

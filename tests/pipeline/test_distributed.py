@@ -75,8 +75,8 @@ def test_a_cluster_run_resumes_in_one_process(tmp_path, client, seg_and_stack, m
     assert not (tmp_path / "o.tif").exists()
     assert sorted(recorded_planes(staging_path(tmp_path / "o.tif"))) == [0, 1, 2]
     calls = []
-    orig = seg.predict_plane
-    monkeypatch.setattr(seg, "predict_plane", lambda *a, **k: (calls.append(1), orig(*a, **k))[1])
+    orig = seg._predict_band  # one band per plane, on the sequential and the overlapped path
+    monkeypatch.setattr(seg, "_predict_band", lambda *a, **k: (calls.append(1), orig(*a, **k))[1])
     run(iter_apply_file(seg, tmp_path / "a.tif", tmp_path / "o.tif"))
     assert len(calls) == 3
     assert (tmp_path / "o.tif").read_bytes() == (tmp_path / "ref" / "o.tif").read_bytes()

@@ -89,7 +89,7 @@ def test_at_most_two_bands_in_flight_and_threads_add_up(fitted, cells_stack, two
     stack = cells_stack[0][:4]
     seg = fitted["rf"]
     _bands(seg, stack[0], 3)
-    live, peak, seen = [0], [0], {"feat_cpus": set(), "pred_cap": set(), "threads": set()}
+    live, peak, seen = [0], [0], {"feat_cpus": [], "pred_cap": [], "threads": set()}
     lock = threading.Lock()
     band_features, predict_band = seg._band_features, seg._predict_band
 
@@ -98,13 +98,13 @@ def test_at_most_two_bands_in_flight_and_threads_add_up(fitted, cells_stack, two
             live[0] += 1
             peak[0] = max(peak[0], live[0])
         if hasattr(os, "sched_getaffinity"):
-            seen["feat_cpus"].add(len(os.sched_getaffinity(0)))
+            seen["feat_cpus"].append(len(os.sched_getaffinity(0)))
         seen["threads"].add(threading.current_thread().name)
         return band_features(*a, **k)
 
     def slow_predict(*a, **k):
         time.sleep(0.05)  # prediction slower than featurising: an unbounded producer would run ahead
-        seen["pred_cap"].add(_thread_cap())
+        seen["pred_cap"].append(_thread_cap())
         predict_band(*a, **k)
         with lock:
             live[0] -= 1
@@ -117,26 +117,34 @@ def test_at_most_two_bands_in_flight_and_threads_add_up(fitted, cells_stack, two
     assert len(got) == 4
     assert peak[0] == 2  # overlapped, and never more than two bands of features at once
     assert seen["threads"] == {"vitseg-featurise"}
-    assert seen["pred_cap"] == {n_pred}
-    if hasattr(os, "sched_getaffinity"):
-        assert seen["feat_cpus"] == {n_feat}
+    # capped while bands are being featurised; every core for the last ones (nothing left to featurise)
+    caps = seen["pred_cap"]
+    assert len(caps) == 4 * 3 and caps[0] == n_pred and caps[-1] is None
+    assert set(caps) <= {n_pred, None} and caps == sorted(caps, key=lambda c: c is None)
+    if hasattr(os, "sched_getaffinity"):  # the first band on every core (nothing to predict yet), then its share
+        assert seen["feat_cpus"][0] == len(os.sched_getaffinity(0)) and set(seen["feat_cpus"][1:]) == {n_feat}
     assert _thread_cap() is None  # the cap ends with the prediction
 
 
 def test_overlap_threads_setting(monkeypatch):
     monkeypatch.setattr(batch, "_cores", lambda: 2)
     monkeypatch.delenv("VITSEG_OVERLAP", raising=False)
-    assert overlap_threads() is None  # opt-in for now
+    assert overlap_threads() == (1, 1)  # on by default
     assert overlap_threads(True) == (1, 1)
     monkeypatch.setenv("VITSEG_OVERLAP", "1")
     assert overlap_threads() == (1, 1)
+    monkeypatch.setattr(batch, "_cores", lambda: 16)
+    assert overlap_threads() == (8, 8)  # half each: the two take about the same CPU time per pixel
+    monkeypatch.setattr(batch, "_cores", lambda: 1)
+    assert overlap_threads() is None  # nothing to overlap on one core
+    monkeypatch.setattr(batch, "_cores", lambda: 2)
     assert overlap_threads(False) is None
     monkeypatch.setenv("VITSEG_OVERLAP", "0")
     assert overlap_threads() is None
     monkeypatch.setattr(batch, "_cores", lambda: 1)
     assert overlap_threads(True) is None  # one core: nothing to overlap
     monkeypatch.setattr(batch, "_cores", lambda: 16)
-    assert overlap_threads(True) == (5, 11)
+    assert overlap_threads(True) == (8, 8)
 
 
 def test_close_stops_the_featurising_thread(fitted, cells_stack, two_cores):

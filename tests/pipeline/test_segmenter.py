@@ -161,9 +161,9 @@ def test_predict_plane_stride_preview(two_region_image):
     image, scribbles = two_region_image
     seg = Segmenter(FeatureConfig(sigmas=(1, 2)), "rf", {"n_estimators": 10}).fit(image, scribbles)
     full = seg.predict_plane(image)
+    seg.prediction = "exact"  # coarse-to-fine classifies only some stride-2 points, with early exit
     coarse = seg.predict_plane(image[:63], stride=2)
     assert coarse.shape == (2, 32, 32)
-    seg.prediction = "exact"  # coarse-to-fine classifies only some stride-2 points exactly
     np.testing.assert_allclose(coarse, seg.predict_plane(image[:63])[:, ::2, ::2], atol=1e-6)
     seg.prediction = None
     assert full.shape == (2, 64, 64)
