@@ -67,6 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,89 @@ COARSE_SCHEMES = {
 }
 
 
+def early_exit(sets=None) -> dict:
+    """Early exit of the default random forest (``early_exit_proba``) vs every tree, on every plane
+    of every shared set with ground truth: label agreement and worst per-class IoU vs exact, the
+    fraction of tree evaluations made, mIoU vs ground truth, and the predict step alone (wall / CPU
+    seconds, same features, same run); then the same with coarse-to-fine (the Segmenter's default
+    prediction: both) against coarse-to-fine alone."""
+    import tifffile
+
+    from napari_vitseg.classifiers import _engines
+    from napari_vitseg.pipeline import Segmenter
+    from napari_vitseg.pipeline._coarse import coarse_to_fine_proba
+
+    work = []
+    trees_proba = _engines._trees_proba
+
+    def counted(estimator, a, b, X):
+        work.append((b - a) * len(X))
+        return trees_proba(estimator, a, b, X)
+
+    _engines._trees_proba = counted
+
+    def timed(fn):
+        w0, c0 = time.perf_counter(), cpu_s()
+        r = fn()
+        return r, time.perf_counter() - w0, cpu_s() - c0
+
+    out = {}
+    print("\nearly exit vs every tree, default random forest (100 trees), sklearn engine; times: predict step")
+    print(f"{'set':22s} {'mode':16s} {'tree work':>9s} {'agreement':>9s} {'worst IoU':>9s} {'mIoU all':>8s} "
+          f"{'mIoU early':>10s} {'all s':>6s} {'early s':>7s} {'CPU ratio':>9s}")
+    try:
+        for name, cax in GT_SETS.items():
+            if sets and name not in sets:
+                continue
+            d = DATA / name
+            img, scr = tifffile.imread(d / "image.tif"), tifffile.imread(d / "scribbles.tif")
+            gt = tifffile.imread(d / "ground_truth.tif")
+            seg = Segmenter().fit(img, scr, channel_axis=cax)
+            clf = seg.classifier_.set_engine("sklearn")
+            n_trees = len(clf.estimator_.estimators_)
+            cls = seg.classes_.astype(np.uint8)
+            planes = [img] if (img.ndim == 2 or cax is not None) else list(img)
+            feats = [seg.plane_features(p) for p in planes]
+            X = [f.reshape(-1, f.shape[-1]) for f in feats]
+            clf.predict_proba(X[0][:64])  # warm up
+            gt = gt.reshape((len(feats),) + feats[0].shape[:2])
+            ks = np.unique(gt)
+            def per_pixel(predict, X=X):
+                return [predict(x) for x in X]
+
+            def c2f(predict, feats=feats):
+                return [coarse_to_fine_proba(predict, f) for f in feats]
+
+            modes = {
+                "per pixel": (partial(per_pixel, clf.predict_proba), partial(per_pixel, clf.predict_proba_early_exit),
+                              lambda p: p.argmax(1)),
+                "coarse-to-fine": (partial(c2f, clf.predict_proba), partial(c2f, clf.predict_proba_early_exit),
+                                   lambda p: p.argmax(0).ravel()),
+            }
+            for mode, (full_fn, fast_fn, lab) in modes.items():
+                full, t_f, c_f = timed(full_fn)
+                work.clear()
+                fast, t_e, c_e = timed(fast_fn)
+                a = np.stack([cls[lab(p)].reshape(gt.shape[1:]) for p in full])
+                b = np.stack([cls[lab(p)].reshape(gt.shape[1:]) for p in fast])
+                n_rows = sum(x.shape[0] for x in X) if mode == "per pixel" else None
+                frac = sum(work) / (n_trees * n_rows) if n_rows else None
+                row = {"tree_work": frac, "agreement": float(np.mean(a == b)),
+                       "worst_class_iou_vs_all_trees": float(min(_iou(b, a, k) for k in np.unique(a))),
+                       "miou_all_trees": float(np.mean([_iou(a, gt, k) for k in ks])),
+                       "miou_early_exit": float(np.mean([_iou(b, gt, k) for k in ks])),
+                       "all_trees_wall_s": t_f, "all_trees_cpu_s": c_f, "early_wall_s": t_e, "early_cpu_s": c_e,
+                       "pixels": int(a.size)}
+                out[f"{name}/{mode}"] = row
+                fr = f"{frac:9.3f}" if frac is not None else f"{'-':>9s}"
+                print(f"{name:22s} {mode:16s} {fr} {row['agreement']:9.5f} {row['worst_class_iou_vs_all_trees']:9.4f} "
+                      f"{row['miou_all_trees']:8.4f} {row['miou_early_exit']:10.4f} {t_f:6.2f} {t_e:7.2f} "
+                      f"{c_f / max(c_e, 1e-9):9.2f}", flush=True)
+    finally:
+        _engines._trees_proba = trees_proba
+    return out
+
+
 def coarse(schemes=("v1", "default"), sets=None, plane_size: int = 1024) -> dict:
     """Coarse-to-fine vs exact on every plane of every shared set with ground truth, per scheme:
     fraction of pixels classified, label agreement and worst per-class IoU vs exact, mIoU of both
@@ -381,6 +465,17 @@ def miou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(ious))
 
 
+def _save_results(results, kind: str, out=None) -> int:
+    """Write a side mode's results (``--early-exit``, ``--coarse``, ``--predict-only``) as JSON."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(out) if out else REPO / "benchmarks" / "results" / f"bench_apply_{kind}_{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": {"machine": platform.platform(), "cpus": os.cpu_count(),
+                                        "load_avg_at_end": os.getloadavg()}, "results": results}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 stack planes instead of 200")
@@ -404,7 +499,10 @@ def main(argv=None) -> int:
                     help="coarse-to-fine agreement and work on the shared sets with ground truth")
     ap.add_argument("--coarse-schemes", nargs="+", default=["v1", "default"], choices=list(COARSE_SCHEMES),
                     help="coarse-to-fine schemes for --coarse (v1: single stride-2 level; default: the Segmenter's)")
-    ap.add_argument("--coarse-sets", nargs="+", default=None, choices=list(GT_SETS), help="sets for --coarse")
+    ap.add_argument("--coarse-sets", nargs="+", default=None, choices=list(GT_SETS),
+                    help="sets for --coarse / --early-exit")
+    ap.add_argument("--early-exit", action="store_true",
+                    help="early exit of the random forest vs every tree on every shared set with ground truth")
     ap.add_argument("--coarse-plane", type=int, default=1024,
                     help="side of the tiled TEM plane timed by --coarse (0: none)")
     ap.add_argument("--rows", type=int, default=2**20, help="rows for --predict-only (default 1024^2)")
@@ -417,24 +515,12 @@ def main(argv=None) -> int:
         kind, method, out_dir = args.worker
         print(json.dumps(worker(kind, method, cases, Path(out_dir))))
         return 0
+    if args.early_exit:
+        return _save_results(early_exit(args.coarse_sets), "early_exit", args.out)
     if args.coarse:
-        res = coarse(args.coarse_schemes, args.coarse_sets, args.coarse_plane)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"bench_apply_coarse_{stamp}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"meta": {"machine": platform.platform(), "cpus": os.cpu_count(),
-                                            "load_avg_at_end": os.getloadavg()}, "results": res}, indent=1))
-        print(f"wrote {out}")
-        return 0
+        return _save_results(coarse(args.coarse_schemes, args.coarse_sets, args.coarse_plane), "coarse", args.out)
     if args.predict_only:
-        rows = predict_only(args.rows)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"bench_apply_predict_{stamp}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"meta": {"machine": platform.platform(), "cpus": os.cpu_count(),
-                                            "load_avg_at_end": os.getloadavg()}, "results": rows}, indent=1))
-        print(f"wrote {out}")
-        return 0
+        return _save_results(predict_only(args.rows), "predict", args.out)
     engines = ["sklearn"] + [e for e in args.engines if e != "sklearn"]
     base_method = "sklearn.exact.off"
     if args.methods:
