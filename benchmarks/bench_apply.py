@@ -255,16 +255,31 @@ COARSE_SCHEMES = {
 }
 
 
+def _fitted_sets(sets=None):
+    """Per shared set with ground truth (or only ``sets``): its name, the default Segmenter
+    trained on its scribbles, that classifier on the sklearn engine, its planes, ground truth."""
+    import tifffile
+
+    from napari_vitseg.pipeline import Segmenter
+
+    for name, cax in GT_SETS.items():
+        if sets and name not in sets:
+            continue
+        d = DATA / name
+        img, scr = tifffile.imread(d / "image.tif"), tifffile.imread(d / "scribbles.tif")
+        seg = Segmenter().fit(img, scr, channel_axis=cax)
+        planes = [img] if (img.ndim == 2 or cax is not None) else list(img)
+        yield name, seg, seg.classifier_.set_engine("sklearn"), planes, tifffile.imread(d / "ground_truth.tif")
+
+
 def early_exit(sets=None) -> dict:
     """Early exit of the default random forest (``early_exit_proba``) vs every tree, on every plane
     of every shared set with ground truth: label agreement and worst per-class IoU vs exact, the
     fraction of tree evaluations made, mIoU vs ground truth, and the predict step alone (wall / CPU
     seconds, same features, same run); then the same with coarse-to-fine (the Segmenter's default
     prediction: both) against coarse-to-fine alone."""
-    import tifffile
 
     from napari_vitseg.classifiers import _engines
-    from napari_vitseg.pipeline import Segmenter
     from napari_vitseg.pipeline._coarse import coarse_to_fine_proba
 
     work = []
@@ -286,17 +301,9 @@ def early_exit(sets=None) -> dict:
     print(f"{'set':22s} {'mode':16s} {'tree work':>9s} {'agreement':>9s} {'worst IoU':>9s} {'mIoU all':>8s} "
           f"{'mIoU early':>10s} {'all s':>6s} {'early s':>7s} {'CPU ratio':>9s}")
     try:
-        for name, cax in GT_SETS.items():
-            if sets and name not in sets:
-                continue
-            d = DATA / name
-            img, scr = tifffile.imread(d / "image.tif"), tifffile.imread(d / "scribbles.tif")
-            gt = tifffile.imread(d / "ground_truth.tif")
-            seg = Segmenter().fit(img, scr, channel_axis=cax)
-            clf = seg.classifier_.set_engine("sklearn")
+        for name, seg, clf, planes, gt in _fitted_sets(sets):
             n_trees = len(clf.estimator_.estimators_)
             cls = seg.classes_.astype(np.uint8)
-            planes = [img] if (img.ndim == 2 or cax is not None) else list(img)
             feats = [seg.plane_features(p) for p in planes]
             X = [f.reshape(-1, f.shape[-1]) for f in feats]
             clf.predict_proba(X[0][:64])  # warm up
@@ -363,16 +370,8 @@ def coarse(schemes=("v1", "default"), sets=None, plane_size: int = 1024) -> dict
     print("\ncoarse-to-fine vs exact, default random forest, sklearn engine; times: predict step alone")
     print(f"{'set':22s} {'scheme':13s} {'classified':>10s} {'agreement':>9s} {'worst IoU':>9s} {'mIoU exact':>10s} "
           f"{'mIoU c2f':>8s} {'exact s':>8s} {'c2f s':>7s} {'CPU ratio':>9s}")
-    for name, cax in GT_SETS.items():
-        if sets and name not in sets:
-            continue
-        d = DATA / name
-        img, scr = tifffile.imread(d / "image.tif"), tifffile.imread(d / "scribbles.tif")
-        gt = tifffile.imread(d / "ground_truth.tif")
-        seg = Segmenter().fit(img, scr, channel_axis=cax)
-        clf = seg.classifier_.set_engine("sklearn")
+    for name, seg, clf, planes, gt in _fitted_sets(sets):
         cls = seg.classes_.astype(np.uint8)
-        planes = [img] if (img.ndim == 2 or cax is not None) else list(img)
         feats = [seg.plane_features(p) for p in planes]
         clf.predict_proba(feats[0][:8, :8].reshape(-1, feats[0].shape[-1]))  # warm up
         probs, t_ex, c_ex = timed(exact_all, clf, feats)
