@@ -98,6 +98,13 @@ def _zip(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
     return out.getvalue()
 
 
+def _set_at(d: dict, where: tuple, value) -> None:
+    """Set ``d[where[0]][where[1]]...[where[-1]] = value`` (a nested metadata field)."""
+    for k in where[:-1]:
+        d = d[k]
+    d[where[-1]] = value
+
+
 def _load_and_use(path: Path) -> None:
     """Load a classifier file; if it is accepted it must predict a small image. Only
     VitsegError may escape."""
@@ -167,10 +174,7 @@ def test_reader_random_zip_members(tmp_path, kind, keep, extra, stored):
 def test_reader_random_metadata_values(tmp_path, kind, where, value):
     members = _members(_real(kind))
     meta = json.loads(members["metadata.json"])
-    d = meta
-    for k in where[:-1]:
-        d = d[k]
-    d[where[-1]] = value
+    _set_at(meta, where, value)
     members["metadata.json"] = json.dumps(meta).encode()
     path = tmp_path / "v.vitseg"
     path.write_bytes(_zip(members))
@@ -277,10 +281,7 @@ def test_reader_random_skops_schema(tmp_path, data):
     where = data.draw(st.sampled_from(paths))
     value = data.draw(json_values | st.sampled_from(["builtins.eval", "os.system", "posix", "system",
                                                      "numpy.load", "sklearn.tree._tree.Tree"]))
-    d = schema
-    for k in where[:-1]:
-        d = d[k]
-    d[where[-1]] = value
+    _set_at(schema, where, value)
     inner["schema.json"] = json.dumps(schema).encode()
     members["model.skops"] = _zip(inner)
     path = tmp_path / "s.vitseg"
@@ -420,10 +421,7 @@ def test_project_random_metadata_values(tmp_path, kind, where, value, channel_fi
     elif where == ("channels",) and meta.get("channels"):
         meta["channels"][-1][channel_field] = value
     else:
-        d = meta
-        for k in where[:-1]:
-            d = d[k]
-        d[where[-1]] = value
+        _set_at(meta, where, value)
     members["project.json"] = json.dumps(meta).encode()
     path = tmp_path / "v.vitseg-project"
     path.write_bytes(_zip(members))

@@ -252,6 +252,18 @@ def model_hash(estimator) -> str:
     return h.hexdigest()
 
 
+def _wants_compiled(estimator, rt: _Runtime, engine: str) -> bool:
+    """Whether ``engine`` asks for the compiled forest for this model: 'compiled' always, 'auto'
+    for forests no deeper than :data:`AUTO_MAX_DEPTH` (the library's predictor is faster for deep ones)."""
+    if engine == "compiled":
+        return True
+    if engine != "auto":
+        return False
+    if rt.size is None:
+        rt.size = _forest_size(estimator)
+    return rt.size[1] <= AUTO_MAX_DEPTH
+
+
 def _forest_size(estimator) -> tuple[int, int]:
     """(total nodes, deepest tree) of a fitted classifier."""
     forest = getattr(estimator, "estimator_", None)
@@ -322,10 +334,7 @@ def early_exit_proba(estimator, X: np.ndarray) -> np.ndarray:
     n = len(estimator.estimator_.estimators_)
     engine = requested_engine(estimator)
     rt = _runtime(estimator)
-    if rt.size is None:
-        rt.size = _forest_size(estimator)
-    compiled = engine == "compiled" or (engine == "auto" and rt.size[1] <= AUTO_MAX_DEPTH)
-    if n < EARLY_EXIT_MIN_TREES or compiled:
+    if n < EARLY_EXIT_MIN_TREES or _wants_compiled(estimator, rt, engine):
         return predict_proba(estimator, X)
     rt.last = {"requested": engine, "used": "sklearn", "reason": "early exit of confident rows"}
     out = np.empty((X.shape[0], estimator.classes_.size), np.float32)
@@ -361,36 +370,30 @@ def _trees_proba(estimator, a: int, b: int, X: np.ndarray) -> np.ndarray:
         for tree in trees[1:]:
             p += tree.predict_proba(X, check_input=False)
         return (p / len(trees)).astype(np.float32)
-    rt = _runtime(estimator)
-    key = ("trees", a, b, cap)
-    with rt.lock:
-        model = rt.capped.get(key)
-        if model is None:
-            model = copy.copy(forest)
-            model.estimators_ = forest.estimators_[a:b]
-            model.n_estimators = b - a
-            if cap is not None:
-                model.n_jobs = cap
-            rt.capped[key] = model
-    return model.predict_proba(X).astype(np.float32, copy=False)
+    return _capped_model(estimator, cap, trees=(a, b)).predict_proba(X).astype(np.float32, copy=False)
 
 
-def _capped_model(estimator, cap: int):
-    """The fitted model with at most ``cap`` threads, made once per classifier: a shallow copy
-    of the random forest sharing its trees (own ``n_jobs``), or a copy of the XGBoost booster
-    with its own ``nthread`` (``xgboost.config_context(nthread=...)`` would also set OpenMP's
-    thread count of the calling thread for good, which later TL2cgen calls refuse)."""
+def _capped_model(estimator, cap: int | None, trees: tuple[int, int] | None = None):
+    """The fitted model with at most ``cap`` threads (None: its own setting), made once per
+    classifier: a shallow copy of the random forest sharing its trees (own ``n_jobs``; with
+    ``trees = (a, b)`` only trees ``a .. b - 1``), or a copy of the XGBoost booster with its own
+    ``nthread`` (``xgboost.config_context(nthread=...)`` would also set OpenMP's thread count of
+    the calling thread for good, which later TL2cgen calls refuse)."""
     rt = _runtime(estimator)
     with rt.lock:
-        model = rt.capped.get(("library", cap))
+        model = rt.capped.get(("library", cap, trees))
         if model is None:
             if estimator.kind == "rf":
                 model = copy.copy(estimator.estimator_)
-                model.n_jobs = cap
+                if cap is not None:
+                    model.n_jobs = cap
+                if trees is not None:
+                    model.estimators_ = model.estimators_[trees[0]:trees[1]]
+                    model.n_estimators = trees[1] - trees[0]
             else:
                 model = copy.copy(estimator.booster_)  # XGBoost copies the model (bytes)
                 model.set_param({"nthread": cap})
-            rt.capped[("library", cap)] = model
+            rt.capped[("library", cap, trees)] = model
     return model
 
 
@@ -609,7 +612,7 @@ def _compiled_predictor(estimator, rt: _Runtime, engine: str, n_rows: int):
     if why is not None:
         rt.unavailable = why
         return None
-    if engine == "auto" and depth > AUTO_MAX_DEPTH:  # a choice, not a failure: 'compiled' still works
+    if not _wants_compiled(estimator, rt, engine):  # a choice, not a failure: 'compiled' still works
         rt.last["reason"] = (f"trees of depth {depth} > {AUTO_MAX_DEPTH}: the library's predictor is faster "
                              "for deep forests (set the engine to 'compiled' to force it)")
         return None

@@ -27,6 +27,18 @@ def paint_labels(layer, mask, label):
         layer.data_setitem(np.nonzero(mask), label)
 
 
+def paint_and_train(qtbot, widget, scribbles, trees: int):
+    """Paint every class of ``scribbles`` into a new scribbles layer (one stroke per class), then
+    Train a forest of ``trees`` trees and wait for it; returns the scribbles layer."""
+    layer = widget.new_scribbles_layer()
+    for c in np.unique(scribbles[scribbles > 0]):
+        paint_labels(layer, scribbles == c, int(c))
+    widget.trees_spin.setValue(trees)
+    widget.train()
+    wait_idle(qtbot, widget)
+    return layer
+
+
 def brush_stroke(layer, points, label, size=5):
     """A brush stroke through ``points`` with ``Labels.paint`` (one undo item, one ``paint`` event)."""
     layer.brush_size = size

@@ -14,7 +14,7 @@ import tifffile
 
 pytest.importorskip("napari")
 
-from _widget_helpers import dock, paint_labels, wait_idle  # noqa: E402
+from _widget_helpers import dock, paint_and_train, paint_labels, wait_idle  # noqa: E402
 
 from napari_vitseg._validation import VitsegError  # noqa: E402
 from napari_vitseg._widgets._controller import stack_channels  # noqa: E402
@@ -164,12 +164,7 @@ def test_removing_a_channel_layer_falls_back_to_one_layer_and_says_so(qtbot, mak
     inp = widget.input
     _combine_all(widget)
     assert inp.channel_layers() == [ch0, ch1, ch2]
-    layer = widget.new_scribbles_layer()
-    for c in (1, 2, 3):
-        paint_labels(layer, scribbles == c, c)
-    widget.trees_spin.setValue(10)
-    widget.train()
-    wait_idle(qtbot, widget)
+    paint_and_train(qtbot, widget, scribbles, 10)
     assert widget.controller.model.segmenter.n_channels_ == 3
 
     viewer.layers.remove(ch2)  # three -> two channels
@@ -262,12 +257,7 @@ def test_save_load_and_apply_to_files_with_layer_channels(qtbot, make_napari_vie
     _open_split(viewer, cyx)
     widget = dock(viewer)
     _combine_all(widget)
-    layer = widget.new_scribbles_layer()
-    for c in (1, 2, 3):
-        paint_labels(layer, scribbles == c, c)
-    widget.trees_spin.setValue(20)
-    widget.train()
-    wait_idle(qtbot, widget)
+    paint_and_train(qtbot, widget, scribbles, 20)
     seg = viewer.layers["segmentation"].data.copy()
     path = tmp_path / "two.vitseg"
     monkeypatch.setattr(widget, "ask_save_path", lambda: str(path))

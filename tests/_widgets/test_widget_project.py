@@ -15,7 +15,7 @@ import tifffile
 
 pytest.importorskip("napari")
 
-from _widget_helpers import dock, paint_labels, wait_idle  # noqa: E402
+from _widget_helpers import dock, paint_and_train, wait_idle  # noqa: E402
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -245,12 +245,7 @@ def cyx_session(qtbot, make_napari_viewer, shared_data, tmp_path, errors, monkey
     widget = dock(viewer)
     widget.input.set_channel_layers([green, red])
     assert widget.input.channel_layers() == [green, red] and widget.channel_axis() == 2
-    layer = widget.new_scribbles_layer()
-    for c in (1, 2, 3):
-        paint_labels(layer, scribbles == c, c)
-    widget.trees_spin.setValue(20)
-    widget.train()
-    wait_idle(qtbot, widget)
+    paint_and_train(qtbot, widget, scribbles, 20)
     assert errors == [] and widget.controller.model.segmenter.n_channels_ == 2
     seg = viewer.layers["segmentation"].data.copy()
     assert len(np.unique(seg)) == 3
