@@ -135,6 +135,9 @@ METHODS: dict[str, dict] = {
                                              "sigmas": (0.5, 1, 2, 4, 8, 16)}},
     # issue 13: version 5 computes the scales >= 8 px on a scale-space pyramid; this is version 4's way
     "no_pyramid": {"features": {"pyramid": False}, "note": "every scale at full resolution (feature config v4)"},
+    # issue 10, session 19: the largest Gaussian scale kept (benchmarks/quality_screens.py --screens scales)
+    "sigmas_to_4": {"features": {"sigmas": (0.5, 1, 2, 4)}, "note": "no 8 or 16 px scales"},
+    "sigmas_to_8": {"features": {"sigmas": (0.5, 1, 2, 4, 8)}, "note": "no 16 px scale"},
     "prior_em": {"prior": "em", "note": "EM prior adjustment of the class probabilities (Saerens 2002)"},
     # 3D features for stacks: rename the keyword to the one FeatureConfig adopts.
     "features3d": {"features": {"dims": 3}, "note": "3D filters on stacks"},

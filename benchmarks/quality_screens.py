@@ -1,0 +1,409 @@
+"""Side screens of segmentation-quality ideas on the shared sets (issue 10), beside bench_quality.py.
+
+Run ``python benchmarks/quality_screens.py [--screens ...] [--sets ...] [--quick]``. Each screen
+asks one question about the default pipeline, always on the same footing: the default classical
+features of every plane (:meth:`napari_vitseg.Segmenter.plane_features`, computed once per set),
+the default random forest (:func:`napari_vitseg.classifiers.make_classifier`, classifier seeds 0,
+1, 2), exact prediction of every pixel, and the project's mIoU against the dense ground truth
+(every pixel, scribbled ones included, as in ``bench_quality.py``). The ``base`` column of every
+screen is that default; a screen changes one thing:
+
+- ``postprocess``: the labels from the forest's probabilities other than by the argmax:
+  seeded watershed of the image's gradient magnitude (Sobel of a Gaussian, sigma 1 px) from the
+  pixels whose top probability is >= 0.6 / 0.8 (``watershed_t0.6`` / ``_t0.8``); the same
+  watershed re-deciding only the pixels within 1 px of a label boundary (``watershed_band1``);
+  a guided filter of each probability map with the image as guide (He, Sun & Tang, ECCV 2010;
+  radius 2 px, eps 1e-3 of the image's range squared: ``guided_r2``); and the class priors of
+  the image estimated by classify-and-count (Forman 2008) instead of the forest's uniform ones
+  (``prior_cc``).
+- ``selftrain``: self-training (Yarowsky 1995; pseudo-labels): the forest labels every pixel;
+  pixels it labels with probability >= t join the training set with that label, ``x`` times as
+  many per class as the class has scribbled pixels (``t0.9_x1``, ``t0.9_x4``, ``t0.7_x4``;
+  ``t0.9_x4_near5`` only from pixels within 5 px of a label boundary), and a second forest
+  is trained on scribbles + pseudo-labels.
+- ``families``: one more filter family, on the intensity (grey mean for RGB) scaled to uint8
+  by its 0.5-99.5 percentiles: ``+median`` (scikit-image rank median, disks of radius 1, 2, 4,
+  8), ``+entropy`` (rank entropy, radius 2, 4, 8), ``+lbp`` (uniform local binary patterns,
+  8 points at radius 1, 2, 4, box-averaged), ``+local_norm`` ((G_1 - G_s) / local sd at s =
+  4, 8, 16).
+- ``classifiers``: the same features to scikit-learn's logistic regression (standardised,
+  class-balanced), a 64-64 MLP and histogram gradient boosting (class-balanced), against the
+  forest.
+- ``scales``: the largest Gaussian scale kept (channels with sigma <= 1, 2, 4, 8, 16 px), with
+  the stroke-grouped 3-fold cross-validation on the scribbles that a per-image choice would
+  have to rely on (folds by connected stroke:
+  :func:`napari_vitseg.pipeline._autocontext.stroke_folds`; balanced accuracy and log-loss of
+  the out-of-fold probabilities, classifier seed 0).
+
+Output: per screen a set x variant table of mean mIoU over the seeds (± sd) and the mean over
+sets, and a JSON of every number in ``benchmarks/results/quality_screens_<time>.json``.
+``--quick`` crops every set to about 256 x 256 (``bench_quality.quick_crop``) and uses one seed:
+a smoke run, not the benchmark's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_quality as bq  # noqa: E402  (the sets, the crop and the metric of the benchmark)
+
+SCREENS = ("postprocess", "selftrain", "families", "classifiers", "scales")
+SEEDS = (0, 1, 2)
+
+
+# -- the shared footing -------------------------------------------------------------------------
+def set_features(ds: dict) -> dict:
+    """Default features of every plane of a set, its scribbles and the channels' sigmas.
+
+    Returns
+    -------
+    dict
+        ``F`` (Z, Y, X, C) float32 (Z = 1 for a single image), ``scr`` (Z, Y, X) uint8,
+        ``sigma`` (C,) float (0 for unscaled channels), ``planes`` (list of (Y, X[, 3]) arrays).
+    """
+    from napari_vitseg import Segmenter
+    from napari_vitseg.pipeline.segmenter import as_channels_last, plane_of
+
+    seg = Segmenter()
+    img, nsp, nc = as_channels_last(ds["image_arr"], ds["channel_axis"])
+    zs = list(range(img.shape[0])) if ds["stack"] else [None]
+    planes = [np.asarray(plane_of(img, nsp, z)) for z in zs]
+    F = np.stack([seg.plane_features(p) for p in planes])
+    sigma = np.array([float(m.group(1)) if (m := re.search(r"_s([\d.]+)", n)) else 0.0
+                      for n in seg.featurizer.feature_names(nc)])
+    scr = ds["scr"] if ds["stack"] else ds["scr"][None]
+    return {"F": F, "scr": scr, "sigma": sigma, "planes": planes}
+
+
+def forest(seed: int):
+    """The default random forest with classifier seed ``seed``."""
+    from napari_vitseg.classifiers import make_classifier
+
+    return make_classifier("rf", random_state=seed)
+
+
+def fit_predict(X, y, F, seed: int, clf=None):
+    """Fit on (X, y), return (probabilities (n, K), classes (K,)) of every pixel of ``F``."""
+    clf = clf if clf is not None else forest(seed)
+    clf.fit(X, y)
+    return np.asarray(clf.predict_proba(F.reshape(-1, F.shape[-1]))), np.asarray(clf.classes_)
+
+
+def miou(labels, ds, shape) -> float:
+    lab = np.asarray(labels).reshape(shape)
+    return bq.score(lab if ds["stack"] else lab[0], ds)["miou"]
+
+
+def image_u8(planes) -> tuple[list, list]:
+    """Grey planes (float32) and the same scaled to uint8 by the 0.5-99.5 percentiles of all."""
+    grey = [p.astype(np.float32).mean(-1) if p.ndim == 3 else p.astype(np.float32) for p in planes]
+    lo, hi = np.percentile(np.stack(grey), [0.5, 99.5])
+    u8 = [(np.clip((g - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8) for g in grey]
+    return grey, u8
+
+
+# -- post-processes -----------------------------------------------------------------------------
+def _gradient(g):
+    from scipy import ndimage as ndi
+    from skimage.filters import sobel
+
+    return sobel(ndi.gaussian_filter(g, 1.0))
+
+
+def watershed_labels(P, grey, t: float | None = None, band: int | None = None):
+    """Seeded watershed of the gradient magnitude; seeds = confident pixels or pixels > ``band``
+    px from a label boundary. ``P`` (Z, K, Y, X); returns class indices (Z, Y, X)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    out = []
+    for p, g in zip(P, grey, strict=True):
+        am = p.argmax(0)
+        if band is not None:
+            fp = np.ones((2 * band + 1,) * 2, bool)
+            keep = ndi.maximum_filter(am, footprint=fp) == ndi.minimum_filter(am, footprint=fp)
+        else:
+            keep = p.max(0) >= t
+        out.append(watershed(_gradient(g), np.where(keep, am + 1, 0)) - 1)
+    return np.stack(out)
+
+
+def guided_labels(P, grey, r: int = 2, eps: float = 1e-3):
+    """Guided filter (He et al. 2010) of each probability map, guide = the image scaled to [0, 1]."""
+    from scipy import ndimage as ndi
+
+    def box(a):
+        return ndi.uniform_filter(a, 2 * r + 1, mode="reflect")
+
+    out = []
+    for p, g in zip(P, grey, strict=True):
+        lo, hi = np.percentile(g, [0.5, 99.5])
+        guide = np.clip((g - lo) / max(hi - lo, 1e-6), 0, 1)
+        mi = box(guide)
+        vi = box(guide * guide) - mi * mi
+        q = []
+        for pk in p:
+            mp = box(pk)
+            a = (box(guide * pk) - mi * mp) / (vi + eps)
+            q.append(box(a) * guide + box(mp - a * mi))
+        out.append(np.argmax(q, 0))
+    return np.stack(out)
+
+
+def prior_cc_labels(P):
+    """Posteriors re-weighted by the classify-and-count class fractions (forest prior uniform)."""
+    k = P.shape[1]
+    frac = np.bincount(P.argmax(1).ravel(), minlength=k) / P[:, 0].size
+    return (P * np.maximum(frac, 1e-3)[None, :, None, None]).argmax(1)
+
+
+def screen_postprocess(ds, fs, seeds):
+    F, scr = fs["F"], fs["scr"]
+    grey, _ = image_u8(fs["planes"])
+    m = scr > 0
+    rows = {k: [] for k in ("base", "watershed_t0.6", "watershed_t0.8", "watershed_band1", "guided_r2",
+                            "prior_cc")}
+    for seed in seeds:
+        proba, classes = fit_predict(F[m], scr[m], F, seed)
+        P = proba.reshape(*scr.shape, -1).transpose(0, 3, 1, 2)
+        variants = {
+            "base": P.argmax(1),
+            "watershed_t0.6": watershed_labels(P, grey, t=0.6),
+            "watershed_t0.8": watershed_labels(P, grey, t=0.8),
+            "watershed_band1": watershed_labels(P, grey, band=1),
+            "guided_r2": guided_labels(P, grey),
+            "prior_cc": prior_cc_labels(P),
+        }
+        for k, idx in variants.items():
+            rows[k].append(miou(classes[idx], ds, scr.shape))
+    return rows
+
+
+# -- self-training ------------------------------------------------------------------------------
+SELFTRAIN = {"t0.9_x1": (0.9, 1, None), "t0.9_x4": (0.9, 4, None), "t0.7_x4": (0.7, 4, None),
+             "t0.9_x4_near5": (0.9, 4, 5)}
+
+
+def pseudo_labels(proba, classes, scr, y, t, mult, near, rng):
+    """Indices (into the flattened pixels) and labels of the self-training pixels."""
+    from scipy import ndimage as ndi
+
+    lab = classes[proba.argmax(1)]
+    cand = (proba.max(1) >= t) & (scr.ravel() == 0)
+    if near:
+        L = lab.reshape(scr.shape)
+        close = np.stack([ndi.distance_transform_edt(ndi.maximum_filter(p, 3) == ndi.minimum_filter(p, 3)) <= near
+                          for p in L])
+        cand &= close.ravel()
+    idx = []
+    for k in classes:
+        pool = np.flatnonzero(cand & (lab == k))
+        idx.append(rng.choice(pool, min(pool.size, mult * int((y == k).sum())), replace=False))
+    idx = np.concatenate(idx)
+    return idx, lab[idx]
+
+
+def screen_selftrain(ds, fs, seeds):
+    F, scr = fs["F"], fs["scr"]
+    m = scr > 0
+    X, y = F[m], scr[m]
+    flat = F.reshape(-1, F.shape[-1])
+    rows = {k: [] for k in ("base", *SELFTRAIN)}
+    for seed in seeds:
+        proba, classes = fit_predict(X, y, F, seed)
+        rows["base"].append(miou(classes[proba.argmax(1)], ds, scr.shape))
+        for k, (t, mult, near) in SELFTRAIN.items():
+            idx, lab = pseudo_labels(proba, classes, scr, y, t, mult, near, np.random.default_rng(seed))
+            p2, c2 = fit_predict(np.concatenate([X, flat[idx]]), np.concatenate([y, lab]), F, seed)
+            rows[k].append(miou(c2[p2.argmax(1)], ds, scr.shape))
+    return rows
+
+
+# -- extra filter families -----------------------------------------------------------------------
+def extra_channels(name, g, b):
+    """One family's channels of a grey plane ``g`` (float32) / ``b`` (uint8): list of (Y, X)."""
+    from scipy import ndimage as ndi
+    from skimage.feature import local_binary_pattern
+    from skimage.filters import rank
+    from skimage.morphology import disk
+
+    if name == "+median":
+        return [rank.median(b, disk(r)).astype(np.float32) for r in (1, 2, 4, 8)]
+    if name == "+entropy":
+        return [rank.entropy(b, disk(r)).astype(np.float32) for r in (2, 4, 8)]
+    if name == "+lbp":
+        return [ndi.uniform_filter(local_binary_pattern(b, 8, r, "uniform").astype(np.float32), 2 * r + 1)
+                for r in (1, 2, 4)]
+    if name == "+local_norm":
+        g1, out = ndi.gaussian_filter(g, 1.0), []
+        for s in (4, 8, 16):
+            mean = ndi.gaussian_filter(g, s)
+            var = np.maximum(ndi.gaussian_filter(g * g, s) - mean * mean, 0)
+            out.append((g1 - mean) / np.sqrt(var + 1e-3 * float(g.var()) + 1e-12))
+        return out
+    raise ValueError(name)
+
+
+def screen_families(ds, fs, seeds):
+    F, scr = fs["F"], fs["scr"]
+    grey, u8 = image_u8(fs["planes"])
+    m = scr > 0
+    rows = {"base": []}
+    for seed in seeds:
+        proba, classes = fit_predict(F[m], scr[m], F, seed)
+        rows["base"].append(miou(classes[proba.argmax(1)], ds, scr.shape))
+    for name in ("+median", "+entropy", "+lbp", "+local_norm"):
+        E = np.stack([np.stack(extra_channels(name, g, b), -1) for g, b in zip(grey, u8, strict=True)])
+        FF = np.concatenate([F, E], -1)
+        rows[name] = []
+        for seed in seeds:
+            proba, classes = fit_predict(FF[m], scr[m], FF, seed)
+            rows[name].append(miou(classes[proba.argmax(1)], ds, scr.shape))
+    return rows
+
+
+# -- other classifiers ---------------------------------------------------------------------------
+def other_classifier(name, seed):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if name == "logistic":
+        return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
+    if name == "mlp_64_64":
+        return make_pipeline(StandardScaler(), MLPClassifier((64, 64), alpha=1e-3, max_iter=300, random_state=seed))
+    if name == "hist_gbdt":
+        return HistGradientBoostingClassifier(class_weight="balanced", random_state=seed)
+    raise ValueError(name)
+
+
+def screen_classifiers(ds, fs, seeds):
+    F, scr = fs["F"], fs["scr"]
+    m = scr > 0
+    rows = {k: [] for k in ("base", "logistic", "mlp_64_64", "hist_gbdt")}
+    for seed in seeds:
+        for k in rows:
+            clf = None if k == "base" else other_classifier(k, seed)
+            proba, classes = fit_predict(F[m], scr[m], F, seed, clf)
+            rows[k].append(miou(classes[proba.argmax(1)], ds, scr.shape))
+    return rows
+
+
+# -- largest scale, and what stroke cross-validation says about it ---------------------------------
+def stroke_cv(X, y, folds, seed=0):
+    """Out-of-fold (balanced accuracy, log-loss) of the default forest, folds by stroke."""
+    from sklearn.metrics import balanced_accuracy_score, log_loss
+
+    classes = np.unique(y)
+    oof = np.zeros((len(y), len(classes)))
+    for f in np.unique(folds):
+        clf = forest(seed).fit(X[folds != f], y[folds != f])
+        oof[folds == f] = clf.predict_proba(X[folds == f])
+    oof = np.clip(oof, 1e-3, 1)
+    oof /= oof.sum(1, keepdims=True)
+    return float(balanced_accuracy_score(y, classes[oof.argmax(1)])), float(log_loss(y, oof, labels=classes))
+
+
+def screen_scales(ds, fs, seeds):
+    from napari_vitseg.pipeline._autocontext import stroke_folds
+
+    F, scr, sigma = fs["F"], fs["scr"], fs["sigma"]
+    planes = []
+    for p in scr:
+        r, c = np.nonzero(p)
+        planes.append((r, c, p[r, c], p.shape))
+    folds = np.concatenate(stroke_folds(planes))
+    X = np.concatenate([F[z][r, c] for z, (r, c, _, _) in enumerate(planes)])
+    y = np.concatenate([lab for _, _, lab, _ in planes])
+    rows = {}
+    for top in (1, 2, 4, 8, 16):
+        cols = sigma <= top
+        key = "base" if cols.all() else f"sigma<={top}"
+        rows[key] = []
+        for seed in seeds:
+            proba, classes = fit_predict(X[:, cols], y, F[..., cols], seed)
+            rows[key].append(miou(classes[proba.argmax(1)], ds, scr.shape))
+        ba, ll = stroke_cv(X[:, cols], y, folds)
+        rows[f"{key} (stroke-CV balanced acc.)"] = [ba]
+        rows[f"{key} (stroke-CV log-loss)"] = [ll]
+    return rows
+
+
+SCREEN_FUNCS = {"postprocess": screen_postprocess, "selftrain": screen_selftrain,
+                "families": screen_families, "classifiers": screen_classifiers, "scales": screen_scales}
+
+
+# -- report -------------------------------------------------------------------------------------
+def table(screen: str, results: dict) -> str:
+    """Markdown table: set x variant, mean ± sd over seeds, and the mean over sets."""
+    sets = list(results)
+    every = list(next(iter(results.values())))
+    parts = [f"### {screen}"]
+    # mIoU columns first; diagnostics such as 'base (stroke-CV log-loss)' in a second table
+    for variants in ([v for v in every if " (" not in v], [v for v in every if " (" in v]):
+        if not variants:
+            continue
+        lines = ["", "| set | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+        for s in sets:
+            cells = []
+            for v in variants:
+                vals = results[s][v]
+                cells.append(f"{np.mean(vals):.3f}" + (f"±{np.std(vals):.3f}" if len(vals) > 1 else ""))
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines.append("| **mean** | " + " | ".join(f"{np.mean([np.mean(results[s][v]) for s in sets]):.4f}"
+                                               for v in variants) + " |")
+        parts.append("\n".join(lines))
+    return "\n".join(parts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--screens", nargs="+", choices=SCREENS, default=list(SCREENS))
+    ap.add_argument("--sets", nargs="+", default=None)
+    ap.add_argument("--data", type=Path, default=bq.DEFAULT_DATA)
+    ap.add_argument("--cache", type=Path, default=bq.DEFAULT_CACHE)
+    ap.add_argument("--quick", action="store_true", help="crop to ~256 x 256, one seed (smoke run)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if not args.data.is_dir():
+        print(f"quality_screens: no data folder {args.data} (pass --data)", file=sys.stderr)
+        return 2
+    seeds = SEEDS[:1] if args.quick else SEEDS
+    t0 = time.perf_counter()
+    results: dict = {s: {} for s in args.screens}
+    for entry in bq.find_sets(args.data, args.cache, args.sets):
+        ds = bq.load_set(entry)
+        if args.quick:
+            ds = bq.quick_crop(ds)
+        fs = set_features(ds)
+        for screen in args.screens:
+            t1 = time.perf_counter()
+            results[screen][ds["name"]] = SCREEN_FUNCS[screen](ds, fs, seeds)
+            print(f"  {ds['name']} {screen}: {time.perf_counter() - t1:.0f} s", flush=True)
+    text = "\n\n".join(table(s, results[s]) for s in args.screens)
+    print(text)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or HERE / "results" / f"quality_screens_{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"screens": results, "seeds": list(seeds), "quick": args.quick, "wall_s": time.perf_counter() - t0,
+              "versions": bq.versions(Path("/nonexistent")), "source_sha256": bq.source_digest(),
+              "machine": bq.machine(), "tables": text}
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
