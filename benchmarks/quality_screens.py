@@ -34,6 +34,8 @@ screen is that default; a screen changes one thing:
   have to rely on (folds by connected stroke:
   :func:`napari_vitseg.pipeline._autocontext.stroke_folds`; balanced accuracy and log-loss of
   the out-of-fold probabilities, classifier seed 0).
+- ``large_scales``: which families the 8 and 16 px scales are needed for: every channel of
+  sigma <= 4 px and the bilateral ones, plus the 8 and 16 px channels of the families named.
 
 Output: per screen a set x variant table of mean mIoU over the seeds (± sd) and the mean over
 sets, and a JSON of every number in ``benchmarks/results/quality_screens_<time>.json``.
@@ -56,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_quality as bq  # noqa: E402  (the sets, the crop and the metric of the benchmark)
 
-SCREENS = ("postprocess", "selftrain", "families", "classifiers", "scales")
+SCREENS = ("postprocess", "selftrain", "families", "classifiers", "scales", "large_scales")
 SEEDS = (0, 1, 2)
 
 
@@ -68,7 +70,8 @@ def set_features(ds: dict) -> dict:
     -------
     dict
         ``F`` (Z, Y, X, C) float32 (Z = 1 for a single image), ``scr`` (Z, Y, X) uint8,
-        ``sigma`` (C,) float (0 for unscaled channels), ``planes`` (list of (Y, X[, 3]) arrays).
+        ``sigma`` (C,) float (0 for unscaled channels), ``names`` (C channel names),
+        ``planes`` (list of (Y, X[, 3]) arrays).
     """
     from napari_vitseg import Segmenter
     from napari_vitseg.pipeline.segmenter import as_channels_last, plane_of
@@ -78,10 +81,10 @@ def set_features(ds: dict) -> dict:
     zs = list(range(img.shape[0])) if ds["stack"] else [None]
     planes = [np.asarray(plane_of(img, nsp, z)) for z in zs]
     F = np.stack([seg.plane_features(p) for p in planes])
-    sigma = np.array([float(m.group(1)) if (m := re.search(r"_s([\d.]+)", n)) else 0.0
-                      for n in seg.featurizer.feature_names(nc)])
+    names = seg.featurizer.feature_names(nc)
+    sigma = np.array([float(m.group(1)) if (m := re.search(r"_s([\d.]+)", n)) else 0.0 for n in names])
     scr = ds["scr"] if ds["stack"] else ds["scr"][None]
-    return {"F": F, "scr": scr, "sigma": sigma, "planes": planes}
+    return {"F": F, "scr": scr, "sigma": sigma, "names": names, "planes": planes}
 
 
 def forest(seed: int):
@@ -340,8 +343,48 @@ def screen_scales(ds, fs, seeds):
     return rows
 
 
+# -- which families the large scales (8, 16 px) are needed for ------------------------------------
+LARGE_SCALE_KEPT = {
+    "sigma<=4": (),
+    "+gaussian": ("gaussian",),
+    "+gaussian,gradient": ("gaussian", "gradient"),
+    "+structure": ("structure",),
+    "+hessian": ("hessian",),
+    "+gaussian,structure": ("gaussian", "structure"),
+    "+gaussian,hessian": ("gaussian", "hessian"),
+}
+
+
+def large_scale_columns(names, sigma, kept) -> np.ndarray:
+    """Mask of the channels with sigma <= 4 px, the bilateral ones and those of the families ``kept``.
+
+    ``names`` as :meth:`Featurizer.feature_names` gives them (``'gaussian_s8'``; RGB:
+    ``'ch0:gaussian_s8'``), ``sigma`` the scale of each (0 if none)."""
+    family = np.array([n.split(":")[-1].split("_")[0] for n in names])
+    return (np.asarray(sigma) <= 4) | (family == "bilateral") | np.isin(family, list(kept))
+
+
+def screen_large_scales(ds, fs, seeds):
+    """Every channel of sigma <= 4 px (and the bilateral ones) plus the 8 and 16 px channels of
+    the families named (``+gaussian`` keeps ``gaussian_s8`` and ``gaussian_s16``)."""
+    F, scr = fs["F"], fs["scr"]
+    m = scr > 0
+    rows = {"base": []}
+    for seed in seeds:
+        proba, classes = fit_predict(F[m], scr[m], F, seed)
+        rows["base"].append(miou(classes[proba.argmax(1)], ds, scr.shape))
+    for key, kept in LARGE_SCALE_KEPT.items():
+        cols = large_scale_columns(fs["names"], fs["sigma"], kept)
+        rows[key] = []
+        for seed in seeds:
+            proba, classes = fit_predict(F[m][:, cols], scr[m], F[..., cols], seed)
+            rows[key].append(miou(classes[proba.argmax(1)], ds, scr.shape))
+    return rows
+
+
 SCREEN_FUNCS = {"postprocess": screen_postprocess, "selftrain": screen_selftrain,
-                "families": screen_families, "classifiers": screen_classifiers, "scales": screen_scales}
+                "families": screen_families, "classifiers": screen_classifiers, "scales": screen_scales,
+                "large_scales": screen_large_scales}
 
 
 # -- report -------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def test_extra_families_have_the_plane_shape(qs):
         qs.extra_channels("+nothing", grey[0], u8[0])
 
 
-@pytest.mark.parametrize("screen", ["postprocess", "selftrain", "families", "classifiers", "scales"])
+@pytest.mark.parametrize("screen", ["postprocess", "selftrain", "families", "classifiers", "scales", "large_scales"])
 def test_every_screen_runs_on_a_stack(qs, screen):
     ds = _disk_set(stack=True)
     fs = qs.set_features(ds)
@@ -132,6 +132,21 @@ def test_every_screen_runs_on_a_stack(qs, screen):
     assert rows["base"][0] > 0.9  # the disk is easy
     text = qs.table(screen, {"disk": rows})
     assert text.startswith(f"### {screen}") and "**mean**" in text
+
+
+def test_large_scale_columns_read_grey_and_rgb_names(qs):
+    from napari_vitseg import Segmenter
+
+    for nc in (1, 3):
+        names = Segmenter().featurizer.feature_names(nc)
+        sigma = np.array([float(n.rsplit("_s", 1)[1]) if "_s" in n else 0.0 for n in names])
+        small = qs.large_scale_columns(names, sigma, ())
+        assert not any(n.endswith(("_s8", "_s16")) and "bilateral" not in n for n, k in zip(names, small) if k)
+        assert all(k for n, k in zip(names, small) if "bilateral" in n or n.endswith("intensity"))
+        more = qs.large_scale_columns(names, sigma, ("gaussian",))
+        added = [n for n, a, b in zip(names, more, small, strict=True) if a and not b]
+        assert sorted(added) == sorted(n for n in names if n.split(":")[-1] in ("gaussian_s8", "gaussian_s16"))
+        assert len(added) == 2 * nc
 
 
 def test_boundary_band_marks_pixels_next_to_a_class_change(qf):
