@@ -138,6 +138,10 @@ METHODS: dict[str, dict] = {
     # issue 10, session 19: the largest Gaussian scale kept (benchmarks/quality_screens.py --screens scales)
     "sigmas_to_4": {"features": {"sigmas": (0.5, 1, 2, 4)}, "note": "no 8 or 16 px scales"},
     "sigmas_to_8": {"features": {"sigmas": (0.5, 1, 2, 4, 8)}, "note": "no 16 px scale"},
+    # issue 10, session 19: boundary refinement (pipeline/_boundary.py), on by default from feature file format 3
+    "no_boundary": {"config": {"boundary_refinement": 0}, "note": "without boundary refinement (the default before)"},
+    "boundary1": {"config": {"boundary_refinement": 1}},
+    "boundary3": {"config": {"boundary_refinement": 3}},
     "prior_em": {"prior": "em", "note": "EM prior adjustment of the class probabilities (Saerens 2002)"},
     # 3D features for stacks: rename the keyword to the one FeatureConfig adopts.
     "features3d": {"features": {"dims": 3}, "note": "3D filters on stacks"},

@@ -141,8 +141,8 @@ def test_large_scale_columns_read_grey_and_rgb_names(qs):
         names = Segmenter().featurizer.feature_names(nc)
         sigma = np.array([float(n.rsplit("_s", 1)[1]) if "_s" in n else 0.0 for n in names])
         small = qs.large_scale_columns(names, sigma, ())
-        assert not any(n.endswith(("_s8", "_s16")) and "bilateral" not in n for n, k in zip(names, small) if k)
-        assert all(k for n, k in zip(names, small) if "bilateral" in n or n.endswith("intensity"))
+        assert not any(n.endswith(("_s8", "_s16")) and "bilateral" not in n for n, k in zip(names, small, strict=True) if k)
+        assert all(k for n, k in zip(names, small, strict=True) if "bilateral" in n or n.endswith("intensity"))
         more = qs.large_scale_columns(names, sigma, ("gaussian",))
         added = [n for n, a, b in zip(names, more, small, strict=True) if a and not b]
         assert sorted(added) == sorted(n for n in names if n.split(":")[-1] in ("gaussian_s8", "gaussian_s16"))

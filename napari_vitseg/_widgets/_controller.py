@@ -57,7 +57,7 @@ from .._progress import Progress
 from .._validation import VitsegError
 from ..features.cache import content_digest
 from ..features.config import FeatureConfig
-from ..pipeline import DEFAULT_COLORS, Segmenter, as_channels_last, uncertainty
+from ..pipeline import DEFAULT_COLORS, Segmenter, SegmenterConfig, as_channels_last, uncertainty
 from ..pipeline.batch import iter_apply_files
 from ..pipeline.scribbles import ScribbleIndex
 
@@ -571,6 +571,9 @@ class SegmentationController:
         Parameters of the full-quality model (*Train*).
     live_fast : bool
         Live mode trains the small :data:`LIVE_PARAMS` model (default) instead of the full one.
+    boundary_refinement : int
+        Half-width (px) of the band a fine-scale classifier re-decides; 0 = off (see
+        :class:`~napari_vitseg.pipeline.SegmenterConfig`).
     class_names, class_colors : list of str
         Names and hex colours of classes 1..K.
     random_weights : bool
@@ -594,6 +597,7 @@ class SegmentationController:
         self.classifier = "rf"
         self.classifier_params: dict = {}
         self.live_fast = True
+        self.boundary_refinement = SegmenterConfig().boundary_refinement
         self.class_names: list[str] = ["class 1", "class 2"]
         self.class_colors: list[str] = list(DEFAULT_COLORS[:2])
         self.random_weights = False
@@ -872,7 +876,8 @@ class SegmentationController:
         """An unfitted :class:`Segmenter` that shares this controller's cache and featurizer."""
         params = self.live_params() if live else dict(self.classifier_params)
         return Segmenter(self.feature_config, self.classifier, params, class_names=list(self.class_names),
-                         class_colors=list(self.class_colors), featurizer=self.featurizer(), cache=self.cache)
+                         class_colors=list(self.class_colors), boundary_refinement=self.boundary_refinement,
+                         featurizer=self.featurizer(), cache=self.cache)
 
     def adopt(self, ready: ModelReady) -> None:
         """Make ``ready`` the current model (on the UI thread)."""
@@ -882,6 +887,7 @@ class SegmentationController:
             self.feature_config = seg.feature_config
             self.classifier = seg.classifier
             self.classifier_params = dict(seg.classifier_params)
+            self.boundary_refinement = seg.boundary_refinement
             if seg.class_names:
                 self.class_names = list(seg.class_names)
                 self.class_colors = list(seg.class_colors or DEFAULT_COLORS[: len(seg.class_names)])

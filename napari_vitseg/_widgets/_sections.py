@@ -48,7 +48,9 @@ from .._sample_data import class_colormap
 from .._validation import VitsegError
 from ..backbones import available_backbones, list_backbones
 from ..features.config import FeatureConfig
-from ..pipeline import DEFAULT_COLORS
+from ..pipeline import DEFAULT_COLORS, SegmenterConfig
+from ..pipeline._boundary import DEFAULT_ROWS as BOUNDARY_ROWS
+from ..pipeline._boundary import FINE_MAX_SIGMA
 from ._controller import (
     LIVE_PARAMS,
     RANDOM_WEIGHTS_ENV,
@@ -1113,6 +1115,15 @@ class ClassifierSection(QGroupBox):
         self.live_fast_check.setChecked(True)
         self.live_fast_check.toggled.connect(self.apply)
         form.addRow(self.live_fast_check)
+        self.boundary_check = QCheckBox("refine boundaries with fine scales")
+        self.boundary_check.setChecked(SegmenterConfig().boundary_refinement > 0)
+        self.boundary_check.setToolTip(
+            f"A second classifier on the fine scales (<= {FINE_MAX_SIGMA:g} px) re-decides the pixels within "
+            f"{BOUNDARY_ROWS} px of a label boundary: the large scales say what a region is, the fine ones where "
+            "it ends (better on every shared set, docs/quality.md). Not in the coarse first overlay of Live."
+        )
+        self.boundary_check.toggled.connect(self.apply)
+        form.addRow(self.boundary_check)
 
     def _set_depth_mode(self, kind: str) -> None:
         """XGBoost needs a depth >= 1; a random forest may grow unlimited (0)."""
@@ -1139,6 +1150,7 @@ class ClassifierSection(QGroupBox):
         c.classifier_params = {"n_estimators": self.trees_spin.value(),
                                "max_depth": (depth or None) if c.classifier == "rf" else depth}
         c.live_fast = self.live_fast_check.isChecked()
+        c.boundary_refinement = BOUNDARY_ROWS if self.boundary_check.isChecked() else 0
         lp = LIVE_PARAMS[c.classifier]
         self.live_fast_check.setToolTip(
             f"Live mode trains a small model ({lp['n_estimators']} trees, depth <= {lp['max_depth']}, "
@@ -1146,9 +1158,10 @@ class ClassifierSection(QGroupBox):
             "within about a second; Train, Save and Apply use the full model above."
         )
 
-    def show_model(self, classifier: str, params: dict) -> None:
-        """Show a loaded classifier's kind and parameters (the controller already has them)."""
-        fields = (self.clf_combo, self.trees_spin, self.depth_spin)
+    def show_model(self, classifier: str, params: dict, boundary_refinement: int | None = None) -> None:
+        """Show a loaded classifier's kind, parameters and boundary refinement (the controller
+        already has them)."""
+        fields = (self.clf_combo, self.trees_spin, self.depth_spin, self.boundary_check)
         for w in fields:
             w.blockSignals(True)
         try:
@@ -1156,6 +1169,8 @@ class ClassifierSection(QGroupBox):
             self.trees_spin.setValue(int(params.get("n_estimators", 100)))
             self._set_depth_mode(classifier)
             self.depth_spin.setValue(int(params.get("max_depth") or 0))
+            if boundary_refinement is not None:
+                self.boundary_check.setChecked(boundary_refinement > 0)
         finally:
             for w in fields:
                 w.blockSignals(False)

@@ -552,7 +552,7 @@ class SegmentationWidget(QWidget):
     def _set_fields_from_model(self, seg) -> None:
         """Show a loaded classifier's feature config, classifier and classes in the fields."""
         self.features.show_config(seg.feature_config, random=self.controller.random_weights)
-        self.classifier.show_model(seg.classifier, seg.classifier_params)
+        self.classifier.show_model(seg.classifier, seg.classifier_params, seg.boundary_refinement)
         if seg.class_names:
             self.classes.set_classes(seg.class_names, seg.class_colors or DEFAULT_COLORS[: len(seg.class_names)])
 

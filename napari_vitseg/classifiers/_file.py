@@ -8,6 +8,7 @@ Layout (``*.vitseg``)::
     model.skops          random forest, in skops' code-free format   (kind 'rf')
     model.ubj            XGBoost booster in its own UBJSON format      (kind 'xgb')
     stage1.skops ...     earlier stages of an auto-context classifier (format 2), same formats
+    boundary.skops       the fine-scale classifier of the boundary band (format 3; .ubj for XGBoost)
     arrays.npz           optional numeric state (e.g. the ViT PCA basis), loaded with
                          ``allow_pickle=False``
 
@@ -15,8 +16,11 @@ Loading checks the zip magic first and refuses pickles, truncated files and anyt
 is not a napari-vitseg classifier, with a message that names the file.
 
 Format versions: 1 (napari-vitseg 0.1.x) holds one classifier; 2 adds the auto-context
-section and the earlier stages. Every file is written as version 2 and both are read; a file of
-a later version is refused with a message to upgrade.
+section and the earlier stages; 3 adds the boundary-refinement classifier
+(:mod:`napari_vitseg.pipeline._boundary`). A file is written as version 3 when it holds a
+boundary classifier (so that a napari-vitseg that would ignore it refuses the file instead of
+predicting without it), else as version 2; all three are read; a file of a later version is
+refused with a message to upgrade.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_classifier_file", "load_classi
            "read_metadata"]
 
 FORMAT_NAME = "napari-vitseg classifier"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: The version written for a file without a boundary classifier (readable by napari-vitseg 0.2+).
+FORMAT_VERSION_NO_BOUNDARY = 2
 
 # scikit-learn types a random-forest file may contain; anything else is refused.
 _TRUSTED_SKOPS_TYPES = [
@@ -68,7 +74,7 @@ def _section(estimator, name: str) -> dict:
 
 
 def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = None, *,
-                         inputs: Iterable = (), stages: Iterable = ()) -> Path:
+                         inputs: Iterable = (), stages: Iterable = (), boundary=None) -> Path:
     """Write a classifier file atomically (a unique temporary name, then rename).
 
     Parameters
@@ -87,6 +93,10 @@ def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = 
         The earlier stages of an auto-context classifier (stage 1 first; ``estimator`` is the
         last stage), stored as ``stage{i}.skops`` / ``.ubj`` and listed in the metadata's
         ``stages``; the metadata must then hold the ``autocontext`` section.
+    boundary : estimator, optional
+        The boundary-refinement classifier, stored as ``boundary.skops`` / ``.ubj`` and
+        described in the metadata's ``boundary.classifier``; the metadata must then hold the
+        ``boundary`` section (its ``rows`` and ``columns``). The file is then format 3.
 
     Returns
     -------
@@ -101,7 +111,7 @@ def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = 
     name, blob = _estimator_bytes(estimator)
     meta = dict(metadata)
     meta["format"] = FORMAT_NAME
-    meta["format_version"] = FORMAT_VERSION
+    meta["format_version"] = FORMAT_VERSION if boundary is not None else FORMAT_VERSION_NO_BOUNDARY
     meta["classifier"] = _section(estimator, name)
     members = [(name, blob)]
     meta["stages"] = []
@@ -109,6 +119,10 @@ def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = 
         ext, data = _estimator_bytes(st)
         members.append((f"stage{i}.{ext.split('.')[1]}", data))
         meta["stages"].append(_section(st, members[-1][0]))
+    if boundary is not None:
+        ext, data = _estimator_bytes(boundary)
+        members.append((f"boundary.{ext.split('.')[1]}", data))
+        meta["boundary"] = {**meta["boundary"], "classifier": _section(boundary, members[-1][0])}
     with atomic_write(path, inputs=inputs, what="classifier file") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("metadata.json", json.dumps(meta, indent=2, sort_keys=True))
@@ -198,6 +212,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         _check_members(zf, path, {"metadata.json": LIMITS["metadata_bytes"], "model.skops": LIMITS["model_bytes"],
                                   "model.ubj": LIMITS["model_bytes"], "arrays.npz": LIMITS["arrays_bytes"],
                                   **{f: LIMITS["model_bytes"] for f in STAGE_FILES},
+                                  "boundary.skops": LIMITS["model_bytes"], "boundary.ubj": LIMITS["model_bytes"],
                                   "*": 0, "total": LIMITS["model_bytes"] + LIMITS["arrays_bytes"]
                                   + LIMITS["metadata_bytes"]},
                        LIMITS["members"], "The zip")
@@ -362,6 +377,7 @@ def load_classifier_stages(path):
     estimators : list of RandomForestPixelClassifier or XGBoostPixelClassifier
         Stage 1 first, the last stage last (one estimator for a file without auto-context).
     metadata : dict
+        With the boundary-refinement classifier (format 3) under ``metadata['boundary']['estimator']``.
     arrays : dict of str to ndarray
     """
     return _load(path, stages=True)
@@ -371,9 +387,11 @@ def _load(path, stages: bool):
     path = Path(path)
     meta = read_metadata(path)
     sections = (list(meta.get("stages") or []) if stages else []) + [meta["classifier"]]
+    boundary = (meta.get("boundary") or {}).get("classifier") if stages else None
     with _open_zip(path) as zf:
         blobs = [_read_member(zf, c["model_file"], path) for c in sections]
         arrays = _read_npz(_read_member(zf, "arrays.npz", path), path) if "arrays.npz" in zf.namelist() else {}
+        boundary_blob = _read_member(zf, boundary["model_file"], path) if boundary else None
     ests = []
     for i, (c, blob) in enumerate(zip(sections, blobs, strict=True)):
         last = i == len(sections) - 1
@@ -381,6 +399,11 @@ def _load(path, stages: bool):
         if not last and names is not None:
             names = names[: int(c["n_features_in"])] if i == 0 else names
         ests.append(_load_estimator(c, blob, names, path))
+    if boundary:
+        names = meta.get("feature_names")
+        cols = meta["boundary"]["columns"]
+        meta["boundary"]["estimator"] = _load_estimator(boundary, boundary_blob,
+                                                        [names[i] for i in cols] if names else None, path)
     return ests, meta, arrays
 
 

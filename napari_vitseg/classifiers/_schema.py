@@ -90,6 +90,27 @@ class StageSection(_Model):
     model_file: Literal[STAGE_FILES]
 
 
+class BoundarySection(_Model):
+    """The boundary-refinement classifier (format 3): as :class:`ClassifierSection`, stored as
+    ``boundary.skops`` / ``boundary.ubj``."""
+
+    kind: Literal["rf", "xgb"]
+    params: Annotated[dict[Annotated[str, Field(max_length=64)], Param], Field(max_length=32)] = {}
+    classes: Annotated[list[ClassId], Field(min_length=2, max_length=255)]
+    n_features_in: Annotated[int, Field(ge=1, le=1_000_000)]
+    model_file: Literal["boundary.skops", "boundary.ubj"]
+
+
+class BoundaryEntry(_Model):
+    """Boundary refinement (format 3; :mod:`napari_vitseg.pipeline._boundary`): the band's
+    half-width, the feature columns of the fine-scale classifier, and that classifier."""
+
+    rows: Annotated[int, Field(ge=1, le=16)]
+    max_sigma: Annotated[float, Field(gt=0, le=1000)]
+    columns: Annotated[list[Annotated[int, Field(ge=0, le=1_000_000)]], Field(min_length=1, max_length=1_000_000)]
+    classifier: BoundarySection
+
+
 class AutoContextEntry(_Model):
     """How the auto-context stages were made (format 2; see :mod:`napari_vitseg.pipeline._autocontext`)."""
 
@@ -115,6 +136,7 @@ class ClassifierMetadata(_Model):
     classifier: ClassifierSection
     stages: Annotated[list[StageSection], Field(max_length=3)] = []
     autocontext: AutoContextEntry | None = None
+    boundary: BoundaryEntry | None = None
 
     @field_validator("classes")
     @classmethod
@@ -147,6 +169,19 @@ class ClassifierMetadata(_Model):
                     raise ValueError(f"stage {i} takes {st.n_features_in} features, not {want}")
             if c.n_features_in <= n_ctx:
                 raise ValueError("the last stage takes fewer features than its context features")
+        b = self.boundary
+        if b is not None:
+            n_image = c.n_features_in - (len(ac.context_names) if ac is not None else 0)
+            cols = b.columns
+            if cols != sorted(set(cols)) or cols[-1] >= n_image:
+                raise ValueError(f"the boundary columns must be distinct, sorted and below {n_image}")
+            if b.classifier.n_features_in != len(cols):
+                raise ValueError(f"the boundary classifier takes {b.classifier.n_features_in} features, not {len(cols)}")
+            if b.classifier.kind != c.kind or b.classifier.classes != c.classes:
+                raise ValueError(f"the boundary classifier is not a {c.kind!r} classifier of classes {c.classes}")
+            want = f"boundary.{'skops' if b.classifier.kind == 'rf' else 'ubj'}"
+            if b.classifier.model_file != want:
+                raise ValueError(f"the boundary classifier is stored as {b.classifier.model_file!r}")
         return self
 
 

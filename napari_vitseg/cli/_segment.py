@@ -65,7 +65,7 @@ def _train(args, out: Path, image, scribbles, channel_axis) -> int:
     params = {k: v for k, v in (("n_estimators", args.n_estimators), ("max_depth", args.max_depth)) if v is not None}
     names = args.class_names.split(",") if args.class_names else None
     seg = Segmenter(config, args.classifier, params, class_names=names, backbone=backbone, device=args.device,
-                    autocontext_stages=args.autocontext_stages)
+                    autocontext_stages=args.autocontext_stages, boundary_refinement=args.boundary_refinement)
     run_job(seg.iter_fit(image, scribbles, channel_axis=channel_axis), desc="train", quiet=args.quiet)
     seg.save(out, inputs=[args.image, args.scribbles])
     if not args.quiet:
@@ -211,6 +211,10 @@ def add_subcommands(subparsers) -> None:
                    help="auto-context (Tu & Bai 2010): N classifier stages, each also fed the previous stage's "
                         "smoothed class probabilities; 1 = off (default "
                         f"{_SEGMENTER_DEFAULTS.autocontext_stages}; see docs/autocontext.md)")
+    t.add_argument("--boundary-refinement", type=int, default=_SEGMENTER_DEFAULTS.boundary_refinement, metavar="PX",
+                   help="a second classifier on the fine scales (<= 2 px) re-decides the pixels within PX of a "
+                        "label boundary (edge focusing); 0 = off (default "
+                        f"{_SEGMENTER_DEFAULTS.boundary_refinement}; see docs/quality.md)")
     t.add_argument("--class-names", default=None, help="comma-separated names of classes 1..K")
     t.add_argument("--device", default=None, help="torch device for the ViT (default: cuda if available)")
     t.add_argument("--quiet", action="store_true")

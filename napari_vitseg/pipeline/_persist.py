@@ -14,6 +14,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+import numpy as np
+
 from .. import __version__
 from .._validation import VitsegError
 from ..classifiers import save_classifier_file
@@ -58,6 +60,11 @@ def segmenter_metadata(seg: Segmenter) -> dict:
         meta["feature_names"] = meta["feature_names"] + ctx  # those of the last stage
         meta["autocontext"] = {"stages": seg.n_stages, "folds": N_FOLDS, "context_sigmas": list(CONTEXT_SIGMAS),
                                "context_families": list(CONTEXT_FAMILIES), "context_names": ctx}
+    if seg._refine_rows:
+        from ._boundary import FINE_MAX_SIGMA
+
+        meta["boundary"] = {"rows": seg.boundary_refinement, "max_sigma": FINE_MAX_SIGMA,
+                            "columns": [int(c) for c in seg.boundary_columns_]}
     return meta
 
 
@@ -82,7 +89,8 @@ def save_segmenter(seg: Segmenter, path, *, inputs=()) -> Path:
     meta = segmenter_metadata(seg)
     arrays = seg.featurizer.pca_.to_arrays() if seg.featurizer.pca_ is not None else None
     chain = seg._stages()
-    return save_classifier_file(path, chain[-1], meta, arrays=arrays, inputs=inputs, stages=chain[:-1])
+    return save_classifier_file(path, chain[-1], meta, arrays=arrays, inputs=inputs, stages=chain[:-1],
+                                boundary=seg.boundary_classifier_ if seg._refine_rows else None)
 
 
 def config_from_metadata(meta: dict, estimator, path) -> SegmenterConfig:
@@ -107,8 +115,9 @@ def config_from_metadata(meta: dict, estimator, path) -> SegmenterConfig:
     names = tuple(table[i]["name"] if i in table else default_class_name(i) for i in range(1, n + 1))
     colors = tuple(table[i]["color"] if i in table else default_class_color(i) for i in range(1, n + 1))
     ac = meta.get("autocontext") or {}
+    boundary = meta.get("boundary") or {}  # files without it (format <= 2) predict as they always did
     return SegmenterConfig(features, estimator.kind, estimator.get_params(), names or None, colors or None,
-                           int(ac.get("stages", 1)))
+                           int(ac.get("stages", 1)), int(boundary.get("rows", 0)))
 
 
 def _random_weights_backbone(meta: dict, path, allow: bool, device):
@@ -205,6 +214,18 @@ def load_segmenter(path, *, backbone=None, device=None, expected_config: Feature
         from ..features.vit import PCAReducer
 
         seg.featurizer.pca_ = PCAReducer.from_arrays(arrays)
+    boundary = meta.get("boundary")
+    if boundary is not None:
+        from ._boundary import FINE_MAX_SIGMA, fine_columns
+
+        cols = fine_columns(have[: len(have) - len(ctx) if ac is not None else len(have)], boundary["max_sigma"])
+        if boundary["max_sigma"] != FINE_MAX_SIGMA or list(cols) != list(boundary["columns"]):
+            raise VitsegError(
+                f"{str(path)!r} refines boundaries with feature columns this napari-vitseg chooses differently "
+                f"(fine scales up to {boundary['max_sigma']} px); retrain the classifier."
+            )
+    seg.boundary_classifier_ = boundary["estimator"] if boundary is not None else None
+    seg.boundary_columns_ = np.asarray(boundary["columns"] if boundary is not None else [], dtype=np.int64)
     seg.classifier_ = est
     seg.stage_classifiers_ = chain
     seg.classes_ = est.classes_

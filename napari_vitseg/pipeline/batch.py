@@ -435,7 +435,7 @@ def iter_plane_probabilities(seg: Segmenter, planes: Iterable, *, overlap: bool 
                     out = np.empty((len(classes), ny, nx), dtype=np.float32)
                 # every core once nothing is left to featurise (the last bands of a run)
                 with predict_threads(None if finished.is_set() else n_pred):
-                    seg._predict_band(clf, fb, off, band, ny, classes, None, coarse, out)
+                    seg._predict_band(clf, fb, off, band, ny, classes, None, coarse, out, refine=True)
             except VitsegError as e:
                 raise named(key, e) from None
             finally:

@@ -63,6 +63,8 @@ from ._autocontext import (
     expand_proba,
     stroke_folds,
 )
+from ._boundary import DEFAULT_ROWS as BOUNDARY_ROWS
+from ._boundary import boundary_band, fine_columns
 from ._coarse import SCHEME_VERSION as COARSE_SCHEME_VERSION
 from ._coarse import coarse_rows_needed, coarse_to_fine_rows
 from .scribbles import ScribbleIndex
@@ -120,12 +122,17 @@ class SegmenterConfig:
         Classifier stages (1..4): 1 = one classifier on the image features; ``s > 1`` adds
         auto-context stages, each trained on the image features plus filtered class
         probabilities of the stage before (:mod:`napari_vitseg.pipeline._autocontext`).
+    boundary_refinement : int
+        Half-width in px of the band around the label boundaries that a second classifier on
+        the fine channels re-decides (:mod:`napari_vitseg.pipeline._boundary`; default
+        :data:`~napari_vitseg.pipeline._boundary.DEFAULT_ROWS`); 0 turns it off. Classifier
+        files without it (format <= 2) load with 0.
 
     Raises
     ------
     VitsegError
         Unknown classifier kind or parameter, a parameter out of range, names longer than 200
-        characters, colours that are not colours, stages out of range.
+        characters, colours that are not colours, stages or boundary band out of range.
 
     Examples
     --------
@@ -142,13 +149,18 @@ class SegmenterConfig:
     class_names: tuple[str, ...] | None = None
     class_colors: tuple[str, ...] | None = None
     autocontext_stages: int = 1
+    boundary_refinement: int = BOUNDARY_ROWS
 
     def __post_init__(self):
         from ._autocontext import MAX_STAGES
+        from ._boundary import MAX_ROWS
 
         check_number(self.autocontext_stages, "autocontext_stages", kind="int", low=1, high=MAX_STAGES,
                      owner="SegmenterConfig")
         object.__setattr__(self, "autocontext_stages", int(self.autocontext_stages))
+        check_number(self.boundary_refinement, "boundary_refinement", kind="int", low=0, high=MAX_ROWS,
+                     owner="SegmenterConfig")
+        object.__setattr__(self, "boundary_refinement", int(self.boundary_refinement))
         if not isinstance(self.features, FeatureConfig):
             raise VitsegError(f"features must be a FeatureConfig; got {type(self.features).__name__}.")
         check_option(self.classifier, CLASSIFIERS, "classifier")
@@ -307,6 +319,9 @@ class Segmenter:
         Hex colours of classes 1..K.
     autocontext_stages : int
         1 (default: one classifier) to 4; see :class:`SegmenterConfig`.
+    boundary_refinement : int
+        Half-width (px) of the band re-decided by the fine-scale classifier; 0 = off. See
+        :class:`SegmenterConfig` and :mod:`napari_vitseg.pipeline._boundary`.
     featurizer : Featurizer, optional
         A featurizer of exactly ``feature_config`` to share (the napari widget shares one,
         with its backbone and ViT PCA basis, between every model it trains).
@@ -336,6 +351,11 @@ class Segmenter:
         The fitted classifier (the last stage with auto-context).
     stage_classifiers_ : list of classifiers
         Every stage, first to last (``[classifier_]`` without auto-context).
+    boundary_classifier_ : classifier or None
+        The fine-scale classifier of the boundary band (``None`` when ``boundary_refinement``
+        is 0 or the features have no fine channels).
+    boundary_columns_ : ndarray of int
+        Its feature columns (:func:`napari_vitseg.pipeline._boundary.fine_columns`).
     classes_ : ndarray of int, (K,)
     n_channels_ : int
         Channels of the training image.
@@ -351,12 +371,12 @@ class Segmenter:
     def __init__(self, feature_config: FeatureConfig | None = None, classifier: str = "rf",
                  classifier_params: dict | None = None, *, class_names: Sequence[str] | None = None,
                  class_colors: Sequence[str] | None = None, autocontext_stages: int = 1,
-                 featurizer: Featurizer | None = None, cache: FeatureCache | None = None, backbone=None,
+                 boundary_refinement: int = BOUNDARY_ROWS, featurizer: Featurizer | None = None, cache: FeatureCache | None = None, backbone=None,
                  device=None, cache_bytes: int = 4 * 2**30, prediction: str | None = None):
         self.prediction = prediction
         config = SegmenterConfig(feature_config if feature_config is not None else FeatureConfig(),
                                  classifier, classifier_params or {}, class_names, class_colors,
-                                 autocontext_stages)
+                                 autocontext_stages, boundary_refinement)
         self._config = config
         self.device = device
         if featurizer is not None:
@@ -382,7 +402,8 @@ class Segmenter:
         """
         return cls(config.features, config.classifier, config.classifier_params,
                    class_names=config.class_names, class_colors=config.class_colors,
-                   autocontext_stages=config.autocontext_stages, **kwargs)
+                   autocontext_stages=config.autocontext_stages,
+                   boundary_refinement=config.boundary_refinement, **kwargs)
 
     # -- prediction setting (not part of the model) -------------------------------
     @property
@@ -460,6 +481,16 @@ class Segmenter:
     def autocontext_stages(self) -> int:
         """Stages of the model (1 = no auto-context)."""
         return self._config.autocontext_stages
+
+    @property
+    def boundary_refinement(self) -> int:
+        """Half-width (px) of the boundary band the fine-scale classifier re-decides (0 = off)."""
+        return self._config.boundary_refinement
+
+    @property
+    def _refine_rows(self) -> int:
+        """Rows of label context the fitted model's boundary refinement needs (0: none)."""
+        return self.boundary_refinement if getattr(self, "boundary_classifier_", None) is not None else 0
 
     @property
     def class_names(self) -> list[str] | None:
@@ -548,7 +579,7 @@ class Segmenter:
         index.check_trainable()
         planes = index.planes
         n_stages = self.autocontext_stages
-        n_fits = n_stages + (n_stages - 1) * N_FOLDS
+        n_fits = n_stages + (n_stages - 1) * N_FOLDS + (self.boundary_refinement > 0)
         # progress units: 1 per plane of features, 10 per classifier fit, 1 per out-of-fold plane prediction
         total = len(planes) + 10 * n_fits + (n_stages - 1) * N_FOLDS * len(planes)
         xs, ys, pix = [], [], []
@@ -579,6 +610,13 @@ class Segmenter:
             chain = [clf]
         else:
             chain = yield from self._iter_fit_autocontext(image, nsp, planes, pix, X, y, names, done, total)
+        cols = fine_columns(names) if self.boundary_refinement > 0 else np.zeros(0, np.int64)
+        boundary = None
+        if 0 < len(cols) < X.shape[1]:  # nothing to refine with when every channel is fine, or none is
+            boundary = yield from self._iter_fit_one(X[:, cols], y, [names[i] for i in cols], done, total,
+                                                     "boundary refinement: ")
+        self.boundary_classifier_ = boundary
+        self.boundary_columns_ = cols if boundary is not None else np.zeros(0, np.int64)
         self.stage_classifiers_ = chain
         self.classifier_ = chain[-1]
         self.classes_ = chain[-1].classes_
@@ -757,7 +795,8 @@ class Segmenter:
         return nc
 
     def _predict_stage(self, clf, plane: np.ndarray, prev: np.ndarray | None, classes: np.ndarray,
-                       feats: np.ndarray | None = None, coarse: bool | None = None) -> np.ndarray:
+                       feats: np.ndarray | None = None, coarse: bool | None = None,
+                       refine: bool = False) -> np.ndarray:
         """Probabilities (K, Y, X) over ``classes`` of one stage model on a whole plane, in row bands.
 
         ``prev`` are the previous stage's probabilities of the plane (context features are made
@@ -765,19 +804,20 @@ class Segmenter:
         Coarse-to-fine (:attr:`prediction_mode`) when ``coarse``. Each band is featurised
         (:meth:`_band_features`) then predicted (:meth:`_predict_band`); the overlapped batch
         path (:func:`napari_vitseg.pipeline.batch.iter_plane_probabilities`) runs the same two
-        steps in two threads, so its results are the same.
+        steps in two threads, so its results are the same. ``refine``: the last stage, whose
+        boundary band the fine-scale classifier re-decides (:mod:`._boundary`).
         """
         if coarse is None:
             coarse = self.prediction_mode == "coarse-to-fine"
         ny, nx = plane.shape[:2]
         out = np.empty((len(classes), ny, nx), dtype=np.float32)
         if feats is not None:
-            self._predict_band(clf, feats, 0, (0, ny), ny, classes, prev, coarse, out)
+            self._predict_band(clf, feats, 0, (0, ny), ny, classes, prev, coarse, out, refine)
             return out
         digest = content_digest(plane)
         for band in self._batch_bands(plane):
             fb, off = self._band_features(plane, band, digest, coarse)
-            self._predict_band(clf, fb, off, band, ny, classes, prev, coarse, out)
+            self._predict_band(clf, fb, off, band, ny, classes, prev, coarse, out, refine)
             del fb
         return out
 
@@ -790,18 +830,62 @@ class Segmenter:
 
     def _band_features(self, plane: np.ndarray, band: tuple[int, int], digest, coarse: bool, buffer=None):
         """Features of the plane rows that predicting ``band`` needs, and the plane row of the
-        first: the band itself, widened by :func:`coarse_rows_needed` (a few rows) for
-        coarse-to-fine prediction. ``(rows, X, F) float32, int``; computed into ``buffer``
+        first: the band itself and the rows of label context the boundary refinement needs
+        (:attr:`_refine_rows` on each side), widened by :func:`coarse_rows_needed` (a few rows)
+        for coarse-to-fine prediction. ``(rows, X, F) float32, int``; computed into ``buffer``
         (1-D float32, see :meth:`Featurizer.compute`) when it is large enough."""
+        band = self._refine_span(band, plane.shape[0])
         off, e1 = coarse_rows_needed(band, plane.shape[0]) if coarse else band
         return self.featurizer.compute(plane, rows=(off, e1), key=digest, buffer=buffer), off
 
+    def _refine_span(self, band: tuple[int, int], ny: int) -> tuple[int, int]:
+        """``band`` widened by the rows of label context the boundary refinement needs."""
+        r = self._refine_rows
+        return (max(0, band[0] - r), min(ny, band[1] + r)) if r else band
+
     def _predict_band(self, clf, fb: np.ndarray, off: int, band: tuple[int, int], ny: int, classes: np.ndarray,
-                      prev: np.ndarray | None, coarse: bool, out: np.ndarray) -> None:
+                      prev: np.ndarray | None, coarse: bool, out: np.ndarray, refine: bool = False) -> None:
         """Write the probabilities of the plane rows ``band`` into ``out`` (K, ny, X), from the
         features ``fb`` of plane rows ``[off, off + len(fb))``, in chunks of ~4M pixels.
         Coarse-to-fine chunks are widened by the rows their coarse cells' neighbours need, so
-        the result equals the whole plane's coarse-to-fine prediction."""
+        the result equals the whole plane's coarse-to-fine prediction. With ``refine`` (the last
+        stage of a model with boundary refinement), the rows :attr:`_refine_rows` beyond the band
+        are predicted too (``fb`` holds them: :meth:`_band_features`), and the band's pixels near
+        a label boundary get the fine-scale classifier's probabilities (:meth:`_refine_band`)."""
+        r = self._refine_rows if refine else 0
+        if not r:
+            self._stage_rows(clf, fb, off, band, ny, classes, prev, coarse, out, 0)
+            return
+        e0, e1 = self._refine_span(band, ny)
+        ext = np.empty((len(classes), e1 - e0, fb.shape[1]), dtype=np.float32)
+        self._stage_rows(clf, fb, off, (e0, e1), ny, classes, prev, coarse, ext, e0)
+        y0, y1 = band
+        out[:, y0:y1] = ext[:, y0 - e0:y1 - e0]
+        self._refine_band(ext, e0, fb, off, band, classes, out, 0)
+
+    def _refine_band(self, main: np.ndarray, m0: int, fb: np.ndarray, off: int, band: tuple[int, int],
+                     classes: np.ndarray, out: np.ndarray, out0: int) -> None:
+        """Boundary refinement of the plane rows ``band`` (:mod:`._boundary`): ``main`` (K, rows, X)
+        are the last stage's probabilities of plane rows ``[m0, m0 + rows)`` (the band and
+        :attr:`_refine_rows` more on each side, cut at the plane), ``fb`` the features of rows
+        ``[off, ...)``; the band's pixels within :attr:`_refine_rows` px of a change of ``main``'s
+        labels are overwritten in ``out`` (K, rows, X; its first row is plane row ``out0``) by the
+        fine-scale classifier's probabilities."""
+        y0, y1 = band
+        labels = np.argmax(main, axis=0).astype(np.uint8)
+        near = boundary_band(labels, self._refine_rows)[y0 - m0:y1 - m0]
+        if not near.any():
+            return
+        rr, cc = np.nonzero(near)
+        clf = self.boundary_classifier_
+        X = fb[rr + (y0 - off), cc][:, self.boundary_columns_]
+        p = expand_proba(clf.predict_proba(X), clf.classes_, classes)
+        out[:, rr + (y0 - out0), cc] = p.T
+
+    def _stage_rows(self, clf, fb: np.ndarray, off: int, band: tuple[int, int], ny: int, classes: np.ndarray,
+                    prev: np.ndarray | None, coarse: bool, out: np.ndarray, out0: int) -> None:
+        """One stage's probabilities of the plane rows ``band`` into ``out[:, y - out0]`` (see
+        :meth:`_predict_band`)."""
         y0, y1 = band
         nx = fb.shape[1]
         rows_per_chunk = max(1, (1 << 22) // max(nx, 1))  # ~4M pixels per predict call
@@ -813,7 +897,7 @@ class Segmenter:
                 X = fb[f0 - off:f1 - off]
                 if prev is not None:
                     X = np.concatenate([X, context_features(prev, rows=(f0, f1))], axis=-1)
-                out[:, a:b] = coarse_to_fine_rows(proba, X, offset=f0, n_rows=ny, rows=(a, b))
+                out[:, a - out0:b - out0] = coarse_to_fine_rows(proba, X, offset=f0, n_rows=ny, rows=(a, b))
             return
         k, nf = len(classes), fb.shape[-1]
         for a in range(y0, y1, rows_per_chunk):
@@ -823,7 +907,7 @@ class Segmenter:
                 ctx = context_features(prev, rows=(a, b))
                 Xb = np.concatenate([Xb, ctx.reshape(Xb.shape[0], -1)], axis=1)
             p = expand_proba(clf.predict_proba(Xb), clf.classes_, classes)
-            out[:, a:b] = p.T.reshape(k, b - a, nx)
+            out[:, a - out0:b - out0] = p.T.reshape(k, b - a, nx)
 
     def predict_plane(self, plane: np.ndarray, *, use_cache: bool = True, stride: int = 1, progress=None,
                       stages: int | None = None):
@@ -838,7 +922,7 @@ class Segmenter:
         stride : int
             Predict only every ``stride``-th pixel along rows and columns (a fast preview for
             live mode; features are still computed, or taken from the cache, at full resolution).
-            The preview uses stage 1 only (:meth:`stages_used`).
+            The preview uses stage 1 only (:meth:`stages_used`) and no boundary refinement.
         stages : int, optional
             Use only the first ``stages`` stages of an auto-context model (default: all).
 
@@ -874,8 +958,8 @@ class Segmenter:
         elif n > 1 and ny * nx * nf * 4 <= min(self.cache.max_bytes, 2**30):
             feats = self.featurizer.compute(plane, key=digest)
         p = None
-        for clf in chain[:n]:
-            p = self._predict_stage(clf, plane, p, self.classes_, feats)
+        for s, clf in enumerate(chain[:n]):
+            p = self._predict_stage(clf, plane, p, self.classes_, feats, refine=s == len(chain) - 1)
         return p
 
     def predict_rows(self, plane: np.ndarray, rows: tuple[int, int], *, digest: str | None = None,
@@ -911,7 +995,22 @@ class Segmenter:
         chain = self._stages()
         n = len(chain) if stages is None else max(1, min(int(stages), len(chain)))
         ny, nx = plane.shape[:2]
-        y0, y1 = (int(r) for r in rows)
+        q0, q1 = (int(r) for r in rows)
+        refine = n == len(chain) and self._refine_rows > 0
+        # with boundary refinement, the last stage is predicted over the rows of label context too
+        y0, y1 = self._refine_span((q0, q1), ny) if refine else (q0, q1)
+        p, feats, e0 = self._rows_proba(plane, (y0, y1), chain, n, digest, use_cache)
+        if not refine:
+            return p
+        out = np.ascontiguousarray(p[:, q0 - y0:q1 - y0])
+        self._refine_band(p, y0, feats, e0, (q0, q1), self.classes_, out, q0)
+        return out
+
+    def _rows_proba(self, plane, rows, chain, n, digest, use_cache):
+        """The last of ``n`` stages' probabilities of ``rows`` (see :meth:`predict_rows`), with the
+        features it computed and their first plane row."""
+        ny, nx = plane.shape[:2]
+        y0, y1 = rows
         halo = context_halo() if n > 1 else 0
         e0, e1 = max(0, y0 - (n - 1) * halo), min(ny, y1 + (n - 1) * halo)
         coarse = self.prediction_mode == "coarse-to-fine"
@@ -940,7 +1039,7 @@ class Segmenter:
                 p = coarse_to_fine_rows(_stage_proba(clf, self.classes_, early_exit=True), X, offset=f0, n_rows=ny,
                                         rows=spans[s])
                 a = spans[s][0]
-            return p
+            return p, feats, e0
         p, a = None, e0  # p: the previous stage's probabilities of rows [a, a + p.shape[1])
         for s, clf in enumerate(chain[:n]):
             o0, o1 = max(0, y0 - (n - 1 - s) * halo), min(ny, y1 + (n - 1 - s) * halo)
@@ -950,7 +1049,7 @@ class Segmenter:
                 Xb = np.concatenate([Xb, ctx.reshape(Xb.shape[0], -1)], axis=1)
             q = clf.predict_proba(Xb)
             p, a = np.ascontiguousarray(q.T.reshape(k, o1 - o0, nx), dtype=np.float32), o0
-        return p
+        return p, feats, e0
 
     def labels_from_proba(self, proba: np.ndarray) -> np.ndarray:
         """Class ids (uint8) from probabilities (K, ...) in ``classes_`` order."""

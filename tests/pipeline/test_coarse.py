@@ -23,6 +23,7 @@ from napari_vitseg._validation import VitsegError
 from napari_vitseg.cli import main
 from napari_vitseg.features import FeatureConfig
 from napari_vitseg.pipeline import Segmenter
+from napari_vitseg.pipeline._boundary import boundary_band
 from napari_vitseg.pipeline._coarse import (
     DEFAULT_LEVELS,
     SCHEME_VERSION,
@@ -320,8 +321,11 @@ def test_exact_setting_is_todays_path_and_rows_equal_the_plane(nano, stages):
     exact = seg.predict_plane(img, use_cache=False)
     if stages == 1:
         f = seg.featurizer.compute(img)
-        ref = seg.classifier_.predict_proba(f.reshape(-1, f.shape[-1]))
-        np.testing.assert_array_equal(exact, ref.T.reshape(exact.shape).astype(np.float32))
+        ref = seg.classifier_.predict_proba(f.reshape(-1, f.shape[-1])).T.reshape(exact.shape).astype(np.float32)
+        # boundary refinement: the fine-scale classifier's probabilities near the label boundaries
+        near = boundary_band(np.argmax(ref, 0), seg.boundary_refinement)
+        ref[:, near] = seg.boundary_classifier_.predict_proba(f[near][:, seg.boundary_columns_]).T
+        np.testing.assert_array_equal(exact, ref)
     for mode in ("exact", "coarse-to-fine"):
         seg.prediction = mode
         whole = seg.predict_plane(img, use_cache=False)
