@@ -485,6 +485,9 @@ def main(argv=None) -> int:
                     choices=["exact", "coarse-to-fine"], help="Segmenter prediction settings to run")
     ap.add_argument("--overlap", nargs="+", default=["off", "on"], choices=["off", "on"],
                     help="sequential planes (off) and / or featurise-while-predict (on)")
+    ap.add_argument("--boundary-refinement", type=int, default=None, metavar="PX",
+                    help="train the stack runs' classifiers with this boundary refinement (0 = off; default: "
+                         "the library's)")
     ap.add_argument("--methods", nargs="+", default=None,
                     help="explicit runs kind:engine.prediction.overlap (e.g. rf:sklearn.coarse-to-fine.on); "
                          "rf:sklearn.exact.off is always added as the baseline of each kind")
@@ -547,7 +550,8 @@ def main(argv=None) -> int:
 
         img, scr = tifffile.imread(SET / "image.tif"), tifffile.imread(SET / "scribbles.tif")
         for kind in kinds:
-            Segmenter(classifier=kind).fit(img, scr).save(Path(tmp) / f"{kind}.vitseg")
+            seg_kw = {} if args.boundary_refinement is None else {"boundary_refinement": args.boundary_refinement}
+            Segmenter(classifier=kind, **seg_kw).fit(img, scr).save(Path(tmp) / f"{kind}.vitseg")
             for method in [m for k, m in runs if k == kind]:
                 cmd = [sys.executable, __file__, "--worker", kind, method, tmp]
                 cmd += ["--stack-planes", str(n_exact if method == base_method else n_stack)]
@@ -589,7 +593,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
             "python": sys.version.split()[0], "quick": args.quick, "stack_planes": n_stack,
-            "exact_stack_planes": n_exact, "isb": "not installable (not on PyPI)"}
+            "exact_stack_planes": n_exact, "isb": "not installable (not on PyPI)",
+            "boundary_refinement": args.boundary_refinement}
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"wrote {out}")
     return 0

@@ -45,6 +45,21 @@ FINE_MAX_SIGMA = 2.0
 #: Families whose channels are fine whatever their scale (edge-preserving smoothing).
 FINE_FAMILIES = ("bilateral",)
 
+#: Trees of the boundary random forest, as a fraction of the first one's (its band is a thin
+#: part of the image, where fewer trees are enough; XGBoost keeps its rounds).
+FOREST_TREES_FRACTION = 0.5
+
+
+def boundary_params(kind: str, params: dict) -> dict:
+    """Parameters of the boundary classifier over the first classifier's ``params``."""
+    if kind != "rf" or FOREST_TREES_FRACTION >= 1:
+        return {}
+    from ..classifiers import make_classifier
+
+    n = int(params.get("n_estimators", make_classifier("rf").n_estimators))
+    return {"n_estimators": max(1, round(n * FOREST_TREES_FRACTION))}
+
+
 _SCALE = re.compile(r"_s(\d+(?:\.\d+)?)$")
 
 

@@ -64,7 +64,7 @@ from ._autocontext import (
     stroke_folds,
 )
 from ._boundary import DEFAULT_ROWS as BOUNDARY_ROWS
-from ._boundary import boundary_band, fine_columns
+from ._boundary import boundary_band, boundary_params, fine_columns
 from ._coarse import SCHEME_VERSION as COARSE_SCHEME_VERSION
 from ._coarse import coarse_rows_needed, coarse_to_fine_rows
 from .scribbles import ScribbleIndex
@@ -614,7 +614,8 @@ class Segmenter:
         boundary = None
         if 0 < len(cols) < X.shape[1]:  # nothing to refine with when every channel is fine, or none is
             boundary = yield from self._iter_fit_one(X[:, cols], y, [names[i] for i in cols], done, total,
-                                                     "boundary refinement: ")
+                                                     "boundary refinement: ", boundary_params(self.classifier,
+                                                                                              self.classifier_params))
         self.boundary_classifier_ = boundary
         self.boundary_columns_ = cols if boundary is not None else np.zeros(0, np.int64)
         self.stage_classifiers_ = chain
@@ -630,9 +631,10 @@ class Segmenter:
         yield Progress(total, total, "trained")
         return self
 
-    def _iter_fit_one(self, X, y, names, done: list, total: int, prefix: str):
-        """Fit one classifier of this segmenter's kind, re-yielding its progress as 10 units of ``total``."""
-        clf = make_classifier(self.classifier, **self.classifier_params)
+    def _iter_fit_one(self, X, y, names, done: list, total: int, prefix: str, params: dict | None = None):
+        """Fit one classifier of this segmenter's kind (``params`` over :attr:`classifier_params`),
+        re-yielding its progress as 10 units of ``total``."""
+        clf = make_classifier(self.classifier, **{**self.classifier_params, **(params or {})})
         job = clf.iter_fit(X, y, feature_names=names)
         base = done[0]
         while True:
@@ -870,7 +872,7 @@ class Segmenter:
         :attr:`_refine_rows` more on each side, cut at the plane), ``fb`` the features of rows
         ``[off, ...)``; the band's pixels within :attr:`_refine_rows` px of a change of ``main``'s
         labels are overwritten in ``out`` (K, rows, X; its first row is plane row ``out0``) by the
-        fine-scale classifier's probabilities."""
+        fine-scale classifier's probabilities (with early exit in the coarse-to-fine mode)."""
         y0, y1 = band
         labels = np.argmax(main, axis=0).astype(np.uint8)
         near = boundary_band(labels, self._refine_rows)[y0 - m0:y1 - m0]
@@ -879,7 +881,9 @@ class Segmenter:
         rr, cc = np.nonzero(near)
         clf = self.boundary_classifier_
         X = fb[rr + (y0 - off), cc][:, self.boundary_columns_]
-        p = expand_proba(clf.predict_proba(X), clf.classes_, classes)
+        # the approximate (coarse-to-fine) mode lets a forest stop early where its first trees agree
+        fast = self.prediction_mode == "coarse-to-fine"
+        p = expand_proba((clf.predict_proba_early_exit if fast else clf.predict_proba)(X), clf.classes_, classes)
         out[:, rr + (y0 - out0), cc] = p.T
 
     def _stage_rows(self, clf, fb: np.ndarray, off: int, band: tuple[int, int], ny: int, classes: np.ndarray,
