@@ -822,6 +822,12 @@ class SegmentationController:
                 p[key] = user
         return p
 
+    def _boundary_rows(self, live: bool) -> int:
+        """Boundary refinement of the model ``new_segmenter(live)`` builds: none for the fast live
+        preview (its second forest doubled the full-resolution overlay time, bench_live), else
+        :attr:`boundary_refinement`."""
+        return 0 if live and self.live_fast else self.boundary_refinement
+
     def describe(self, live: bool) -> str:
         """Short description of the model that ``new_segmenter(live)`` builds."""
         p = self.live_params() if live else self.classifier_params
@@ -831,7 +837,9 @@ class SegmentationController:
         what = "live preview" if live and self.live_fast else "full model"
         cap = p.get("max_samples_per_class", self._default_cap())
         per_class = f", at most {cap:,} labelled pixels per class" if cap else ""
-        return f"{what}: {kind}, {n} trees, depth {depth if depth else 'unlimited'}{per_class}"
+        refine = ", boundaries refined" if self._boundary_rows(live) else (
+            ", boundaries not refined (Train refines them)" if self.boundary_refinement else "")
+        return f"{what}: {kind}, {n} trees, depth {depth if depth else 'unlimited'}{per_class}{refine}"
 
     def _default_cap(self) -> int | None:
         """The classifier's own ``max_samples_per_class`` (the training-set cap of the full model)."""
@@ -876,7 +884,7 @@ class SegmentationController:
         """An unfitted :class:`Segmenter` that shares this controller's cache and featurizer."""
         params = self.live_params() if live else dict(self.classifier_params)
         return Segmenter(self.feature_config, self.classifier, params, class_names=list(self.class_names),
-                         class_colors=list(self.class_colors), boundary_refinement=self.boundary_refinement,
+                         class_colors=list(self.class_colors), boundary_refinement=self._boundary_rows(live),
                          featurizer=self.featurizer(), cache=self.cache)
 
     def adopt(self, ready: ModelReady) -> None:

@@ -1120,7 +1120,8 @@ class ClassifierSection(QGroupBox):
         self.boundary_check.setToolTip(
             f"A second classifier on the fine scales (<= {FINE_MAX_SIGMA:g} px) re-decides the pixels within "
             f"{BOUNDARY_ROWS} px of a label boundary: the large scales say what a region is, the fine ones where "
-            "it ends (better on every shared set, docs/quality.md). Not in the coarse first overlay of Live."
+            "it ends (better on every shared set, docs/quality.md). Train, Save and Apply use it; the fast live "
+            "preview does not."
         )
         self.boundary_check.toggled.connect(self.apply)
         form.addRow(self.boundary_check)
