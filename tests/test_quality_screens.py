@@ -21,22 +21,23 @@ def _load(name):
     return mod
 
 
-@pytest.fixture(scope="module")
-def qs():
+def _loaded(name):
+    """The benchmark script ``name`` as a module for the test's duration (and bench_quality, which it imports)."""
     had = "bench_quality" in sys.modules
-    yield _load("quality_screens")
-    sys.modules.pop("quality_screens", None)
+    yield _load(name)
+    sys.modules.pop(name, None)
     if not had:
         sys.modules.pop("bench_quality", None)
+
+
+@pytest.fixture(scope="module")
+def qs():
+    yield from _loaded("quality_screens")
 
 
 @pytest.fixture(scope="module")
 def qf():
-    had = "bench_quality" in sys.modules
-    yield _load("quality_figure")
-    sys.modules.pop("quality_figure", None)
-    if not had:
-        sys.modules.pop("bench_quality", None)
+    yield from _loaded("quality_figure")
 
 
 def _disk_set(stack=False):

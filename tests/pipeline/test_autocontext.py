@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from _file_helpers import rewrite_metadata
 
 from napari_vitseg._validation import VitsegError
 from napari_vitseg.classifiers import FORMAT_VERSION
@@ -151,18 +152,6 @@ def test_file_round_trip_format_2(fitted, tem_crop, tmp_path):
                                   fitted.predict_plane(image, use_cache=False))
 
 
-def _rewrite(src, dst, edit):
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for name in zin.namelist():
-            data = zin.read(name)
-            if name == "metadata.json":
-                meta = json.loads(data)
-                edit(meta)
-                data = json.dumps(meta).encode()
-            zout.writestr(name, data)
-    return dst
-
-
 @pytest.mark.parametrize("edit, match", [
     (lambda m: m.update(format_version=FORMAT_VERSION + 1), "newer than this napari-vitseg"),
     (lambda m: m.update(stages=[]), "auto-context section and the earlier stages"),
@@ -173,7 +162,7 @@ def _rewrite(src, dst, edit):
 def test_bad_or_newer_files_are_refused(fitted, tmp_path, edit, match):
     path = fitted.save(tmp_path / "ac.vitseg")
     with pytest.raises(VitsegError, match=match):
-        Segmenter.load(_rewrite(path, tmp_path / "bad.vitseg", edit))
+        Segmenter.load(rewrite_metadata(path, tmp_path / "bad.vitseg", edit))
 
 
 @pytest.mark.parametrize("name", ["rf", "xgb"])

@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
+from _file_helpers import rewrite_metadata
 
 from napari_vitseg._validation import VitsegError
 from napari_vitseg.features import FeatureConfig
@@ -129,18 +130,6 @@ def test_xgboost_and_autocontext_refine_and_round_trip(nanoparticles, tmp_path):
         np.testing.assert_array_equal(Segmenter.load(path).predict_plane(image), seg.predict_plane(image))
 
 
-def _edit(path, out, change):
-    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "metadata.json":
-                meta = json.loads(data)
-                change(meta)
-                data = json.dumps(meta).encode()
-            zout.writestr(item, data)
-    return out
-
-
 @pytest.mark.parametrize("change, match", [
     (lambda m: m["boundary"].update(columns=[99999]), "boundary"),
     (lambda m: m["boundary"].update(columns=m["boundary"]["columns"][::-1]), "boundary"),
@@ -154,7 +143,7 @@ def _edit(path, out, change):
 def test_bad_boundary_sections_are_refused(tem, tmp_path, change, match):
     on = tem[3]
     good = on.save(tmp_path / "good.vitseg")
-    bad = _edit(good, tmp_path / "bad.vitseg", change)
+    bad = rewrite_metadata(good, tmp_path / "bad.vitseg", change)
     with pytest.raises(VitsegError, match=match):
         Segmenter.load(bad)
 
