@@ -80,7 +80,9 @@ def test_live_train_small_model_reused_when_scribbles_unchanged(nanoparticles):
     assert of_type(values, ModelReady) == [ready]
     assert ready.live and c.model is ready and c.n_trainings == 1
     assert ready.digest == ScribbleIndex.from_array(scribbles).digest()
-    assert ready.description == "live preview: random forest, 16 trees, depth 10, at most 1,000 labelled pixels per class"
+    assert ready.description == ("live preview: random forest, 16 trees, depth 10, at most 1,000 labelled pixels per "
+                                 "class, boundaries not refined (Train refines them)")
+    assert ready.segmenter.boundary_classifier_ is None
     # the small live model: 16 trees of depth <= 10 on at most 1,000 pixels per class
     live = LIVE_PARAMS["rf"]
     assert ready.segmenter.classifier_params == live
@@ -118,7 +120,9 @@ def test_full_train_miou_and_probabilities(nanoparticles):
     inputs = JobInputs(image=image, scribbles=scribbles.copy(), probabilities=True)
     values, ready = drive(c, c.iter_train(inputs, live=False))
     assert not ready.live and c.model is ready
-    assert ready.description == "full model: random forest, 100 trees, depth unlimited, at most 20,000 labelled pixels per class"
+    assert ready.description == ("full model: random forest, 100 trees, depth unlimited, at most 20,000 labelled pixels "
+                                 "per class, boundaries refined")
+    assert ready.segmenter.boundary_classifier_ is not None
     assert len(ready.segmenter.classifier_.estimator_.estimators_) == 100
     (upd,) = of_type(values, PlaneUpdate)  # a full train shows no coarse preview
     assert not upd.coarse
