@@ -880,7 +880,7 @@ class Segmenter:
             return
         rr, cc = np.nonzero(near)
         clf = self.boundary_classifier_
-        X = fb[rr + (y0 - off), cc][:, self.boundary_columns_]
+        X = fb[(rr + (y0 - off))[:, None], cc[:, None], self.boundary_columns_]  # one gather of the fine channels
         # the approximate (coarse-to-fine) mode lets a forest stop early where its first trees agree
         fast = self.prediction_mode == "coarse-to-fine"
         p = expand_proba((clf.predict_proba_early_exit if fast else clf.predict_proba)(X), clf.classes_, classes)
