@@ -270,8 +270,12 @@ CASES = [
     ("train-output-char-device", lambda ws: _train(ws, out=Path("/dev/null")), "not a regular file"),
     ("train-output-missing-folder", lambda ws: _train(ws, out="no/such/m.vitseg"), "does not exist"),
     # train: parameters
-    ("train-n-estimators-0", lambda ws: _train(ws, extra=["--n-estimators", "0"]), "n_estimators"),
-    ("train-max-depth-negative", lambda ws: _train(ws, extra=["--max-depth", "-3"]), "max_depth"),
+    ("train-n-estimators-0", lambda ws: _train(ws, extra=["--n-estimators", "0"]), "--n-estimators must"),
+    ("train-max-depth-negative", lambda ws: _train(ws, extra=["--max-depth", "-3"]), "--max-depth must"),
+    ("train-boundary-refinement-99", lambda ws: _train(ws, extra=["--boundary-refinement", "99"]),
+     "--boundary-refinement must be an int in the range [0, 16]"),
+    ("train-autocontext-stages-9", lambda ws: _train(ws, extra=["--autocontext-stages", "9"]),
+     "--autocontext-stages must"),
     ("train-sigma-1e9", lambda ws: _train(ws, extra=["--sigmas", "1e9"]), "sigmas"),
     ("train-channel-axis-out-of-range", lambda ws: _train(ws, extra=["--channel-axis", "5"]), "channel_axis"),
     ("train-unknown-backbone", lambda ws: _train(ws, extra=["--backbone", "resnet50"]), "Unknown backbone"),
@@ -382,7 +386,8 @@ def test_cli_exit_2_one_line_nothing_written(ws, capsys, case, setup, words):
 
 #: CLI options without an API call of the same shape (their API errors are tested in tests/classifiers,
 #: tests/features and tests/backbones).
-CLI_ONLY = ("train-n-estimators-0", "train-max-depth-negative", "train-sigma-1e9", "train-channel-axis-out-of-range",
+CLI_ONLY = ("train-n-estimators-0", "train-max-depth-negative", "train-boundary-refinement-99",
+            "train-autocontext-stages-9", "train-sigma-1e9", "train-channel-axis-out-of-range",
             "train-unknown-backbone", "train-vit-pca-negative", "apply-probabilities-equal-output",
             "apply-probabilities-is-input")
 API_CASES = [c for c in CASES if c[0] not in CLI_ONLY]

@@ -46,10 +46,33 @@ def cmd_train(args) -> int:
         return _train(args, out, image.data, scribbles.data, channel_axis)
 
 
+#: `vitseg train` flags of the segmenter and classifier parameters (their errors name the flag).
+_MODEL_FLAGS = {"n_estimators": "--n-estimators", "max_depth": "--max-depth",
+                "autocontext_stages": "--autocontext-stages", "boundary_refinement": "--boundary-refinement"}
+
+
+def _model_params(args) -> dict:
+    """The classifier parameters of ``vitseg train``, checked with the segmenter's flags before
+    anything is read or looked up; an out-of-range value names its flag."""
+    import re
+
+    params = {k: v for k, v in (("n_estimators", args.n_estimators), ("max_depth", args.max_depth)) if v is not None}
+    try:
+        SegmenterConfig(classifier=args.classifier, classifier_params=params,
+                        autocontext_stages=args.autocontext_stages, boundary_refinement=args.boundary_refinement)
+    except VitsegError as e:
+        m = re.match(r"The '(\w+)' parameter of \w+ (must .*)", str(e))
+        if m is None or m.group(1) not in _MODEL_FLAGS:
+            raise
+        raise VitsegError(f"{_MODEL_FLAGS[m.group(1)]} {m.group(2)}") from None
+    return params
+
+
 def _train(args, out: Path, image, scribbles, channel_axis) -> int:
     from ..backbones import create_backbone
     from ..pipeline import Segmenter
 
+    params = _model_params(args)
     backbone_name = resolve_backbone_name(args.backbone)
     cfg_kwargs = dict(backbone=backbone_name, upsample=args.upsample, vit_pca=args.vit_pca or None,
                       classical=not args.no_classical, intensity=args.intensity, vit_tiling=args.vit_tiling,
@@ -62,7 +85,6 @@ def _train(args, out: Path, image, scribbles, channel_axis) -> int:
     backbone = None
     if args.random_weights and backbone_name:
         backbone = create_backbone(backbone_name, pretrained=False, seed=0, device=args.device or "cpu")
-    params = {k: v for k, v in (("n_estimators", args.n_estimators), ("max_depth", args.max_depth)) if v is not None}
     names = args.class_names.split(",") if args.class_names else None
     seg = Segmenter(config, args.classifier, params, class_names=names, backbone=backbone, device=args.device,
                     autocontext_stages=args.autocontext_stages, boundary_refinement=args.boundary_refinement)

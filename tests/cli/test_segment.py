@@ -413,4 +413,4 @@ def test_train_with_autocontext_stages_saves_every_stage(tmp_path, capsys):
     np.testing.assert_array_equal(tifffile.imread(out), seg.predict(image))
     assert main(["train", str(img_path), "--scribbles", str(scr_path), "-o", str(tmp_path / "x.vitseg"),
                  "--backbone", "none", "--autocontext-stages", "0", "--quiet"]) == 2
-    assert "autocontext_stages" in capsys.readouterr().err and not (tmp_path / "x.vitseg").exists()
+    assert "--autocontext-stages must" in capsys.readouterr().err and not (tmp_path / "x.vitseg").exists()
