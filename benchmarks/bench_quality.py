@@ -142,6 +142,8 @@ METHODS: dict[str, dict] = {
     "no_boundary": {"config": {"boundary_refinement": 0}, "note": "without boundary refinement (the default before)"},
     "boundary1": {"config": {"boundary_refinement": 1}},
     "boundary3": {"config": {"boundary_refinement": 3}},
+    # session 20: the band around the unfiltered first labels, as classifier files of format 3 refine
+    "no_majority": {"majority": 1, "note": "boundary band without the majority filter (format 3)"},
     "prior_em": {"prior": "em", "note": "EM prior adjustment of the class probabilities (Saerens 2002)"},
     # 3D features for stacks: rename the keyword to the one FeatureConfig adopts.
     "features3d": {"features": {"dims": 3}, "note": "3D filters on stacks"},
@@ -385,6 +387,10 @@ def run_ours(ds: dict, spec: dict, seed: int = SEED) -> dict:
     ca = ds["channel_axis"]
     t0 = time.perf_counter()
     seg.fit(ds["image_arr"], ds["scr"], channel_axis=ca)
+    if "majority" in spec:  # the majority window of the boundary band, as a loaded file's metadata sets it
+        if not hasattr(seg, "boundary_majority_"):
+            raise NotAvailable("no majority filter of the boundary band in this version")
+        seg.boundary_majority_ = int(spec["majority"]) if seg.boundary_classifier_ is not None else 1
     t1 = time.perf_counter()
     sigma, prior = spec.get("smooth"), spec.get("prior")
     res = seg.segment(ds["image_arr"], channel_axis=ca, probabilities=bool(sigma or prior))

@@ -123,7 +123,8 @@ def test_extra_families_have_the_plane_shape(qs):
         qs.extra_channels("+nothing", grey[0], u8[0])
 
 
-@pytest.mark.parametrize("screen", ["postprocess", "selftrain", "families", "classifiers", "scales", "large_scales"])
+@pytest.mark.parametrize("screen", ["postprocess", "selftrain", "families", "classifiers", "scales", "large_scales",
+                                    "boundary"])
 def test_every_screen_runs_on_a_stack(qs, screen):
     ds = _disk_set(stack=True)
     fs = qs.set_features(ds)
@@ -133,6 +134,35 @@ def test_every_screen_runs_on_a_stack(qs, screen):
     assert rows["base"][0] > 0.9  # the disk is easy
     text = qs.table(screen, {"disk": rows})
     assert text.startswith(f"### {screen}") and "**mean**" in text
+
+
+def test_boundary_variants_change_only_the_band(qs):
+    """Left half class 0, right half class 1 for the first forest; the fine one says class 1 from
+    column 9 on (one column earlier) and has a 1 px speck of class 1 at (3, 3)."""
+    P1 = np.zeros((1, 12, 20, 2), np.float32)
+    P1[..., :10, 0], P1[..., 10:, 1] = 0.8, 0.8
+    P1[..., :10, 1], P1[..., 10:, 0] = 0.2, 0.2
+    P1[0, 3, 3] = (0.4, 0.6)  # a speck of the first labels: in the plain band, not after a majority filter
+    P2 = P1.copy()
+    P2[..., 9, :] = (0.1, 0.9)
+    v = qs.boundary_variants(P1, P2)
+    far = np.zeros((12, 20), bool)
+    far[:, 13:] = far[:, :1] = True
+    for name, P in v.items():
+        np.testing.assert_array_equal(P[0][far], P1[0][far], err_msg=name)
+    assert (v["replace"][0, :, 9].argmax(-1) == 1).all() and (v["base"][0, :, 9].argmax(-1) == 0).all()
+    assert (v["majority5"][0, :, 9].argmax(-1) == 1).all()
+    np.testing.assert_allclose(v["average"][0, 0, 9], (0.45, 0.55))
+    np.testing.assert_allclose(v["product"][0, 0, 9], np.array([0.08, 0.18]) / 0.26, rtol=1e-6)
+
+
+def test_boundary_screen_reports_agreement_without_a_ground_truth(qs):
+    ds = _disk_set()
+    ds.pop("gt")
+    fs = qs.set_features({**ds, "stack": False})
+    rows = qs.screen_boundary(ds, fs, (0,))
+    assert np.isnan(rows["replace"][0]) and 0.9 < rows["replace (scribble agreement)"][0] <= 1.0
+    assert "nan" not in qs.table("boundary", {"disk": rows}).split("(scribble agreement)")[-1]
 
 
 def test_large_scale_columns_read_grey_and_rgb_names(qs):

@@ -8,7 +8,7 @@ Layout (``*.vitseg``)::
     model.skops          random forest, in skops' code-free format   (kind 'rf')
     model.ubj            XGBoost booster in its own UBJSON format      (kind 'xgb')
     stage1.skops ...     earlier stages of an auto-context classifier (format 2), same formats
-    boundary.skops       the fine-scale classifier of the boundary band (format 3; .ubj for XGBoost)
+    boundary.skops       the fine-scale classifier of the boundary band (format 3+; .ubj for XGBoost)
     arrays.npz           optional numeric state (e.g. the ViT PCA basis), loaded with
                          ``allow_pickle=False``
 
@@ -17,10 +17,11 @@ is not a napari-vitseg classifier, with a message that names the file.
 
 Format versions: 1 (napari-vitseg 0.1.x) holds one classifier; 2 adds the auto-context
 section and the earlier stages; 3 adds the boundary-refinement classifier
-(:mod:`napari_vitseg.pipeline._boundary`). A file is written as version 3 when it holds a
-boundary classifier (so that a napari-vitseg that would ignore it refuses the file instead of
-predicting without it), else as version 2; all three are read; a file of a later version is
-refused with a message to upgrade.
+(:mod:`napari_vitseg.pipeline._boundary`); 4 adds the majority filter of the first labels
+before the boundary band is found (``boundary.majority``; format 3 has none). A file is written
+as version 4 when it holds a boundary classifier (so that a napari-vitseg that would ignore it,
+or its majority window, refuses the file instead of predicting otherwise), else as version 2;
+all four are read; a file of a later version is refused with a message to upgrade.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_classifier_file", "load_classi
            "read_metadata"]
 
 FORMAT_NAME = "napari-vitseg classifier"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: The version written for a file without a boundary classifier (readable by napari-vitseg 0.2+).
 FORMAT_VERSION_NO_BOUNDARY = 2
 
@@ -96,7 +97,7 @@ def save_classifier_file(path, estimator, metadata: dict, arrays: dict | None = 
     boundary : estimator, optional
         The boundary-refinement classifier, stored as ``boundary.skops`` / ``.ubj`` and
         described in the metadata's ``boundary.classifier``; the metadata must then hold the
-        ``boundary`` section (its ``rows`` and ``columns``). The file is then format 3.
+        ``boundary`` section (its ``rows``, ``columns`` and ``majority``). The file is then format 4.
 
     Returns
     -------

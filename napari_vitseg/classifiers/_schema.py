@@ -103,12 +103,15 @@ class BoundarySection(_Model):
 
 class BoundaryEntry(_Model):
     """Boundary refinement (format 3; :mod:`napari_vitseg.pipeline._boundary`): the band's
-    half-width, the feature columns of the fine-scale classifier, and that classifier."""
+    half-width, the feature columns of the fine-scale classifier, and that classifier; format 4
+    adds the majority window of the first labels."""
 
     rows: Annotated[int, Field(ge=1, le=16)]
     max_sigma: Annotated[float, Field(gt=0, le=1000)]
     columns: Annotated[list[Annotated[int, Field(ge=0, le=1_000_000)]], Field(min_length=1, max_length=1_000_000)]
     classifier: BoundarySection
+    #: odd side (px) of the majority filter of the first labels (format 4; format 3 has none)
+    majority: Annotated[int, Field(ge=1, le=33)] | None = None
 
 
 class AutoContextEntry(_Model):
@@ -182,6 +185,10 @@ class ClassifierMetadata(_Model):
             want = f"boundary.{'skops' if b.classifier.kind == 'rf' else 'ubj'}"
             if b.classifier.model_file != want:
                 raise ValueError(f"the boundary classifier is stored as {b.classifier.model_file!r}")
+            if b.majority is None and self.format_version >= 4:
+                raise ValueError("the boundary section of a format-4 file must give its majority window")
+            if b.majority is not None and b.majority % 2 == 0:
+                raise ValueError(f"the boundary majority window must be odd; got {b.majority}")
         return self
 
 

@@ -64,7 +64,8 @@ def segmenter_metadata(seg: Segmenter) -> dict:
         from ._boundary import FINE_MAX_SIGMA
 
         meta["boundary"] = {"rows": seg.boundary_refinement, "max_sigma": FINE_MAX_SIGMA,
-                            "columns": [int(c) for c in seg.boundary_columns_]}
+                            "columns": [int(c) for c in seg.boundary_columns_],
+                            "majority": int(seg.boundary_majority_)}
     return meta
 
 
@@ -226,6 +227,8 @@ def load_segmenter(path, *, backbone=None, device=None, expected_config: Feature
             )
     seg.boundary_classifier_ = boundary["estimator"] if boundary is not None else None
     seg.boundary_columns_ = np.asarray(boundary["columns"] if boundary is not None else [], dtype=np.int64)
+    # format 3 (no majority filter) predicts as it did
+    seg.boundary_majority_ = int(boundary.get("majority") or 1) if boundary is not None else 1
     seg.classifier_ = est
     seg.stage_classifiers_ = chain
     seg.classes_ = est.classes_

@@ -64,7 +64,7 @@ from ._autocontext import (
     stroke_folds,
 )
 from ._boundary import DEFAULT_ROWS as BOUNDARY_ROWS
-from ._boundary import boundary_band, boundary_params, fine_columns
+from ._boundary import LABEL_MAJORITY, boundary_band, boundary_params, context_rows, fine_columns
 from ._coarse import SCHEME_VERSION as COARSE_SCHEME_VERSION
 from ._coarse import coarse_rows_needed, coarse_to_fine_rows
 from .scribbles import ScribbleIndex
@@ -356,6 +356,10 @@ class Segmenter:
         is 0 or the features have no fine channels).
     boundary_columns_ : ndarray of int
         Its feature columns (:func:`napari_vitseg.pipeline._boundary.fine_columns`).
+    boundary_majority_ : int
+        Side (px) of the majority filter the first labels go through before the band is found
+        (:data:`~napari_vitseg.pipeline._boundary.LABEL_MAJORITY`; 1 for classifier files of
+        format 3).
     classes_ : ndarray of int, (K,)
     n_channels_ : int
         Channels of the training image.
@@ -489,8 +493,12 @@ class Segmenter:
 
     @property
     def _refine_rows(self) -> int:
-        """Rows of label context the fitted model's boundary refinement needs (0: none)."""
-        return self.boundary_refinement if getattr(self, "boundary_classifier_", None) is not None else 0
+        """Rows of label context the fitted model's boundary refinement needs beyond a row band
+        (0: none): the band's half-width and the majority window's
+        (:func:`~napari_vitseg.pipeline._boundary.context_rows`)."""
+        if getattr(self, "boundary_classifier_", None) is None:
+            return 0
+        return context_rows(self.boundary_refinement, getattr(self, "boundary_majority_", 1))
 
     @property
     def class_names(self) -> list[str] | None:
@@ -618,6 +626,7 @@ class Segmenter:
                                                                                               self.classifier_params))
         self.boundary_classifier_ = boundary
         self.boundary_columns_ = cols if boundary is not None else np.zeros(0, np.int64)
+        self.boundary_majority_ = LABEL_MAJORITY if boundary is not None else 1
         self.stage_classifiers_ = chain
         self.classifier_ = chain[-1]
         self.classes_ = chain[-1].classes_
@@ -870,12 +879,13 @@ class Segmenter:
         """Boundary refinement of the plane rows ``band`` (:mod:`._boundary`): ``main`` (K, rows, X)
         are the last stage's probabilities of plane rows ``[m0, m0 + rows)`` (the band and
         :attr:`_refine_rows` more on each side, cut at the plane), ``fb`` the features of rows
-        ``[off, ...)``; the band's pixels within :attr:`_refine_rows` px of a change of ``main``'s
+        ``[off, ...)``; the band's pixels within :attr:`boundary_refinement` px of a change of ``main``'s
         labels are overwritten in ``out`` (K, rows, X; its first row is plane row ``out0``) by the
-        fine-scale classifier's probabilities (with early exit in the coarse-to-fine mode)."""
+        fine-scale classifier's probabilities (with early exit in the coarse-to-fine mode). The
+        labels go through the majority filter first (:attr:`boundary_majority_`)."""
         y0, y1 = band
         labels = np.argmax(main, axis=0).astype(np.uint8)
-        near = boundary_band(labels, self._refine_rows)[y0 - m0:y1 - m0]
+        near = boundary_band(labels, self.boundary_refinement, self.boundary_majority_)[y0 - m0:y1 - m0]
         if not near.any():
             return
         rr, cc = np.nonzero(near)

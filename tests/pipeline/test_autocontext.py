@@ -142,7 +142,7 @@ def test_file_round_trip_format_2(fitted, tem_crop, tmp_path):
     with zipfile.ZipFile(path) as zf:
         meta = json.loads(zf.read("metadata.json"))
         assert sorted(zf.namelist()) == ["metadata.json", "model.skops", "stage1.skops"]
-    assert meta["format_version"] == 2 and FORMAT_VERSION == 3  # 3 only with a boundary classifier
+    assert meta["format_version"] == 2 and FORMAT_VERSION == 4  # 4 only with a boundary classifier
     assert meta["autocontext"]["stages"] == 2 and len(meta["stages"]) == 1
     loaded = Segmenter.load(path)
     assert loaded.n_stages == 2 and loaded.autocontext_stages == 2

@@ -1,5 +1,5 @@
 """Boundary refinement (napari_vitseg.pipeline._boundary): which channels are fine, the band, the
-gain on real data, exact banded prediction, and the classifier file (format 3)."""
+gain on real data, exact banded prediction, and the classifier file (formats 3 and 4)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ from napari_vitseg._validation import VitsegError
 from napari_vitseg.features import FeatureConfig
 from napari_vitseg.metrics import mean_iou
 from napari_vitseg.pipeline import Segmenter, SegmenterConfig
-from napari_vitseg.pipeline._boundary import DEFAULT_ROWS, boundary_band, fine_columns
+from napari_vitseg.pipeline._boundary import (
+    DEFAULT_ROWS,
+    LABEL_MAJORITY,
+    boundary_band,
+    context_rows,
+    fine_columns,
+    majority_labels,
+)
 from napari_vitseg.pipeline.batch import iter_plane_probabilities
 
 
@@ -46,6 +53,35 @@ def test_band_is_the_pixels_near_a_label_change_and_is_exact_in_row_bands():
     np.testing.assert_array_equal(boundary_band(labels[8:30], 2)[2:], band[10:])
 
 
+def test_majority_filter_is_the_mode_of_the_cut_window_and_exact_in_row_slabs():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(1, 4, (40, 50)).astype(np.uint8)
+    m = majority_labels(labels, 5)
+    ref = np.empty_like(labels)
+    for y in range(40):
+        for x in range(50):
+            window = labels[max(0, y - 2):y + 3, max(0, x - 2):x + 3]
+            ref[y, x] = np.argmax(np.bincount(window.ravel(), minlength=4))  # ties: the smallest label
+    np.testing.assert_array_equal(m, ref)
+    np.testing.assert_array_equal(majority_labels(labels[:22], 5)[:20], m[:20])  # 2 rows of context
+    np.testing.assert_array_equal(majority_labels(labels[18:], 5)[2:], m[20:])
+    assert majority_labels(labels, 1) is labels
+    with pytest.raises(ValueError, match="odd"):
+        majority_labels(labels, 4)
+
+
+def test_majority_band_ignores_specks_and_keeps_region_boundaries():
+    labels = np.zeros((40, 40), np.uint8)
+    labels[:, 20:] = 1
+    labels[10:12, 5:7] = 1  # a 2 x 2 speck: no band around it once the labels are majority-filtered
+    plain, filtered = boundary_band(labels, 2), boundary_band(labels, 2, LABEL_MAJORITY)
+    assert plain[8:14, 3:9].all() and not filtered[:, :14].any()
+    np.testing.assert_array_equal(filtered[:, 14:], plain[:, 14:])  # the region boundary is kept
+    r = context_rows(2, LABEL_MAJORITY)
+    assert r == 2 + LABEL_MAJORITY // 2 and context_rows(0, LABEL_MAJORITY) == 0
+    np.testing.assert_array_equal(boundary_band(labels[:15 + r], 2, LABEL_MAJORITY)[:15], filtered[:15])
+
+
 @pytest.fixture(scope="module")
 def tem(nanoparticles):
     image, scribbles, gt = nanoparticles
@@ -68,7 +104,8 @@ def test_refinement_changes_only_the_band_and_gives_the_fine_classifier_there(te
     p_on, p_off = on.predict_plane(image), off.predict_plane(image)
     np.testing.assert_array_equal(on.classifier_.predict_proba(on.plane_features(image)[:3, :3].reshape(-1, 40)),
                                   off.classifier_.predict_proba(off.plane_features(image)[:3, :3].reshape(-1, 40)))
-    band = boundary_band(np.argmax(p_off, 0), on.boundary_refinement)
+    assert on.boundary_majority_ == LABEL_MAJORITY and off.boundary_majority_ == 1
+    band = boundary_band(np.argmax(p_off, 0), on.boundary_refinement, on.boundary_majority_)
     changed = np.abs(p_on - p_off).max(0) > 0
     assert changed.any() and not (changed & ~band).any()
     feats = on.plane_features(image)
@@ -100,14 +137,15 @@ def test_stride_preview_is_not_refined(tem):
     np.testing.assert_array_equal(on.predict_plane(image, stride=2), off.predict_plane(image, stride=2))
 
 
-def test_file_round_trip_format_3_and_2(tem, tmp_path):
+def test_file_round_trip_format_4_and_2(tem, tmp_path):
     image, _, _, on, off = tem
     a, b = tmp_path / "on.vitseg", tmp_path / "off.vitseg"
     on.save(a)
     off.save(b)
     meta_a = json.loads(zipfile.ZipFile(a).read("metadata.json"))
     meta_b = json.loads(zipfile.ZipFile(b).read("metadata.json"))
-    assert meta_a["format_version"] == 3 and meta_a["boundary"]["rows"] == DEFAULT_ROWS
+    assert meta_a["format_version"] == 4 and meta_a["boundary"]["rows"] == DEFAULT_ROWS
+    assert meta_a["boundary"]["majority"] == LABEL_MAJORITY
     assert meta_a["boundary"]["columns"] == on.boundary_columns_.tolist()
     assert "boundary.skops" in zipfile.ZipFile(a).namelist()
     assert meta_b["format_version"] == 2 and "boundary" not in meta_b
@@ -115,6 +153,30 @@ def test_file_round_trip_format_3_and_2(tem, tmp_path):
     assert la.boundary_refinement == DEFAULT_ROWS and lb.boundary_refinement == 0
     np.testing.assert_array_equal(la.predict_plane(image), on.predict_plane(image))
     np.testing.assert_array_equal(lb.predict_plane(image), off.predict_plane(image))
+
+
+def test_format_3_files_load_and_predict_without_the_majority_filter(tem, tmp_path):
+    """A format-3 file (napari-vitseg of session 19: no majority window) refines the band around
+    the unfiltered labels, as it did when it was written."""
+    image, _, _, on, off = tem
+    good = on.save(tmp_path / "good.vitseg")
+
+    def as_format_3(m):
+        m["format_version"] = 3
+        del m["boundary"]["majority"]
+
+    old = Segmenter.load(rewrite_metadata(good, tmp_path / "v3.vitseg", as_format_3), prediction="exact")
+    assert old.boundary_majority_ == 1 and old._refine_rows == DEFAULT_ROWS
+    p_old, p_off = old.predict_plane(image), off.predict_plane(image)
+    band = boundary_band(np.argmax(p_off, 0), DEFAULT_ROWS)  # no majority filter
+    rr, cc = np.nonzero(band)
+    fine = on.boundary_classifier_.predict_proba(on.plane_features(image)[rr, cc][:, on.boundary_columns_])
+    np.testing.assert_allclose(p_old[:, rr, cc].T, fine, atol=1e-6)
+    np.testing.assert_array_equal(p_old[:, ~band], p_off[:, ~band])
+    # in row bands too (2 rows of label context, not 4)
+    rows = np.concatenate([old.predict_rows(image, (y, min(518, y + 100)), use_cache=False)
+                           for y in range(0, 518, 100)], axis=1)
+    assert (old.labels_from_proba(rows) == old.labels_from_proba(p_old)).mean() > 0.9995
 
 
 def test_xgboost_and_autocontext_refine_and_round_trip(nanoparticles, tmp_path):
@@ -138,7 +200,12 @@ def test_xgboost_and_autocontext_refine_and_round_trip(nanoparticles, tmp_path):
     (lambda m: m["boundary"].update(rows=100), "boundary"),
     (lambda m: m["boundary"].update(columns=m["boundary"]["columns"][:-1] + [m["boundary"]["columns"][-1] + 1]),
      "chooses differently|boundary"),
-    (lambda m: m.update(format_version=4), "upgrade"),
+    (lambda m: m.update(format_version=5), "upgrade"),
+    (lambda m: m["boundary"].update(majority=4), "majority"),
+    (lambda m: m["boundary"].update(majority=0), "boundary"),
+    (lambda m: m["boundary"].update(majority=99), "boundary"),
+    (lambda m: m["boundary"].update(majority="5"), "boundary"),
+    (lambda m: m["boundary"].pop("majority"), "majority"),
 ])
 def test_bad_boundary_sections_are_refused(tem, tmp_path, change, match):
     on = tem[3]
@@ -164,7 +231,7 @@ def test_cli_train_flag_reaches_the_file(nanoparticles, tmp_path):
     image, scribbles, _ = nanoparticles
     tifffile.imwrite(tmp_path / "img.tif", image[:128, :128])
     tifffile.imwrite(tmp_path / "scr.tif", scribbles[:128, :128])
-    for px, fmt in ((0, 2), (3, 3)):
+    for px, fmt in ((0, 2), (3, 4)):
         out = tmp_path / f"m{px}.vitseg"
         rc = main(["train", str(tmp_path / "img.tif"), "--scribbles", str(tmp_path / "scr.tif"), "-o", str(out),
                    "--n-estimators", "5", "--boundary-refinement", str(px), "--quiet"])

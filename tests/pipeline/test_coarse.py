@@ -323,7 +323,7 @@ def test_exact_setting_is_todays_path_and_rows_equal_the_plane(nano, stages):
         f = seg.featurizer.compute(img)
         ref = seg.classifier_.predict_proba(f.reshape(-1, f.shape[-1])).T.reshape(exact.shape).astype(np.float32)
         # boundary refinement: the fine-scale classifier's probabilities near the label boundaries
-        near = boundary_band(np.argmax(ref, 0), seg.boundary_refinement)
+        near = boundary_band(np.argmax(ref, 0), seg.boundary_refinement, seg.boundary_majority_)
         ref[:, near] = seg.boundary_classifier_.predict_proba(f[near][:, seg.boundary_columns_]).T
         np.testing.assert_array_equal(exact, ref)
     for mode in ("exact", "coarse-to-fine"):
