@@ -459,6 +459,8 @@ def table(screen: str, results: dict) -> str:
             continue
         lines = ["", "| set | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
         for s in sets:
+            if all(np.isnan(results[s][v]).all() for v in variants):
+                continue  # a set without a ground truth has no mIoU row
             cells = []
             for v in variants:
                 vals = results[s][v]

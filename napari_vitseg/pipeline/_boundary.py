@@ -37,6 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -140,14 +141,12 @@ def majority_labels(labels: np.ndarray, size: int) -> np.ndarray:
     values = np.unique(labels)
     if values.size < 2:
         return labels
-    best = np.zeros(labels.shape, np.int32)
-    out = np.full(labels.shape, values[0], dtype=labels.dtype)
-    ones = np.ones(size, np.int32)
-    for i, v in enumerate(values):
-        # box sum with zero padding = counts over the cut window
-        count = ndimage.correlate1d((labels == v).astype(np.int32), ones, axis=0, mode="constant")
-        count = ndimage.correlate1d(count, ones, axis=1, mode="constant")
-        if i == 0:
+    best, out = None, np.full(labels.shape, values[0], dtype=labels.dtype)
+    for v in values:
+        # box sum with zero padding (OpenCV, 16-bit counts) = counts over the cut window
+        count = cv2.boxFilter(np.ascontiguousarray(labels == v).view(np.uint8), cv2.CV_16U, (size, size),
+                              normalize=False, borderType=cv2.BORDER_CONSTANT)
+        if best is None:
             best = count
             continue
         more = count > best
