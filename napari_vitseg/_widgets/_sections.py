@@ -50,7 +50,7 @@ from ..backbones import available_backbones, list_backbones
 from ..features.config import FeatureConfig
 from ..pipeline import DEFAULT_COLORS, SegmenterConfig
 from ..pipeline._boundary import DEFAULT_ROWS as BOUNDARY_ROWS
-from ..pipeline._boundary import FINE_MAX_SIGMA
+from ..pipeline._boundary import FINE_MAX_SIGMA, MAX_ROWS
 from ._controller import (
     LIVE_PARAMS,
     RANDOM_WEIGHTS_ENV,
@@ -1115,16 +1115,19 @@ class ClassifierSection(QGroupBox):
         self.live_fast_check.setChecked(True)
         self.live_fast_check.toggled.connect(self.apply)
         form.addRow(self.live_fast_check)
-        self.boundary_check = QCheckBox("refine boundaries with fine scales")
-        self.boundary_check.setChecked(SegmenterConfig().boundary_refinement > 0)
-        self.boundary_check.setToolTip(
-            f"A second classifier on the fine scales (<= {FINE_MAX_SIGMA:g} px) re-decides the pixels within "
-            f"{BOUNDARY_ROWS} px of a label boundary: the large scales say what a region is, the fine ones where "
-            "it ends (better on every shared set, docs/quality.md). Train, Save and Apply use it; the fast live "
-            "preview does not."
+        self.boundary_spin = QSpinBox()
+        self.boundary_spin.setRange(0, MAX_ROWS)
+        self.boundary_spin.setSuffix(" px")
+        self.boundary_spin.setSpecialValueText("off")
+        self.boundary_spin.setValue(SegmenterConfig().boundary_refinement)
+        self.boundary_spin.setToolTip(
+            f"Boundary refinement: a second classifier on the fine scales (<= {FINE_MAX_SIGMA:g} px) re-decides "
+            "the pixels within this many px of a label boundary: the large scales say what a region is, the fine "
+            f"ones where it ends (default {BOUNDARY_ROWS} px: better on every shared set, docs/quality.md; 0 = off). "
+            "Train, Save and Apply use it; the fast live preview does not."
         )
-        self.boundary_check.toggled.connect(self.apply)
-        form.addRow(self.boundary_check)
+        self.boundary_spin.valueChanged.connect(self.apply)
+        form.addRow("Refine boundaries", self.boundary_spin)
 
     def _set_depth_mode(self, kind: str) -> None:
         """XGBoost needs a depth >= 1; a random forest may grow unlimited (0)."""
@@ -1151,7 +1154,7 @@ class ClassifierSection(QGroupBox):
         c.classifier_params = {"n_estimators": self.trees_spin.value(),
                                "max_depth": (depth or None) if c.classifier == "rf" else depth}
         c.live_fast = self.live_fast_check.isChecked()
-        c.boundary_refinement = BOUNDARY_ROWS if self.boundary_check.isChecked() else 0
+        c.boundary_refinement = self.boundary_spin.value()
         lp = LIVE_PARAMS[c.classifier]
         self.live_fast_check.setToolTip(
             f"Live mode trains a small model ({lp['n_estimators']} trees, depth <= {lp['max_depth']}, "
@@ -1162,7 +1165,7 @@ class ClassifierSection(QGroupBox):
     def show_model(self, classifier: str, params: dict, boundary_refinement: int | None = None) -> None:
         """Show a loaded classifier's kind, parameters and boundary refinement (the controller
         already has them)."""
-        fields = (self.clf_combo, self.trees_spin, self.depth_spin, self.boundary_check)
+        fields = (self.clf_combo, self.trees_spin, self.depth_spin, self.boundary_spin)
         for w in fields:
             w.blockSignals(True)
         try:
@@ -1171,7 +1174,7 @@ class ClassifierSection(QGroupBox):
             self._set_depth_mode(classifier)
             self.depth_spin.setValue(int(params.get("max_depth") or 0))
             if boundary_refinement is not None:
-                self.boundary_check.setChecked(boundary_refinement > 0)
+                self.boundary_spin.setValue(int(boundary_refinement))
         finally:
             for w in fields:
                 w.blockSignals(False)

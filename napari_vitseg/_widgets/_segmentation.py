@@ -244,7 +244,7 @@ class SegmentationWidget(QWidget):
         self.pyramid_check = s.pyramid_check
         s = self.classifier
         self.clf_combo, self.trees_spin, self.depth_spin = s.clf_combo, s.trees_spin, s.depth_spin
-        self.live_fast_check = s.live_fast_check
+        self.live_fast_check, self.boundary_spin = s.live_fast_check, s.boundary_spin
         s = self.actions
         self.train_btn, self.live_check, self.cancel_btn = s.train_btn, s.live_check, s.cancel_btn
         self.save_btn, self.load_btn = s.save_btn, s.load_btn

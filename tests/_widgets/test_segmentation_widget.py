@@ -209,6 +209,9 @@ def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles,
     widget.class_table.item(1, 1).setText("matrix")
     assert viewer.layers["scribbles"].metadata["class_names"] == ["particle", "matrix"]
     widget.trees_spin.setValue(20)
+    assert widget.boundary_spin.value() == 2 and widget.boundary_spin.text() == "2 px"
+    widget.boundary_spin.setValue(3)  # a non-default band width: the file keeps it
+    assert widget.controller.boundary_refinement == 3
     widget.proba_check.setChecked(True)
     widget.train()
     wait_idle(qtbot, widget)
@@ -225,6 +228,8 @@ def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles,
 
     # change the fields, forget the model, clear the outputs, then load
     widget.trees_spin.setValue(7)
+    widget.boundary_spin.setValue(0)
+    assert widget.boundary_spin.text() == "off" and widget.controller.boundary_refinement == 0
     widget.sigmas_edit.setText("1, 2")
     widget.sigmas_edit.editingFinished.emit()
     widget.pyramid_check.setChecked(False)
@@ -240,6 +245,10 @@ def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles,
     np.testing.assert_array_equal(viewer.layers["segmentation"].data, seg)
     np.testing.assert_array_equal(viewer.layers["probabilities"].data, proba)
     assert widget.trees_spin.value() == 20
+    assert widget.boundary_spin.value() == 3 and widget.controller.boundary_refinement == 3
+    widget.depth_spin.setValue(12)  # another field: the loaded band width stays
+    assert widget.controller.boundary_refinement == 3
+    widget.depth_spin.setValue(0)
     assert widget.sigmas_edit.text() == "0.5, 1, 2, 4, 8, 16"  # FeatureConfig's default scales
     assert widget.pyramid_check.isChecked() and widget.controller.feature_config.pyramid  # the file's
     assert widget.class_names() == ["particle", "matrix"]
