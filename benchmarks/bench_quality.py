@@ -145,8 +145,10 @@ METHODS: dict[str, dict] = {
     # session 20: the band around the unfiltered first labels, as classifier files of format 3 refine
     "no_majority": {"majority": 1, "note": "boundary band without the majority filter (format 3)"},
     "prior_em": {"prior": "em", "note": "EM prior adjustment of the class probabilities (Saerens 2002)"},
-    # 3D features for stacks: rename the keyword to the one FeatureConfig adopts.
-    "features3d": {"features": {"dims": 3}, "note": "3D filters on stacks"},
+    # session 20: 3D filters for stacks (features/volume.py): the fine scales (<= 2 px) across planes;
+    # the single images compute what the default does
+    "features3d": {"features": {"spatial": "3d"}, "note": "fine scales across planes on stacks (FeatureConfig "
+                   "spatial='3d'); single images as the default"},
 }
 
 #: Baselines run in the same process / a child process; they set the margin.

@@ -144,8 +144,8 @@ def test_repeats_vary_the_classifier_seed(bq):
     assert r["status"] == "ok" and r["seeds"] == [0, 1] and len(r["mious"]) == 2
     assert r["miou"] == pytest.approx(np.mean(r["mious"])) and r["miou_sd"] >= 0
     assert "±" in bq.fmt(r)
-    missing = bq.run_repeated(ds, "features3d", bq.DEFAULT_CONVPAINT, 2)
-    assert missing["status"] in ("not available", "ok")  # n/a until FeatureConfig has the keyword
+    r3 = bq.run_repeated(ds, "features3d", bq.DEFAULT_CONVPAINT, 2)
+    assert r3["status"] == "ok" and len(r3["mious"]) == 2  # FeatureConfig(spatial='3d')
 
 
 def test_added_families_extend_the_current_default(bq):

@@ -55,11 +55,11 @@ import numpy as np
 
 from .._progress import Progress
 from .._validation import VitsegError
-from ..features.cache import content_digest
 from ..features.config import FeatureConfig
 from ..pipeline import DEFAULT_COLORS, Segmenter, SegmenterConfig, as_channels_last, uncertainty
 from ..pipeline.batch import iter_apply_files
 from ..pipeline.scribbles import ScribbleIndex
+from ..pipeline.segmenter import plane_of
 
 __all__ = [
     "BAND_PIXELS",
@@ -960,12 +960,12 @@ class SegmentationController:
         z = inputs.z if nsp == 3 else None
         if nsp == 3 and (z is None or not 0 <= z < img.shape[0]):
             raise VitsegError(f"Plane {z} is outside the stack of {img.shape[0]} planes.")
-        plane = np.asarray(img[z]) if nsp == 3 else np.asarray(img)
+        plane = plane_of(img, nsp, z)
         ny, nx = plane.shape[:2]
         probs = inputs.probabilities
         if ny * nx > TILE_PIXELS:
             bands = row_bands(ny, nx, inputs.view_rows)
-            digest = content_digest(plane)
+            digest = seg.featurizer.plane_digest(plane)
             for i, rows in enumerate(bands):
                 yield Progress(i, len(bands), f"rows {rows[0]}-{rows[1]} of {ny}")
                 p = seg.predict_rows(plane, rows, digest=digest)
@@ -1047,7 +1047,7 @@ class SegmentationController:
             zs.insert(0, inputs.z)
         for i, z in enumerate(zs):
             yield Progress(i, nz, f"plane {z} ({i + 1}/{nz})")  # numbered as napari's slider
-            p = seg.predict_plane(np.asarray(img[z]), use_cache=False)
+            p = seg.predict_plane(plane_of(img, nsp, z), use_cache=False)
             yield PlaneUpdate(z, seg.labels_from_proba(p), uncertainty_u8(p),
                               p if inputs.probabilities else None, seg.classes_.copy())
         yield Progress(nz, nz, "done")

@@ -241,7 +241,7 @@ class SegmentationWidget(QWidget):
         s = self.features
         self.backbone_combo, self.weights_notice, self.upsample_combo = s.backbone_combo, s.weights_notice, s.upsample_combo
         self.classical_check, self.sigmas_edit, self.pca_spin = s.classical_check, s.sigmas_edit, s.pca_spin
-        self.pyramid_check = s.pyramid_check
+        self.pyramid_check, self.spatial_check, self.z_spin = s.pyramid_check, s.spatial_check, s.z_spin
         s = self.classifier
         self.clf_combo, self.trees_spin, self.depth_spin = s.clf_combo, s.trees_spin, s.depth_spin
         self.live_fast_check, self.boundary_spin = s.live_fast_check, s.boundary_spin

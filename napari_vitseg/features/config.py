@@ -10,7 +10,7 @@ from .._validation import VitsegError, check_number, check_option
 __all__ = ["FeatureConfig", "CLASSICAL_FAMILIES", "EXTRA_FAMILIES", "ALL_FAMILIES", "UPSAMPLERS",
            "INTENSITY_MODES", "POS_EMBED_INTERP_MODES",
            "DEFAULT_FAMILIES", "DEFAULT_SIGMAS", "FEATURE_CONFIG_VERSION", "V1_DEFAULTS", "V2_DEFAULTS",
-           "V3_FEATURE_DEFAULTS", "V4_DEFAULTS", "TILING_MODES",
+           "V3_FEATURE_DEFAULTS", "V4_DEFAULTS", "V5_DEFAULTS", "SPATIAL_MODES", "TILING_MODES",
            "VIT_BUDGET_MIB"]
 
 #: Classical filter families, in the order their channels appear.
@@ -51,13 +51,19 @@ TILING_MODES = ("auto", "always")
 #: :func:`napari_vitseg.features.vit.whole_image_fits`).
 VIT_BUDGET_MIB = 2048
 #: Current version of the serialised config.
-FEATURE_CONFIG_VERSION = 5
+FEATURE_CONFIG_VERSION = 6
 #: Values that version-1 configs (releases up to 0.1.x) did not store: what those releases did.
 V1_DEFAULTS = {"intensity": "percentile", "pos_embed_interp": "timm", "vit_autocast": None}
 #: Values that version-1 and version-2 configs did not store: they always tiled.
 V2_DEFAULTS = {"vit_tiling": "always", "vit_budget_mib": VIT_BUDGET_MIB}
 #: Values that versions 1 to 4 did not store: every scale at full resolution.
 V4_DEFAULTS = {"pyramid": False}
+#: Values that versions 1 to 5 did not store: filters per plane.
+V5_DEFAULTS = {"spatial": "2d", "z_anisotropy": 1.0}
+#: ``spatial`` choices: filters per plane, or the fine scales across the planes of a stack.
+SPATIAL_MODES = ("2d", "3d")
+#: Largest z step / pixel size ratio (``z_anisotropy``).
+MAX_Z_ANISOTROPY = 1000.0
 
 
 @dataclass(frozen=True)
@@ -140,12 +146,23 @@ class FeatureConfig:
         channels, interpolated back, at about 0.6x the featurising time. Default ``True``
         (version 5); files of versions 1 to 4 computed every scale at full resolution and
         keep doing so (:data:`V4_DEFAULTS`).
+    spatial : {'2d', '3d'}
+        ``'2d'`` (default): every filter per plane. ``'3d'``: for (Z, Y, X) stacks the
+        Gaussian-derivative families at scales up to 2 px are computed across planes
+        (:mod:`napari_vitseg.features.volume`; ilastik's 3D filters); larger scales and the
+        bilateral, membrane and context families stay per plane. A single image, or a plane
+        given without its stack, gets the 2D channels. Version 6.
+    z_anisotropy : float
+        z step / pixel size of the stack (1 for isotropic voxels, e.g. 5 for 50 nm sections
+        of 10 nm pixels): the Gaussians in z span ``sigma / z_anisotropy`` planes
+        (``spatial='3d'`` only).
 
     Notes
     -----
     ``from_dict`` migrates dictionaries of earlier versions by filling the keys they lack
     with what those versions did: :data:`V1_DEFAULTS` (version 1), :data:`V2_DEFAULTS`
-    (versions 1-2), :data:`V4_DEFAULTS` (versions 1-4), so that old classifier files compute
+    (versions 1-2), :data:`V4_DEFAULTS` (versions 1-4), :data:`V5_DEFAULTS` (versions 1-5), so
+    that old classifier files compute
     exactly what they computed when they were saved; new configs get the defaults above.
 
     Examples
@@ -153,7 +170,7 @@ class FeatureConfig:
     >>> FeatureConfig.from_dict({"version": 1, "backbone": None}).intensity
     'percentile'
     >>> FeatureConfig().intensity, FeatureConfig().to_dict()["version"]
-    ('reference', 5)
+    ('reference', 6)
     >>> FeatureConfig.from_dict({"version": 4, "backbone": None}).pyramid
     False
     >>> FeatureConfig.from_dict({"version": 2, "backbone": None}).vit_tiling
@@ -179,6 +196,8 @@ class FeatureConfig:
     vit_tiling: str = "auto"
     vit_budget_mib: int = VIT_BUDGET_MIB
     pyramid: bool = True
+    spatial: str = "2d"
+    z_anisotropy: float = 1.0
     _version: int = field(default=FEATURE_CONFIG_VERSION, repr=False)
 
     def __post_init__(self):
@@ -215,6 +234,10 @@ class FeatureConfig:
         if not (self.vit_autocast is None or isinstance(self.vit_autocast, bool)):
             raise VitsegError(f"vit_autocast must be True, False or None; got {self.vit_autocast!r}.")
         check_option(self.vit_tiling, TILING_MODES, "vit_tiling")
+        check_option(self.spatial, SPATIAL_MODES, "spatial")
+        check_number(self.z_anisotropy, "z_anisotropy", kind="float", low=1.0 / MAX_Z_ANISOTROPY,
+                     high=MAX_Z_ANISOTROPY, owner="FeatureConfig")
+        object.__setattr__(self, "z_anisotropy", float(self.z_anisotropy))
         check_number(self.vit_budget_mib, "vit_budget_mib", low=1, high=2**30, owner="FeatureConfig")
         if len(self.sigmas) > MAX_SIGMAS or any(not (0 < s <= MAX_SIGMA) for s in self.sigmas):
             raise VitsegError(
@@ -256,12 +279,13 @@ class FeatureConfig:
 
         A version-1 dictionary (no ``version`` key, or 1) gets :data:`V1_DEFAULTS` and
         :data:`V2_DEFAULTS` for the keys it lacks, a version-2 one :data:`V2_DEFAULTS`, and
-        dictionaries up to version 4 :data:`V4_DEFAULTS` (no pyramid); each is returned as a
+        dictionaries up to version 4 :data:`V4_DEFAULTS` (no pyramid), up to version 5
+        :data:`V5_DEFAULTS` (per-plane filters); each is returned as a
         current-version config that computes the same features.
         """
         d = dict(d)
         version = d.pop("version", 1)
-        if isinstance(version, bool) or version not in (1, 2, 3, 4, FEATURE_CONFIG_VERSION):
+        if isinstance(version, bool) or version not in (1, 2, 3, 4, 5, FEATURE_CONFIG_VERSION):
             raise VitsegError(
                 f"Feature config version {version} is not supported by this napari-vitseg "
                 f"(it reads versions 1 to {FEATURE_CONFIG_VERSION}); upgrade napari-vitseg."
@@ -269,7 +293,7 @@ class FeatureConfig:
         names = {f.name for f in fields(cls)} - {"_version"}
         unknown = set(d) - names
         added = {**(V1_DEFAULTS if version == 1 else {}), **(V2_DEFAULTS if version <= 2 else {}),
-                 **(V4_DEFAULTS if version <= 4 else {})}
+                 **(V4_DEFAULTS if version <= 4 else {}), **(V5_DEFAULTS if version <= 5 else {})}
         unknown |= set(d) & set(added)  # keys that this version did not have
         if unknown:
             raise VitsegError(f"Unknown feature config keys {sorted(unknown)}; upgrade napari-vitseg.")

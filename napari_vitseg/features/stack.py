@@ -5,7 +5,9 @@ classifier sees, exactly as its :class:`~napari_vitseg.features.config.FeatureCo
 describes. Large planes are processed in row strips with a halo, so peak memory stays
 bounded and the result equals the whole-plane computation (tested). The whole-plane classical
 families ``'context'`` and ``'bilateral'`` have no halo: they are computed once from the whole
-plane (memoised per plane key) and each strip takes its rows.
+plane (memoised per plane key) and each strip takes its rows. With ``spatial='3d'`` the fine
+scales of a plane of a stack (:class:`~napari_vitseg.features.volume.StackPlane`) are computed
+across its neighbouring planes (:mod:`napari_vitseg.features.volume`).
 """
 
 from __future__ import annotations
@@ -101,6 +103,42 @@ class Featurizer:
             for v in self.pca_.to_arrays().values():
                 h.update(np.ascontiguousarray(v).tobytes())
         return h.hexdigest()
+
+    def _z_radius(self) -> int:
+        """Planes on each side that the 3D channels of a plane read (0: per-plane features)."""
+        cfg = self.config
+        if cfg.spatial != "3d" or not cfg.classical:
+            return 0
+        from .volume import z_radius
+
+        return z_radius(cfg.sigmas, cfg.families, cfg.z_anisotropy)
+
+    def plane_digest(self, plane) -> str:
+        """Content hash of what this featurizer's features of ``plane`` depend on (cache keys):
+        the plane (:func:`~napari_vitseg.features.cache.content_digest`), and with 3D channels
+        the planes of its stack they read, in the order they are read (mirrored at the ends).
+
+        Parameters
+        ----------
+        plane : array-like, (Y, X) or (Y, X, C); a :class:`~napari_vitseg.features.volume.StackPlane`
+            for 3D channels.
+
+        Returns
+        -------
+        str
+            32 hexadecimal characters.
+        """
+        from .cache import content_digest
+        from .volume import _mirror, stack_of
+
+        ctx = stack_of(plane) if self._z_radius() else None
+        if ctx is None:
+            return content_digest(plane)
+        stack, z, n = ctx
+        r = self._z_radius()
+        parts = [content_digest(np.asarray(plane))]
+        parts += [content_digest(np.asarray(stack[_mirror(z + j, n)])) if j else "" for j in range(-r, r + 1)]
+        return content_digest(np.frombuffer(" ".join(parts).encode(), np.uint8))
 
     @property
     def backbone_identity(self) -> dict | None:
@@ -305,6 +343,9 @@ class Featurizer:
             Bad dimensionality, dtype, non-finite values, unusable channel count.
         """
         src_dtype = _source_dtype(plane)
+        from .volume import stack_of
+
+        ctx = stack_of(plane) if self._z_radius() else None
         plane = as_float32(plane, "image plane")
         if plane.ndim not in (2, 3):
             raise VitsegError(f"A plane must be (Y, X) or (Y, X, C); got shape {plane.shape}.")
@@ -319,9 +360,12 @@ class Featurizer:
             # (one allocation, no copy; the whole-plane families are computed on this very plane)
             from .classical import classical_features
 
-            return classical_features(plane, sigmas=cfg.sigmas, families=cfg.families,
-                                      include_intensity=cfg.include_intensity, backend="auto", device=self.device,
-                                      pyramid=cfg.pyramid, out=_take(buffer, (ny, nx, nf)))
+            out = classical_features(plane, sigmas=cfg.sigmas, families=cfg.families,
+                                     include_intensity=cfg.include_intensity, backend="auto", device=self.device,
+                                     pyramid=cfg.pyramid, out=_take(buffer, (ny, nx, nf)))
+            if ctx is not None:
+                self._volume_rows(ctx, plane, out, 0, ny)
+            return out
         a0, a1 = y0, y1  # rows computed: the band, and with classical filters their halo
         if cfg.classical:
             h, step = self._classical_halo(), self._band_start_step()
@@ -354,7 +398,53 @@ class Featurizer:
                 f += k
         if cfg.backbone is not None:
             out[:, :, f:] = self._vit_band(plane, y0, y1, key=key, progress=progress, dtype=src_dtype)
+        if ctx is not None and cfg.classical:
+            self._volume_rows(ctx, plane, out, y0, y1)
         return out
+
+    def _volume_rows(self, ctx, plane: np.ndarray, out: np.ndarray, y0: int, y1: int) -> None:
+        """Overwrite the 3D channels (:func:`~napari_vitseg.features.volume.columns_3d`) of the
+        rows ``[y0, y1)`` in ``out`` (rows, X, F) with their values across the stack's planes.
+
+        Raises
+        ------
+        VitsegError
+            The plane's pixels differ from its stack's plane (a plane changed after it was
+            taken from its stack), or a neighbouring plane has another shape or non-finite values.
+        """
+        from .volume import columns_3d, volume_channels
+
+        stack, z, n = ctx
+        names = self.feature_names(1 if plane.ndim == 2 else plane.shape[2])
+        cols = columns_3d(names)
+        if not cols:
+            return
+        ny = plane.shape[0]
+        h = self._classical_halo()
+        a0, a1 = max(0, y0 - h), min(ny, y1 + h)
+        read: dict[int, np.ndarray] = {}
+
+        def rows_of(k):
+            if k not in read:
+                p = as_float32(stack[k], "image plane")
+                if p.shape != plane.shape:
+                    raise VitsegError(f"Plane {k} of the stack has shape {p.shape}, plane {z} {plane.shape}; "
+                                      "3D features need planes of one shape.")
+                read[k] = p[a0:a1]
+            return read[k]
+
+        if not np.array_equal(plane[a0:a1], rows_of(z)):
+            raise VitsegError(f"Plane {z} differs from plane {z} of its stack; compute 3D features from the "
+                              "stack's own planes.")
+        for c in range(1 if plane.ndim == 2 else plane.shape[2]):
+            prefix = "" if plane.ndim == 2 else f"ch{c}:"
+            wanted = {i: base for i, base in cols.items() if names[i] == prefix + base}
+            if not wanted:
+                continue
+            got = volume_channels((lambda k: rows_of(k)) if plane.ndim == 2 else (lambda k, c=c: rows_of(k)[:, :, c]),
+                                  n, z, sorted(set(wanted.values())), self.config.z_anisotropy)
+            for i, base in wanted.items():
+                out[:, :, i] = got[base][y0 - a0:y1 - a0]
 
     def _whole_plane(self, plane, channel: int, key=None) -> np.ndarray:
         """The whole-plane families' channels (``'context'``, ``'bilateral'``) of one channel

@@ -301,8 +301,6 @@ def _featurise_planes(seg: Segmenter, planes, coarse: bool, q: queue.SimpleQueue
     """The featurising thread: read each plane, then compute its bands' features, at most
     :data:`MAX_BANDS_IN_FLIGHT` ahead of the predicted ones (``slots``), into the buffers the
     consumer has finished with (``free``); ``finished`` is set once the last band is queued."""
-    from ..features.cache import content_digest
-
     key = None
     pinned = False
     try:
@@ -315,7 +313,7 @@ def _featurise_planes(seg: Segmenter, planes, coarse: bool, q: queue.SimpleQueue
                 q.put(_Failed(key, e, True))
                 return
             seg._check_plane(plane)
-            digest = content_digest(plane)
+            digest = seg.featurizer.plane_digest(plane)
             bands = seg._batch_bands(plane)
             for i, band in enumerate(bands):
                 while not slots.acquire(timeout=0.1):

@@ -52,7 +52,7 @@ from .._validation import (
 from ..classifiers import CLASSIFIERS, make_classifier
 from ..classifiers._engines import EARLY_EXIT_VERSION
 from ..classifiers._estimators import _iter_in_thread
-from ..features.cache import FeatureCache, content_digest
+from ..features.cache import FeatureCache
 from ..features.config import FeatureConfig
 from ..features.stack import Featurizer
 from ._autocontext import (
@@ -298,8 +298,15 @@ def _stage_proba(clf, classes: np.ndarray, early_exit: bool = False):
 
 
 def plane_of(image, n_spatial: int, z: int | None) -> np.ndarray:
-    """Plane ``z`` of a channels-last stack as numpy (the whole image for 2D, ``z`` ignored)."""
-    return np.asarray(image[z]) if n_spatial == 3 else np.asarray(image)
+    """Plane ``z`` of a channels-last stack as numpy (the whole image for 2D, ``z`` ignored).
+
+    A plane of a stack is a :class:`~napari_vitseg.features.volume.StackPlane`: a numpy array
+    that also knows its stack, for features with ``spatial='3d'``."""
+    if n_spatial == 3:
+        from ..features.volume import StackPlane
+
+        return StackPlane(image, z)
+    return np.asarray(image)
 
 
 class Segmenter:
@@ -535,7 +542,7 @@ class Segmenter:
         -------
         ndarray, (Y, X, F) float32, read-only when cached
         """
-        digest = digest or content_digest(plane)
+        digest = digest or self.featurizer.plane_digest(plane)
         feats = self.cache.get(self._cache_key(digest))
         if feats is None:
             feats = self.featurizer.compute(plane, key=digest, progress=progress)
@@ -825,7 +832,7 @@ class Segmenter:
         if feats is not None:
             self._predict_band(clf, feats, 0, (0, ny), ny, classes, prev, coarse, out, refine)
             return out
-        digest = content_digest(plane)
+        digest = self.featurizer.plane_digest(plane)
         for band in self._batch_bands(plane):
             fb, off = self._band_features(plane, band, digest, coarse)
             self._predict_band(clf, fb, off, band, ny, classes, prev, coarse, out, refine)
@@ -965,7 +972,7 @@ class Segmenter:
             return np.ascontiguousarray(p.T.reshape(k, *feats.shape[:2]))
         ny, nx = plane.shape[:2]
         nf = self.featurizer.n_features(nc)
-        digest = content_digest(plane)
+        digest = self.featurizer.plane_digest(plane)
         feats = None
         if use_cache and ny * nx * nf * 4 <= self.cache.max_bytes:  # one lookup, computed on a miss
             feats = self.plane_features(plane, digest=digest, progress=progress)
@@ -1034,7 +1041,7 @@ class Segmenter:
                 f0, f1 = coarse_rows_needed(spans[0], ny)
                 spans.insert(0, (max(0, f0 - halo), min(ny, f1 + halo)))
             e0, e1 = coarse_rows_needed(spans[0], ny)
-        digest = digest or content_digest(plane)
+        digest = digest or self.featurizer.plane_digest(plane)
         key = (("rows", digest, e0, e1), self.featurizer.state_key)
         feats = self.cache.get(key) if use_cache else None
         if feats is None:

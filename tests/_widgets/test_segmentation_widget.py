@@ -21,7 +21,7 @@ from napari_vitseg.metrics import mean_iou
 
 pytest.importorskip("napari")
 
-from _widget_helpers import TIMEOUT, brush_stroke, dock, paint_labels, wait_idle  # noqa: E402
+from _widget_helpers import TIMEOUT, brush_stroke, dock, paint_and_train, paint_labels, wait_idle  # noqa: E402
 
 from napari_vitseg._widgets._sections import MISSING_ROW, NO_BACKBONE, NO_WEIGHTS_GUI, RANDOM_SUFFIX  # noqa: E402
 from napari_vitseg._widgets._segmentation import SegmentationWidget  # noqa: E402
@@ -195,6 +195,46 @@ def test_stack_current_plane_first_then_cancel_apply(qtbot, make_napari_viewer, 
     assert shown[0] == 4  # the plane in view comes first
     assert "Cancelled" in widget.status.text()
     assert errors == []
+
+
+def test_3d_filters_on_a_stack_train_apply_and_round_trip(qtbot, make_napari_viewer, cells_stack, tmp_path, errors,
+                                                           monkeypatch):
+    """The Features box's 3D switch: Train on a stack computes the fine scales across planes (the
+    model's features differ from per-plane ones), and a saved classifier brings the switch and the
+    z step back."""
+    from napari_vitseg import Segmenter
+
+    stack, sscrib = cells_stack
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="cells")
+    widget = dock(viewer)
+    assert not widget.spatial_check.isChecked() and not widget.z_spin.isEnabled()
+    widget.spatial_check.setChecked(True)
+    widget.z_spin.setValue(2.0)
+    cfg = widget.controller.feature_config
+    assert cfg.spatial == "3d" and cfg.z_anisotropy == 2.0 and widget.z_spin.isEnabled()
+    scr = np.zeros_like(sscrib)
+    scr[2] = sscrib[2]
+    paint_and_train(qtbot, widget, scr, trees=10)
+    seg = widget.controller.model.segmenter
+    assert seg.feature_config.spatial == "3d" and errors == []
+    ref = Segmenter(cfg, classifier_params={"n_estimators": 10})
+    from napari_vitseg.pipeline.segmenter import plane_of
+
+    f3 = seg.plane_features(plane_of(stack, 3, 2))
+    f2 = Segmenter(cfg.replace(spatial="2d")).plane_features(stack[2])
+    assert f3.shape == f2.shape and not np.allclose(f3, f2) and ref.feature_config == cfg
+    path = tmp_path / "cells3d.vitseg"
+    monkeypatch.setattr(widget, "ask_save_path", lambda: str(path))
+    widget.save_classifier()
+    wait_idle(qtbot, widget)
+    widget.spatial_check.setChecked(False)
+    assert widget.controller.feature_config.spatial == "2d"
+    monkeypatch.setattr(widget, "ask_open_path", lambda: str(path))
+    widget.load_classifier()
+    wait_idle(qtbot, widget)
+    assert widget.spatial_check.isChecked() and widget.z_spin.value() == 2.0
+    assert widget.controller.feature_config.spatial == "3d" and errors == []
 
 
 def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles, tmp_path, errors, monkeypatch):

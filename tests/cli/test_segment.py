@@ -52,7 +52,35 @@ def test_train_no_pyramid_saves_full_resolution_features(tmp_path, capsys):
         capsys.readouterr()
         assert main(["info", str(model)]) == 0
         cfg = json.loads(capsys.readouterr().out)["feature_config"]
-        assert cfg["pyramid"] is want and cfg["version"] == 5
+        assert cfg["pyramid"] is want and cfg["version"] == 6 and cfg["spatial"] == "2d"
+
+
+def test_train_spatial_3d_on_a_stack_and_apply_equal_the_api(tmp_path, capsys):
+    """--spatial 3d --z-anisotropy: the file's feature config says so, and apply's labels equal
+    the in-memory model's (3D features through the batch path: planes read with their neighbours)."""
+    import numpy as np
+
+    from napari_vitseg import Segmenter
+
+    stack = tifffile.imread(NANO.parent / "tem_cells_stack" / "image.tif")[:, :96, :128]
+    scr = tifffile.imread(NANO.parent / "tem_cells_stack" / "scribbles.tif")[:, :96, :128]
+    tifffile.imwrite(tmp_path / "st.tif", stack)
+    tifffile.imwrite(tmp_path / "sc.tif", scr)
+    model = tmp_path / "m3.vitseg"
+    assert main(["train", str(tmp_path / "st.tif"), "--scribbles", str(tmp_path / "sc.tif"), "-o", str(model),
+                 "--quiet", "--backbone", "none", "--n-estimators", "5", "--spatial", "3d",
+                 "--z-anisotropy", "2"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    cfg = json.loads(capsys.readouterr().out)["feature_config"]
+    assert cfg["spatial"] == "3d" and cfg["z_anisotropy"] == 2.0
+    out = tmp_path / "lab.tif"
+    assert main(["apply", str(model), str(tmp_path / "st.tif"), "-o", str(out), "--quiet"]) == 0
+    seg = Segmenter.load(model)
+    np.testing.assert_array_equal(tifffile.imread(out), seg.predict(stack))
+    assert main(["train", str(tmp_path / "st.tif"), "--scribbles", str(tmp_path / "sc.tif"), "-o",
+                 str(tmp_path / "x.vitseg"), "--backbone", "none", "--spatial", "3d", "--z-anisotropy", "-1"]) == 2
+    assert "--z-anisotropy must" in capsys.readouterr().err and not (tmp_path / "x.vitseg").exists()
 
 
 def test_random_weight_vit_changes_classifier_input(tmp_path, capsys):

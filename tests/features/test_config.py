@@ -28,7 +28,7 @@ def test_new_configs_get_the_reference_defaults():
     cfg = FeatureConfig()
     assert (cfg.intensity, cfg.pos_embed_interp, cfg.vit_autocast) == ("reference", "reference", False)
     d = cfg.to_dict()
-    assert d["version"] == FEATURE_CONFIG_VERSION == 5
+    assert d["version"] == FEATURE_CONFIG_VERSION == 6
     assert cfg.pyramid is True
     assert FeatureConfig.from_dict(d) == cfg
     assert FeatureConfig.from_json(cfg.to_json()) == cfg
@@ -62,8 +62,8 @@ def test_version1_dict_migrates_to_what_releases_did():
 def test_version1_dict_may_not_carry_version2_keys():
     with pytest.raises(VitsegError, match="Unknown feature config keys.*intensity"):
         FeatureConfig.from_dict({"version": 1, "intensity": "reference"})
-    with pytest.raises(VitsegError, match="version 6 is not supported"):
-        FeatureConfig.from_dict({"version": 6})
+    with pytest.raises(VitsegError, match="version 7 is not supported"):
+        FeatureConfig.from_dict({"version": 7})
 
 
 @pytest.mark.parametrize("version", [1, 2, 3, 4])

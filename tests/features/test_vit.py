@@ -545,7 +545,7 @@ def test_old_configs_keep_518_px_tiles(version):
     from napari_vitseg.features.config import FEATURE_CONFIG_VERSION, V2_DEFAULTS, FeatureConfig
     from napari_vitseg.features.stack import Featurizer
 
-    assert FEATURE_CONFIG_VERSION == 5 and V2_DEFAULTS == {"vit_tiling": "always", "vit_budget_mib": 2048}
+    assert FEATURE_CONFIG_VERSION == 6 and V2_DEFAULTS == {"vit_tiling": "always", "vit_budget_mib": 2048}
     cfg = FeatureConfig.from_dict(_old_cfg(version))
     assert (cfg.vit_tiling, cfg.tile_size, cfg.tile_overlap) == ("always", 518, 112)
     assert FeatureConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["version"] == FEATURE_CONFIG_VERSION
