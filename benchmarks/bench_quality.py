@@ -207,6 +207,16 @@ def find_sets(data: Path, cache: Path, names=None) -> list[dict]:
     return sets
 
 
+def channel_axis_of(image: np.ndarray, labels: np.ndarray, name: str) -> int | None:
+    """The image's channel axis by the data README's convention: -1 when the image has one axis
+    more than its labels (RGB, 'S' last), None when the shapes are equal; else SystemExit."""
+    if image.ndim == labels.ndim + 1 and image.shape[:-1] == labels.shape:
+        return -1
+    if image.shape == labels.shape:
+        return None
+    raise SystemExit(f"{name}: image {image.shape} does not match the labels {labels.shape}")
+
+
 def load_set(entry: dict) -> dict:
     """Read and check one set; returns arrays and a description.
 
@@ -221,12 +231,7 @@ def load_set(entry: dict) -> dict:
     scr = tifffile.imread(entry["scribbles"])
     if gt.shape != scr.shape:
         raise SystemExit(f"{entry['name']}: ground truth {gt.shape} and scribbles {scr.shape} differ")
-    if image.ndim == gt.ndim + 1 and image.shape[:-1] == gt.shape:
-        channel_axis = -1
-    elif image.shape == gt.shape:
-        channel_axis = None
-    else:
-        raise SystemExit(f"{entry['name']}: image {image.shape} does not match the labels {gt.shape}")
+    channel_axis = channel_axis_of(image, gt, entry["name"])
     classes = [int(c) for c in np.unique(gt) if c != 0]
     scr_classes = [int(c) for c in np.unique(scr) if c != 0]
     if not set(scr_classes) <= set(classes):

@@ -483,13 +483,8 @@ def load_scribble_set(entry: dict) -> dict:
         if not Path(entry[key]).is_file():
             raise SystemExit(f"--scribble-sets: no {Path(entry[key]).name} in {Path(entry[key]).parent}")
     image, scr = tifffile.imread(entry["image"]), tifffile.imread(entry["scribbles"])
-    if image.ndim == scr.ndim + 1 and image.shape[:-1] == scr.shape:
-        channel_axis = -1
-    elif image.shape == scr.shape:
-        channel_axis = None
-    else:
-        raise SystemExit(f"{entry['name']}: image {image.shape} does not match the scribbles {scr.shape}")
-    return {**entry, "image_arr": image, "scr": scr, "channel_axis": channel_axis, "stack": scr.ndim == 3}
+    return {**entry, "image_arr": image, "scr": scr, "channel_axis": bq.channel_axis_of(image, scr, entry["name"]),
+            "stack": scr.ndim == 3}
 
 
 def main(argv=None) -> int:
