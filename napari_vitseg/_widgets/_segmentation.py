@@ -256,6 +256,7 @@ class SegmentationWidget(QWidget):
         self._label_layer = None  # the scribbles layer whose selected label is followed
 
         self.input.new_scribbles_btn.clicked.connect(self.new_scribbles_layer)
+        self.spatial_check.toggled.connect(self._z_step_from_layer)
         self.input.image_changed.connect(self.outputs.mark_stale)
         self.input.image_changed.connect(self._use_palette)
         self.input.channels_changed.connect(lambda msg: msg and self.set_status(msg))
@@ -316,6 +317,20 @@ class SegmentationWidget(QWidget):
     @property
     def image_layer(self):
         return self.input.image_layer
+
+    def _z_step_from_layer(self, on: bool) -> None:
+        """Switching the 3D filters on takes the z step from the image layer's scale (napari's
+        voxel size: ``scale[-3] / scale[-1]`` of a stack, the channel axis excluded) when it says
+        something other than 1."""
+        layer = self.image_layer
+        if not on or layer is None:
+            return
+        scale = [float(v) for v in layer.scale]
+        ca = self.channel_axis()
+        if ca is not None:
+            del scale[ca % len(scale)]
+        if len(scale) >= 3 and scale[-1] > 0 and scale[-3] / scale[-1] != 1.0:
+            self.z_spin.setValue(scale[-3] / scale[-1])
 
     @property
     def scribbles_layer(self):

@@ -206,10 +206,11 @@ def test_3d_filters_on_a_stack_train_apply_and_round_trip(qtbot, make_napari_vie
 
     stack, sscrib = cells_stack
     viewer = make_napari_viewer()
-    viewer.add_image(stack, name="cells")
+    viewer.add_image(stack, name="cells", scale=(5.0, 2.0, 2.0))  # sections 2.5x thicker than a pixel
     widget = dock(viewer)
     assert not widget.spatial_check.isChecked() and not widget.z_spin.isEnabled()
     widget.spatial_check.setChecked(True)
+    assert widget.z_spin.value() == 2.5  # taken from the layer's scale
     widget.z_spin.setValue(2.0)
     cfg = widget.controller.feature_config
     assert cfg.spatial == "3d" and cfg.z_anisotropy == 2.0 and widget.z_spin.isEnabled()
