@@ -69,6 +69,7 @@ class Featurizer:
         self._tokens = None
         self._guide_memo = (None, None)
         self._context_memo = None  # (plane key, {channel: channels of the whole-plane families})
+        self._stack_memo = (None, {})  # (stack, {plane index: plane as read}): the last 3D window
         if backbone is not None and config.backbone is not None and backbone.name != config.backbone:
             raise VitsegError(f"Backbone {backbone.name!r} given for a feature config naming {config.backbone!r}.")
 
@@ -422,15 +423,25 @@ class Featurizer:
         ny = plane.shape[0]
         h = self._classical_halo()
         a0, a1 = max(0, y0 - h), min(ny, y1 + h)
+        # the planes of a lazy stack's window as read (their own dtype), kept for the next call: the
+        # row bands of one plane and the next plane of a batch read each plane of a file about once.
+        # A numpy stack is read afresh (free, and it may have been edited in place since)
+        r = self._z_radius()
+        held, memo = self._stack_memo
+        window = {min(max(z + j, 0), n - 1) for j in range(-r, r + 1)}
+        lazy = not isinstance(stack, np.ndarray)
+        kept = {k: v for k, v in memo.items() if k in window} if lazy and held is stack else {}
         read: dict[int, np.ndarray] = {}
 
         def rows_of(k):
             if k not in read:
-                p = as_float32(stack[k], "image plane")
-                if p.shape != plane.shape:
-                    raise VitsegError(f"Plane {k} of the stack has shape {p.shape}, plane {z} {plane.shape}; "
+                raw = kept.get(k)
+                if raw is None:
+                    raw = kept[k] = np.asarray(stack[k])
+                if raw.shape != plane.shape:
+                    raise VitsegError(f"Plane {k} of the stack has shape {raw.shape}, plane {z} {plane.shape}; "
                                       "3D features need planes of one shape.")
-                read[k] = p[a0:a1]
+                read[k] = as_float32(raw[a0:a1], "image plane")
             return read[k]
 
         if not np.array_equal(plane[a0:a1], rows_of(z)):
@@ -445,6 +456,7 @@ class Featurizer:
                                   n, z, sorted(set(wanted.values())), self.config.z_anisotropy)
             for i, base in wanted.items():
                 out[:, :, i] = got[base][y0 - a0:y1 - a0]
+        self._stack_memo = (stack, kept) if lazy else (None, {})
 
     def _whole_plane(self, plane, channel: int, key=None) -> np.ndarray:
         """The whole-plane families' channels (``'context'``, ``'bilateral'``) of one channel

@@ -174,3 +174,29 @@ def test_3d_features_raise_miou_on_the_real_fibsem_stack(tmp_path):
     loaded = Segmenter.load(path)
     assert loaded.feature_config.spatial == "3d"
     np.testing.assert_array_equal(loaded.predict(image), lab3)
+
+
+def test_a_lazy_stack_is_read_about_once_per_plane_and_a_numpy_one_afresh(volume):
+    """Sequential planes of a lazy stack (a file) reuse the window's planes already read; the
+    features equal those of the in-memory stack. An edited numpy stack is read afresh."""
+
+    class Counting:
+        def __init__(self, a):
+            self.a, self.shape, self.reads = a, a.shape, 0
+
+        def __getitem__(self, k):
+            self.reads += 1
+            return self.a[k]
+
+    long = np.concatenate([volume] * 3, axis=0)  # 27 planes
+    lazy = Counting(long)
+    f = Featurizer(FeatureConfig(spatial="3d"))
+    got = [f.compute(StackPlane(lazy, z)) for z in range(len(long))]
+    assert lazy.reads <= 2 * len(long)  # StackPlane's own read + the window's: not 25 per plane
+    ref = Featurizer(FeatureConfig(spatial="3d"))
+    for z in (0, 13, 26):
+        np.testing.assert_array_equal(got[z], ref.compute(StackPlane(long, z)))
+    edited = long.copy()
+    before = ref.compute(StackPlane(edited, 5))
+    edited[6] += 30
+    assert not np.array_equal(ref.compute(StackPlane(edited, 5)), before)
