@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rgb", action="store_true", help="RGB plane (cast_iron_optical) instead of the grey one")
     ap.add_argument("--strokes", type=int, default=20)
     ap.add_argument("--baseline", type=int, default=3, help="full-quality Train runs")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None,
+                    help="where the results go (default benchmarks/results/bench_live_<time>.json)")
     args = ap.parse_args(argv)
 
     disp = None
@@ -202,13 +203,15 @@ def main(argv=None) -> int:
     print("| measure | value |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "size": args.size, "rgb": args.rgb, "debounce_ms": LIVE_DEBOUNCE_MS, "first_ms": [x * 1e3 for x in first], "final_ms": [x * 1e3 for x in final],
-            "first_excl_debounce_ms": [x * 1e3 for x in first_x], "final_excl_debounce_ms": [x * 1e3 for x in final_x],
-            "baseline_s": base, "fit_ms": t_fit * 1e3, "coarse_ms": t_coarse * 1e3, "predict_ms": t_pred * 1e3,
-            "cancel_ms": [t * 1e3 for t, _ in cancel_s], "warmup_s": t_warm, "peak_rss_mib": peak_mib,
-        }, indent=2))
+    out = args.json or Path(__file__).resolve().parent / "results" / f"bench_live_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "size": args.size, "rgb": args.rgb, "debounce_ms": LIVE_DEBOUNCE_MS, "first_ms": [x * 1e3 for x in first], "final_ms": [x * 1e3 for x in final],
+        "first_excl_debounce_ms": [x * 1e3 for x in first_x], "final_excl_debounce_ms": [x * 1e3 for x in final_x],
+        "baseline_s": base, "fit_ms": t_fit * 1e3, "coarse_ms": t_coarse * 1e3, "predict_ms": t_pred * 1e3,
+        "cancel_ms": [t * 1e3 for t, _ in cancel_s], "warmup_s": t_warm, "peak_rss_mib": peak_mib,
+    }, indent=2))
+    print(f"wrote {out}")
     viewer.close()
     if disp is not None:
         disp.stop()
