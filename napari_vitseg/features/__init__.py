@@ -10,6 +10,7 @@ from .config import (
     FeatureConfig,
 )
 from .stack import Featurizer
+from .volume import StackPlane
 
 __all__ = ["ALL_FAMILIES", "CLASSICAL_FAMILIES", "DEFAULT_FAMILIES", "EXTRA_FAMILIES", "UPSAMPLERS",
-           "FeatureCache", "FeatureConfig", "Featurizer", "content_digest"]
+           "FeatureCache", "FeatureConfig", "Featurizer", "StackPlane", "content_digest"]

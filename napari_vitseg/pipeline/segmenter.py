@@ -938,8 +938,8 @@ class Segmenter:
         ----------
         plane : ndarray, (Y, X) or (Y, X, C)
             With 3D features (``FeatureConfig(spatial='3d')``) give a plane of a stack as
-            :func:`plane_of` makes it (a :class:`~napari_vitseg.features.volume.StackPlane`,
-            which reads its neighbours); a plain array is a single image and gets 2D features.
+            ``napari_vitseg.features.StackPlane(stack, z)``, which reads its neighbours; a plain
+            array is a single image and gets 2D features.
         use_cache : bool
             Take/keep whole-plane features in the cache (live mode); otherwise the plane is
             processed in row strips with bounded memory (batch mode).
