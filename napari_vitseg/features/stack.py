@@ -69,7 +69,7 @@ class Featurizer:
         self._tokens = None
         self._guide_memo = (None, None)
         self._context_memo = None  # (plane key, {channel: channels of the whole-plane families})
-        self._stack_memo = (None, {})  # (stack, {plane index: plane as read}): the last 3D window
+        self._stack_memo = (None, {})  # (lazy stack, {plane index: (plane as read, digest)}): the last 3D window
         if backbone is not None and config.backbone is not None and backbone.name != config.backbone:
             raise VitsegError(f"Backbone {backbone.name!r} given for a feature config naming {config.backbone!r}.")
 
@@ -137,9 +137,31 @@ class Featurizer:
             return content_digest(plane)
         stack, z, n = ctx
         r = self._z_radius()
+        window = self._window(stack, z, n)
         parts = [content_digest(np.asarray(plane))]
-        parts += [content_digest(np.asarray(stack[_mirror(z + j, n)])) if j else "" for j in range(-r, r + 1)]
+        parts += [window[_mirror(z + j, n)][1] if j else "" for j in range(-r, r + 1)]
         return content_digest(np.frombuffer(" ".join(parts).encode(), np.uint8))
+
+    def _window(self, stack, z: int, n: int) -> dict[int, tuple[np.ndarray, str]]:
+        """The planes within :meth:`_z_radius` of plane ``z`` of ``stack`` as read (their own
+        dtype), with their content digests: ``{index: (plane, digest)}``.
+
+        A lazy stack's (a file's) planes are kept for the next call, so the row bands of one plane
+        and the next plane of a batch read each plane about once; a numpy stack is read afresh
+        (free, and it may have been edited in place since)."""
+        from .cache import content_digest
+
+        r = self._z_radius()
+        lo, hi = max(0, z - r), min(n - 1, z + r)  # mirrored indices stay within them
+        held, memo = self._stack_memo
+        lazy = not isinstance(stack, np.ndarray)
+        window = {k: v for k, v in memo.items() if lo <= k <= hi} if lazy and held is stack else {}
+        for k in range(lo, hi + 1):
+            if k not in window:
+                raw = np.asarray(stack[k])
+                window[k] = (raw, content_digest(raw))
+        self._stack_memo = (stack, window) if lazy else (None, {})
+        return window
 
     @property
     def backbone_identity(self) -> dict | None:
@@ -423,21 +445,12 @@ class Featurizer:
         ny = plane.shape[0]
         h = self._classical_halo()
         a0, a1 = max(0, y0 - h), min(ny, y1 + h)
-        # the planes of a lazy stack's window as read (their own dtype), kept for the next call: the
-        # row bands of one plane and the next plane of a batch read each plane of a file about once.
-        # A numpy stack is read afresh (free, and it may have been edited in place since)
-        r = self._z_radius()
-        held, memo = self._stack_memo
-        window = {min(max(z + j, 0), n - 1) for j in range(-r, r + 1)}
-        lazy = not isinstance(stack, np.ndarray)
-        kept = {k: v for k, v in memo.items() if k in window} if lazy and held is stack else {}
+        window = self._window(stack, z, n)
         read: dict[int, np.ndarray] = {}
 
         def rows_of(k):
             if k not in read:
-                raw = kept.get(k)
-                if raw is None:
-                    raw = kept[k] = np.asarray(stack[k])
+                raw = window[k][0]
                 if raw.shape != plane.shape:
                     raise VitsegError(f"Plane {k} of the stack has shape {raw.shape}, plane {z} {plane.shape}; "
                                       "3D features need planes of one shape.")
@@ -456,7 +469,6 @@ class Featurizer:
                                   n, z, sorted(set(wanted.values())), self.config.z_anisotropy)
             for i, base in wanted.items():
                 out[:, :, i] = got[base][y0 - a0:y1 - a0]
-        self._stack_memo = (stack, kept) if lazy else (None, {})
 
     def _whole_plane(self, plane, channel: int, key=None) -> np.ndarray:
         """The whole-plane families' channels (``'context'``, ``'bilateral'``) of one channel
