@@ -1066,7 +1066,9 @@ class FeaturesSection(QGroupBox):
         self.pca_spin.setEnabled(vit)
         self.z_spin.setEnabled(self.spatial_check.isChecked())
         try:
-            cfg = FeatureConfig(
+            # the fields this box has over the current config: a loaded classifier's other settings
+            # (families, intensity, tiling, ...) stay as they were
+            cfg = self.controller.feature_config.replace(
                 backbone=name, classical=self.classical_check.isChecked(),
                 sigmas=parse_sigmas(self.sigmas_edit.text()), upsample=self.upsample_combo.currentText(),
                 vit_pca=self.pca_spin.value() or None, pyramid=self.pyramid_check.isChecked(),

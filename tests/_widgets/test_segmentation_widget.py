@@ -238,6 +238,23 @@ def test_3d_filters_on_a_stack_train_apply_and_round_trip(qtbot, make_napari_vie
     assert widget.controller.feature_config.spatial == "3d" and errors == []
 
 
+def test_editing_a_feature_field_keeps_the_loaded_configs_other_settings(make_napari_viewer, errors):
+    """A classifier trained elsewhere (CLI / API) with settings the Features box has no field for
+    (families, intensity): editing the scales keeps them."""
+    from napari_vitseg.features import FeatureConfig
+
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    loaded = FeatureConfig(families=("gaussian", "laplacian", "bilateral"), intensity="percentile", sigmas=(1, 2))
+    widget.controller.feature_config = loaded
+    widget.features.show_config(loaded, False)
+    widget.sigmas_edit.setText("1, 2, 4")
+    widget.sigmas_edit.editingFinished.emit()
+    cfg = widget.controller.feature_config
+    assert cfg.sigmas == (1.0, 2.0, 4.0)
+    assert cfg.families == loaded.families and cfg.intensity == "percentile" and errors == []
+
+
 def test_save_load_roundtrip_identical(qtbot, make_napari_viewer, nanoparticles, tmp_path, errors, monkeypatch):
     image, scribbles, truth = nanoparticles
     viewer = make_napari_viewer()
