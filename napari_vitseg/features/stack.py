@@ -435,7 +435,10 @@ class Featurizer:
             The plane's pixels differ from its stack's plane (a plane changed after it was
             taken from its stack), or a neighbouring plane has another shape or non-finite values.
         """
-        from .volume import columns_3d, volume_channels
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .classical import _default_workers
+        from .volume import columns_3d, row_halo, volume_channels
 
         stack, z, n = ctx
         names = self.feature_names(1 if plane.ndim == 2 else plane.shape[2])
@@ -443,32 +446,45 @@ class Featurizer:
         if not cols:
             return
         ny = plane.shape[0]
-        h = self._classical_halo()
-        a0, a1 = max(0, y0 - h), min(ny, y1 + h)
+        h = row_halo(self.config.sigmas, self.config.families)
         window = self._window(stack, z, n)
-        read: dict[int, np.ndarray] = {}
-
-        def rows_of(k):
-            if k not in read:
-                raw = window[k][0]
-                if raw.shape != plane.shape:
-                    raise VitsegError(f"Plane {k} of the stack has shape {raw.shape}, plane {z} {plane.shape}; "
-                                      "3D features need planes of one shape.")
-                read[k] = as_float32(raw[a0:a1], "image plane")
-            return read[k]
-
-        if not np.array_equal(plane[a0:a1], rows_of(z)):
+        for k, (raw, _) in window.items():
+            if raw.shape != plane.shape:
+                raise VitsegError(f"Plane {k} of the stack has shape {raw.shape}, plane {z} {plane.shape}; "
+                                  "3D features need planes of one shape.")
+        if not np.array_equal(plane[y0:y1], as_float32(window[z][0][y0:y1], "image plane")):
             raise VitsegError(f"Plane {z} differs from plane {z} of its stack; compute 3D features from the "
                               "stack's own planes.")
-        for c in range(1 if plane.ndim == 2 else plane.shape[2]):
-            prefix = "" if plane.ndim == 2 else f"ch{c}:"
-            wanted = {i: base for i, base in cols.items() if names[i] == prefix + base}
-            if not wanted:
-                continue
-            got = volume_channels((lambda k: rows_of(k)) if plane.ndim == 2 else (lambda k, c=c: rows_of(k)[:, :, c]),
-                                  n, z, sorted(set(wanted.values())), self.config.z_anisotropy)
-            for i, base in wanted.items():
-                out[:, :, i] = got[base][y0 - a0:y1 - a0]
+
+        def part(p0: int, p1: int) -> None:
+            """The 3D channels of rows [p0, p1), from the stack's rows with their in-plane halo."""
+            a0, a1 = max(0, p0 - h), min(ny, p1 + h)
+            read: dict[int, np.ndarray] = {}
+
+            def rows_of(k):
+                if k not in read:
+                    read[k] = as_float32(window[k][0][a0:a1], "image plane")
+                return read[k]
+
+            for c in range(1 if plane.ndim == 2 else plane.shape[2]):
+                prefix = "" if plane.ndim == 2 else f"ch{c}:"
+                wanted = {i: base for i, base in cols.items() if names[i] == prefix + base}
+                if not wanted:
+                    continue
+                got = volume_channels(rows_of if plane.ndim == 2 else (lambda k, c=c: rows_of(k)[:, :, c]),
+                                      n, z, sorted(set(wanted.values())), self.config.z_anisotropy)
+                for i, base in wanted.items():
+                    out[p0 - y0:p1 - y0, :, i] = got[base][p0 - a0:p1 - a0]
+
+        # row parts in threads (OpenCV and numpy release the GIL), each at least 128 rows
+        parts = _default_workers(None, max(1, (y1 - y0) // 128))
+        edges = np.linspace(y0, y1, parts + 1).round().astype(int)
+        if parts == 1:
+            part(y0, y1)
+            return
+        with ThreadPoolExecutor(max_workers=parts) as pool:
+            for f in [pool.submit(part, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]:
+                f.result()
 
     def _whole_plane(self, plane, channel: int, key=None) -> np.ndarray:
         """The whole-plane families' channels (``'context'``, ``'bilateral'``) of one channel

@@ -34,7 +34,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["FAMILIES_3D", "Z_MAX_SIGMA", "columns_3d", "volume_channels", "z_radius"]
+__all__ = ["FAMILIES_3D", "Z_MAX_SIGMA", "StackPlane", "columns_3d", "row_halo", "stack_of", "volume_channels",
+           "z_radius"]
 
 #: Channels of scales up to this (px) are computed in 3D; larger ones per plane.
 Z_MAX_SIGMA = 2.0
@@ -98,6 +99,15 @@ def z_radius(sigmas: Sequence[float], families: Sequence[str], z_anisotropy: flo
         sz = s / z_anisotropy
         r = max(r, _radius(sz) + (_radius(0.5 * sz) if "structure" in families else 0))
     return r
+
+
+def row_halo(sigmas: Sequence[float], families: Sequence[str]) -> int:
+    """Rows on each side of a row band that its 3D channels need in-plane (the support of the
+    largest 3D scale's derivative filters, plus the structure tensor's integration Gaussian)."""
+    fine = [s for s in sigmas if s <= Z_MAX_SIGMA]
+    if not fine:
+        return 0
+    return max(_radius(s) + (_radius(0.5 * s) if "structure" in families else 0) for s in fine)
 
 
 def columns_3d(names: Sequence[str]) -> dict[int, str]:
