@@ -941,7 +941,7 @@ class FeaturesSection(QGroupBox):
         self.spatial_check.setToolTip(
             "For a (Z, Y, X) stack, compute the fine scales (<= 2 px) of the Gaussian, gradient, Hessian and "
             "structure-tensor filters across neighbouring planes, as ilastik's 3D filters (FIB-SEM stack: mIoU "
-            "0.593 -> 0.607, about 6x the featurising time of a plane; docs/features.md). Leave off for time series and "
+            "0.593 -> 0.607, about 5x the featurising time of a plane; docs/features.md). Leave off for time series and "
             "unrelated planes.")
         self.spatial_check.toggled.connect(self.apply)
         form.addRow(self.spatial_check)

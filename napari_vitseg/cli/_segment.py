@@ -226,7 +226,7 @@ def add_subcommands(subparsers) -> None:
     t.add_argument("--spatial", choices=SPATIAL_MODES, default=_FEATURE_DEFAULTS.spatial,
                    help="'3d': for (Z, Y, X) stacks, compute the fine scales (<= 2 px) of the Gaussian, gradient, "
                         "Hessian and structure-tensor filters across planes, as ilastik's 3D filters (FIB-SEM stack: "
-                        "mIoU 0.593 -> 0.607, ~6x the featurising time of a plane; docs/features.md); default "
+                        "mIoU 0.593 -> 0.607, ~5x the featurising time of a plane; docs/features.md); default "
                         f"{_FEATURE_DEFAULTS.spatial!r}: every filter per plane")
     t.add_argument("--z-anisotropy", type=float, default=_FEATURE_DEFAULTS.z_anisotropy, metavar="R",
                    help="with --spatial 3d: z step / pixel size of the stack (default 1: isotropic voxels)")

@@ -205,38 +205,75 @@ def volume_channels(plane_rows: Callable[[int], np.ndarray], n_planes: int, z: i
             squares[k] = plane(k) * plane(k)
         return squares[k]
 
-    def zsum(source, zc, kern):
-        r = len(kern) // 2
-        acc = np.zeros_like(centre)
-        for j in range(-r, r + 1):
-            w = float(kern[j + r])
-            if w != 0.0:
-                cv2.scaleAdd(source(zc + j), w, acc, dst=acc)  # acc += w * plane, without a temporary
-        return acc
+    # every intermediate is computed once per call, whichever channels need it (the Gaussian of a
+    # scale for 'gaussian', 'dog' and 'stddev'; its z-sums for those and the Hessian; the gradient
+    # of plane z for 'gradient' and the structure tensor)
+    memo: dict[tuple, object] = {}
+
+    def once(key, make):
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
+
+    def zsum(source, zc, sz, order):
+        """Planes around ``zc`` summed with the z kernel of ``order`` (0: Gaussian) at ``sz`` planes."""
+        def make():
+            kern = _kernels(sz)[order]
+            r = len(kern) // 2
+            acc = np.zeros_like(centre)
+            for j in range(-r, r + 1):
+                w = float(kern[j + r])
+                if w != 0.0:
+                    cv2.scaleAdd(source(zc + j), w, acc, dst=acc)  # acc += w * plane, without a temporary
+            return acc
+        return once(("zsum", source.__name__, zc, sz, order), make)
 
     def sep(src, kx, ky):
         return cv2.sepFilter2D(src, cv2.CV_32F, kx, ky, borderType=_BORDER)
 
-    out: dict[str, np.ndarray] = {}
-    gauss: dict[float, np.ndarray] = {}
-
     def gaussian3(s):
-        if s not in gauss:
-            g0z = _kernels(s / z_anisotropy)[0]
-            g0 = _kernels(s)[0]
-            gauss[s] = sep(zsum(plane, z, g0z), g0, g0)
-        return gauss[s]
+        g0 = _kernels(s)[0]
+        return once(("gaussian", s), lambda: sep(zsum(plane, z, s / z_anisotropy, 0), g0, g0))
 
     def gradient_at(s, zc):
         sz = s / z_anisotropy
-        g0z, d1z, _ = _kernels(sz)
         g0, d1, _ = _kernels(s)
-        s0, s1 = zsum(plane, zc, g0z), zsum(plane, zc, d1z)
-        return s * sep(s0, d1, g0), s * sep(s0, g0, d1), sz * sep(s1, g0, g0)
 
+        def make():
+            s0, s1 = zsum(plane, zc, sz, 0), zsum(plane, zc, sz, 1)
+            return s * sep(s0, d1, g0), s * sep(s0, g0, d1), sz * sep(s1, g0, g0)
+        return once(("gradient", s, zc), make)
+
+    def hessian(s):
+        sz = s / z_anisotropy
+        g0, d1, d2 = _kernels(s)
+
+        def make():
+            s0, s1, s2 = (zsum(plane, z, sz, order) for order in (0, 1, 2))
+            return {"xx": s * s * sep(s0, d2, g0), "yy": s * s * sep(s0, g0, d2), "xy": s * s * sep(s0, d1, d1),
+                    "zz": sz * sz * sep(s2, g0, g0), "xz": s * sz * sep(s1, d1, g0), "yz": s * sz * sep(s1, g0, d1)}
+        return once(("hessian", s), make)
+
+    def structure(s):
+        """Extremes of G_{s/2} (3D) * (grad grad^T), gradients at scale s."""
+        sz = s / z_anisotropy
+
+        def make():
+            g0zo, g0o = _kernels(0.5 * sz)[0], _kernels(0.5 * s)[0]
+            ro = len(g0zo) // 2
+            acc = {k: np.zeros_like(centre) for k in ("xx", "yy", "zz", "xy", "xz", "yz")}
+            for j in range(-ro, ro + 1):
+                w = np.float32(g0zo[j + ro])
+                gx, gy, gz = gradient_at(s, z + j)
+                for k, (a, b) in {"xx": (gx, gx), "yy": (gy, gy), "zz": (gz, gz), "xy": (gx, gy),
+                                  "xz": (gx, gz), "yz": (gy, gz)}.items():
+                    acc[k] += w * (a * b)
+            return _eig_extremes({k: sep(v, g0o, g0o) for k, v in acc.items()})
+        return once(("structure", s), make)
+
+    out: dict[str, np.ndarray] = {}
     for name, (kind, sig) in parsed.items():
         s = sig[-1]
-        sz = s / z_anisotropy
         if kind == "gaussian":
             out[name] = gaussian3(s) + np.float32(offset)
         elif kind == "dog":
@@ -245,42 +282,19 @@ def volume_channels(plane_rows: Callable[[int], np.ndarray], n_planes: int, z: i
             gx, gy, gz = gradient_at(s, z)
             out[name] = np.sqrt(gx * gx + gy * gy + gz * gz)
         elif kind == "stddev":
-            g0z, g0 = _kernels(sz)[0], _kernels(s)[0]
-            mean2 = sep(zsum(square, z, g0z), g0, g0)
+            g0 = _kernels(s)[0]
+            mean2 = sep(zsum(square, z, s / z_anisotropy, 0), g0, g0)
             g = gaussian3(s)
             out[name] = np.sqrt(np.maximum(mean2 - g * g, 0.0))
-        elif kind in ("laplacian", "hessian_max", "hessian_min"):
-            key = ("hessian", s)
-            if key not in gauss:
-                g0z, d1z, d2z = _kernels(sz)
-                g0, d1, d2 = _kernels(s)
-                s0, s1, s2 = zsum(plane, z, g0z), zsum(plane, z, d1z), zsum(plane, z, d2z)
-                h = {"xx": s * s * sep(s0, d2, g0), "yy": s * s * sep(s0, g0, d2), "xy": s * s * sep(s0, d1, d1),
-                     "zz": sz * sz * sep(s2, g0, g0), "xz": s * sz * sep(s1, d1, g0), "yz": s * sz * sep(s1, g0, d1)}
-                gauss[key] = h
-            h = gauss[key]
-            if kind == "laplacian":
-                out[name] = h["xx"] + h["yy"] + h["zz"]
-            else:
-                ekey = ("hessian_eig", s)
-                if ekey not in gauss:
-                    gauss[ekey] = _eig_extremes(h)
-                out[name] = gauss[ekey][0 if kind == "hessian_max" else 1]
-        else:  # structure tensor: G_{s/2} (3D) * (grad grad^T), gradients at scale s
-            ekey = ("structure_eig", s)
-            if ekey not in gauss:
-                g0zo = _kernels(0.5 * sz)[0]
-                g0o = _kernels(0.5 * s)[0]
-                ro = len(g0zo) // 2
-                acc = {k: np.zeros_like(centre) for k in ("xx", "yy", "zz", "xy", "xz", "yz")}
-                for j in range(-ro, ro + 1):
-                    w = np.float32(g0zo[j + ro])
-                    gx, gy, gz = gradient_at(s, z + j)
-                    for k, (a, b) in {"xx": (gx, gx), "yy": (gy, gy), "zz": (gz, gz), "xy": (gx, gy),
-                                      "xz": (gx, gz), "yz": (gy, gz)}.items():
-                        acc[k] += w * (a * b)
-                gauss[ekey] = _eig_extremes({k: sep(v, g0o, g0o) for k, v in acc.items()})
-            out[name] = gauss[ekey][0 if kind == "structure_max" else 1]
+        elif kind == "laplacian":
+            h = hessian(s)
+            out[name] = h["xx"] + h["yy"] + h["zz"]
+        elif kind in ("hessian_max", "hessian_min"):
+            hi, lo = once(("hessian_eig", s), lambda s=s: _eig_extremes(hessian(s)))
+            out[name] = hi if kind == "hessian_max" else lo
+        else:
+            hi, lo = structure(s)
+            out[name] = hi if kind == "structure_max" else lo
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
