@@ -292,7 +292,7 @@ def test_save_load_roundtrip_class_names_and_colours(tmp_path, nanoparticles):
     assert c2.class_names == ["particle", "matrix"]
     assert c2.class_colors == ["#00ff00", "#aa00aa"]
     assert c2.classifier == "rf" and c2.classifier_params["n_estimators"] == 20
-    assert c2.feature_config == c.feature_config
+    assert c2.feature_config == full.segmenter.feature_config == c.feature_config.replace(spatial="2d")  # as trained
     (upd,) = of_type(values, PlaneUpdate)
     np.testing.assert_allclose(upd.probabilities, ref, atol=1e-6)
     np.testing.assert_array_equal(upd.labels, full.segmenter.labels_from_proba(ref))
@@ -374,7 +374,7 @@ def counting_stack(nz: int, size: int, reads: list):
                          meta=np.empty((0, 0, 0), np.float32))
 
 
-def live_retrain_peak(nz: int, size: int = 96):
+def live_retrain_peak(nz: int, size: int = 96, spatial: str = "2d"):
     """(planes read, peak bytes traced) of a live retrain + prediction on a lazy stack of ``nz`` planes."""
     import dask
     import dask.array as da
@@ -383,7 +383,7 @@ def live_retrain_peak(nz: int, size: int = 96):
     image = counting_stack(nz, size, reads)
     scr = da.zeros((nz, size, size), np.uint8, chunks=(1, size, size))
     c = SegmentationController()
-    c.feature_config = FeatureConfig(sigmas=(1.0, 2.0))
+    c.feature_config = FeatureConfig(sigmas=(1.0, 2.0), spatial=spatial)
     c.index_scribbles(scr)  # the whole (lazy) scribbles array, plane by plane: zeros
     marks = {3: (slice(10, 60), slice(5, 10)), nz - 2: (slice(10, 60), slice(size - 10, size - 5))}
     for (z, (ys, xs)), label in zip(marks.items(), (1, 2), strict=True):
@@ -406,6 +406,8 @@ def live_retrain_peak(nz: int, size: int = 96):
     assert ready is not None and c.n_trainings == 2
     assert [u.z for u in of_type(values, PlaneUpdate)] == [nz // 2]
     assert reads == []  # the next stroke reads nothing: the planes are in the plane cache (LRU)
+    if spatial == "auto":
+        assert c.model.segmenter.feature_config.spatial == "3d"  # planes alike but for noise
     return cold, peak, set(marks) | {nz // 2}
 
 
@@ -418,6 +420,20 @@ def test_live_retrain_on_lazy_stack_reads_scribbled_and_shown_planes_only():
     _, peak400, _ = live_retrain_peak(400)
     print(f"live retrain peak (tracemalloc): 20 planes {peak20 / 2**20:.2f} MiB, 400 planes {peak400 / 2**20:.2f} MiB")
     assert peak400 <= 1.1 * peak20 + 2**20, (peak20, peak400)
+
+
+def test_live_on_a_lazy_stack_with_auto_spatial_reads_the_3d_windows_once():
+    """``spatial='auto'``: the first training estimates the z step from the scribbled planes and
+    their neighbours and trains with 3D filters, which read the planes within the z-radius of the
+    scribbled planes and of the plane in view; the next stroke reads nothing (estimate kept)."""
+    from napari_vitseg.features.volume import z_radius
+
+    read, _, planes = live_retrain_peak(200, spatial="auto")
+    r = z_radius((1.0, 2.0), FeatureConfig().families, 1.0)
+    def mirror(k):  # reflect-101 at both ends of the 200 planes
+        return -k if k < 0 else (2 * 199 - k if k > 199 else k)
+
+    assert read == {mirror(z + d) for z in planes for d in range(-r, r + 1)}, sorted(read)
 
 
 def test_row_bands_in_view_first():

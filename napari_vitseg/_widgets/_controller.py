@@ -612,6 +612,7 @@ class SegmentationController:
         self._planes_of = None
         self._featurizer = None
         self._backbones: dict = {}
+        self._z_estimate = (None, None, None)  # (image, channel axis, estimated z step) for spatial='auto'
 
     # -- scribbles (UI thread) ------------------------------------------------------------
     @property
@@ -828,8 +829,31 @@ class SegmentationController:
         :attr:`boundary_refinement`."""
         return 0 if live and self.live_fast else self.boundary_refinement
 
-    def describe(self, live: bool) -> str:
-        """Short description of the model that ``new_segmenter(live)`` builds."""
+    def training_features(self, inputs: JobInputs | None = None) -> FeatureConfig:
+        """The feature config of a model to be trained on ``inputs``: :attr:`feature_config`, with
+        ``spatial='auto'`` made concrete for a stack
+        (:func:`~napari_vitseg.features.volume.resolve_spatial`; its z step estimated once per
+        image and channel axis, from the planes then scribbled and one neighbour each, not per
+        stroke). A single image keeps 'auto' (its 2D channels);
+        :meth:`Segmenter.fit <napari_vitseg.Segmenter.fit>` records '2d'."""
+        cfg = self.feature_config
+        if cfg.spatial != "auto" or inputs is None or inputs.image is None:
+            return cfg
+        from ..features.volume import estimate_z_anisotropy, resolve_spatial
+
+        img, nsp, _ = as_channels_last(self._image(inputs), inputs.channel_axis)
+        if nsp != 3:
+            return cfg  # 2D: the featurizer of 'auto' computes the 2D channels (and stays shared)
+        image, axis, a = self._z_estimate
+        if image is not inputs.image or axis != inputs.channel_axis:
+            planes = self._index_of(inputs).planes if inputs.scribbles is not None else None
+            a = estimate_z_anisotropy(img, planes)
+            self._z_estimate = (inputs.image, inputs.channel_axis, a)
+        return resolve_spatial(cfg, img, nsp, estimate=a)
+
+    def describe(self, live: bool, features: FeatureConfig | None = None, stack: bool = False) -> str:
+        """Short description of the model that ``new_segmenter(live)`` builds (``features``: its
+        feature config, for a stack (``stack``) named with how its filters treat the planes)."""
         p = self.live_params() if live else self.classifier_params
         kind = {"rf": "random forest", "xgb": "XGBoost"}[self.classifier]
         n = p.get("n_estimators", 100)
@@ -839,7 +863,12 @@ class SegmentationController:
         per_class = f", at most {cap:,} labelled pixels per class" if cap else ""
         refine = ", boundaries refined" if self._boundary_rows(live) else (
             ", boundaries not refined (Train refines them)" if self.boundary_refinement else "")
-        return f"{what}: {kind}, {n} trees, depth {depth if depth else 'unlimited'}{per_class}{refine}"
+        planes = ""
+        if stack and features is not None and features.classical:
+            from ..features.volume import describe_spatial
+
+            planes = ", " + describe_spatial(features, self.feature_config.spatial == "auto")
+        return f"{what}: {kind}, {n} trees, depth {depth if depth else 'unlimited'}{per_class}{refine}{planes}"
 
     def _default_cap(self) -> int | None:
         """The classifier's own ``max_samples_per_class`` (the training-set cap of the full model)."""
@@ -880,12 +909,14 @@ class SegmentationController:
             self._featurizer = Featurizer(config, backbone=backbone)
         return self._featurizer
 
-    def new_segmenter(self, live: bool) -> Segmenter:
-        """An unfitted :class:`Segmenter` that shares this controller's cache and featurizer."""
+    def new_segmenter(self, live: bool, inputs: JobInputs | None = None) -> Segmenter:
+        """An unfitted :class:`Segmenter` that shares this controller's cache and featurizer
+        (with the feature config :meth:`training_features` gives for ``inputs``)."""
         params = self.live_params() if live else dict(self.classifier_params)
-        return Segmenter(self.feature_config, self.classifier, params, class_names=list(self.class_names),
+        config = self.training_features(inputs)
+        return Segmenter(config, self.classifier, params, class_names=list(self.class_names),
                          class_colors=list(self.class_colors), boundary_refinement=self._boundary_rows(live),
-                         featurizer=self.featurizer(), cache=self.cache)
+                         featurizer=self.featurizer(config), cache=self.cache)
 
     def adopt(self, ready: ModelReady) -> None:
         """Make ``ready`` the current model (on the UI thread)."""
@@ -935,11 +966,11 @@ class SegmentationController:
         if live and cur is not None and cur.digest == digest and cur.loaded_from is None:
             ready = cur  # nothing changed since the current model was trained (e.g. undo + redo)
         else:
-            seg = self.new_segmenter(live)
+            seg = self.new_segmenter(live, inputs)
             yield Progress(0, 1, "training")
             yield from seg.iter_fit(self._image(inputs), index, channel_axis=inputs.channel_axis)
             self.n_trainings += 1
-            ready = ModelReady(seg, live, digest, self.describe(live))
+            ready = ModelReady(seg, live, digest, self.describe(live, seg.feature_config, len(index.shape) == 3))
             yield ready
         if predict:
             yield from self.iter_predict_plane(ready.segmenter, inputs, coarse=live)

@@ -84,6 +84,9 @@ NO_WEIGHTS_GUI = ("No ViT backbone weights on this computer: segmenting with cla
                   "ViT, press 'Import weights…' and choose a checkpoint file (e.g. DINOv2 ViT-S/14 with "
                   "registers, dinov2_vits14_reg4_pretrain.pth).")
 
+#: The Features box's "Across planes" choices: (shown text, ``FeatureConfig.spatial``).
+SPATIAL_CHOICES = (("auto (3D for volumes)", "auto"), ("2D: each plane", "2d"), ("3D: across planes", "3d"))
+
 
 def parse_sigmas(text: str) -> tuple[float, ...]:
     """Scales typed as ``'1, 2, 4'`` (commas, semicolons or spaces).
@@ -936,22 +939,26 @@ class FeaturesSection(QGroupBox):
             "Off: every scale at full resolution, as classifiers saved before version 5.")
         self.pyramid_check.toggled.connect(self.apply)
         form.addRow(self.pyramid_check)
-        self.spatial_check = QCheckBox("3D filters across planes (stacks)")
-        self.spatial_check.setChecked(FeatureConfig().spatial == "3d")
-        self.spatial_check.setToolTip(
-            "For a (Z, Y, X) stack, compute the fine scales (<= 2 px) of the Gaussian, gradient, Hessian and "
-            "structure-tensor filters across neighbouring planes, as ilastik's 3D filters (FIB-SEM stack: mIoU "
-            "0.593 -> 0.607, about 5x the featurising time of a plane; docs/features.md). Leave off for time series and "
-            "unrelated planes.")
-        self.spatial_check.toggled.connect(self.apply)
-        form.addRow(self.spatial_check)
+        self.spatial_combo = QComboBox()
+        for text, mode in SPATIAL_CHOICES:
+            self.spatial_combo.addItem(text, mode)
+        self.spatial_combo.setCurrentIndex(self.spatial_combo.findData(FeatureConfig().spatial))
+        self.spatial_combo.setToolTip(
+            "How the filters of a (Z, Y, X) stack treat its planes. 3D: the fine scales (<= 2 px) of the Gaussian, "
+            "gradient, Hessian and structure-tensor filters across neighbouring planes, as ilastik's 3D filters "
+            "(FIB-SEM stack: mIoU 0.593 -> 0.607, about 5x the featurising time of a plane; docs/features.md). "
+            "auto (default): 3D with the z step estimated from the pixels when neighbouring planes are as alike as "
+            "pixels at most 2 px apart (a volume), else 2D (time series, unrelated planes, thick sections); the "
+            "status line after training says which. Single images are always 2D.")
+        self.spatial_combo.currentIndexChanged.connect(self.apply)
+        form.addRow("Across planes", self.spatial_combo)
         self.z_spin = QDoubleSpinBox()
         self.z_spin.setRange(0.01, 1000.0)
         self.z_spin.setDecimals(2)
         self.z_spin.setValue(FeatureConfig().z_anisotropy)
         self.z_spin.setToolTip("z step / pixel size of the stack (1: isotropic voxels; 5: sections 5x thicker "
                                "than a pixel): the 3D filters' Gaussians in z span sigma / this many planes.")
-        self.z_spin.setEnabled(self.spatial_check.isChecked())
+        self.z_spin.setEnabled(self.spatial_combo.currentData() == "3d")
         self.z_spin.valueChanged.connect(self.apply)
         form.addRow("z step / pixel", self.z_spin)
         self.pca_spin = QSpinBox()
@@ -964,7 +971,7 @@ class FeaturesSection(QGroupBox):
 
     def _fields(self) -> tuple:
         return (self.backbone_combo, self.upsample_combo, self.classical_check, self.sigmas_edit, self.pyramid_check,
-                self.spatial_check, self.z_spin, self.pca_spin)
+                self.spatial_combo, self.z_spin, self.pca_spin)
 
     def fill_backbones(self) -> None:
         """List the backbones whose weights are here; the others are one disabled row
@@ -1064,7 +1071,7 @@ class FeaturesSection(QGroupBox):
         vit = name is not None
         self.upsample_combo.setEnabled(vit)
         self.pca_spin.setEnabled(vit)
-        self.z_spin.setEnabled(self.spatial_check.isChecked())
+        self.z_spin.setEnabled(self.spatial_combo.currentData() == "3d")
         try:
             # the fields this box has over the current config: a loaded classifier's other settings
             # (families, intensity, tiling, ...) stay as they were
@@ -1072,7 +1079,7 @@ class FeaturesSection(QGroupBox):
                 backbone=name, classical=self.classical_check.isChecked(),
                 sigmas=parse_sigmas(self.sigmas_edit.text()), upsample=self.upsample_combo.currentText(),
                 vit_pca=self.pca_spin.value() or None, pyramid=self.pyramid_check.isChecked(),
-                spatial="3d" if self.spatial_check.isChecked() else "2d", z_anisotropy=self.z_spin.value(),
+                spatial=self.spatial_combo.currentData(), z_anisotropy=self.z_spin.value(),
             )
         except VitsegError as e:
             self.error = str(e)
@@ -1100,7 +1107,7 @@ class FeaturesSection(QGroupBox):
             self.classical_check.setChecked(cfg.classical)
             self.sigmas_edit.setText(", ".join(f"{s:g}" for s in cfg.sigmas))
             self.pyramid_check.setChecked(cfg.pyramid)
-            self.spatial_check.setChecked(cfg.spatial == "3d")
+            self.spatial_combo.setCurrentIndex(self.spatial_combo.findData(cfg.spatial))
             self.z_spin.setValue(cfg.z_anisotropy)
             self.z_spin.setEnabled(cfg.spatial == "3d")
             self.pca_spin.setValue(cfg.vit_pca or 0)

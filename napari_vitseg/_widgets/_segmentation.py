@@ -241,7 +241,7 @@ class SegmentationWidget(QWidget):
         s = self.features
         self.backbone_combo, self.weights_notice, self.upsample_combo = s.backbone_combo, s.weights_notice, s.upsample_combo
         self.classical_check, self.sigmas_edit, self.pca_spin = s.classical_check, s.sigmas_edit, s.pca_spin
-        self.pyramid_check, self.spatial_check, self.z_spin = s.pyramid_check, s.spatial_check, s.z_spin
+        self.pyramid_check, self.spatial_combo, self.z_spin = s.pyramid_check, s.spatial_combo, s.z_spin
         s = self.classifier
         self.clf_combo, self.trees_spin, self.depth_spin = s.clf_combo, s.trees_spin, s.depth_spin
         self.live_fast_check, self.boundary_spin = s.live_fast_check, s.boundary_spin
@@ -256,7 +256,7 @@ class SegmentationWidget(QWidget):
         self._label_layer = None  # the scribbles layer whose selected label is followed
 
         self.input.new_scribbles_btn.clicked.connect(self.new_scribbles_layer)
-        self.spatial_check.toggled.connect(self._z_step_from_layer)
+        self.spatial_combo.currentIndexChanged.connect(self._z_step_from_layer)
         self.input.image_changed.connect(self.outputs.mark_stale)
         self.input.image_changed.connect(self._use_palette)
         self.input.channels_changed.connect(lambda msg: msg and self.set_status(msg))
@@ -318,10 +318,11 @@ class SegmentationWidget(QWidget):
     def image_layer(self):
         return self.input.image_layer
 
-    def _z_step_from_layer(self, on: bool) -> None:
-        """Switching the 3D filters on takes the z step from the image layer's scale (napari's
-        voxel size: ``scale[-3] / scale[-1]`` of a stack, the channel axis excluded) when it says
-        something other than 1."""
+    def _z_step_from_layer(self, *_) -> None:
+        """Choosing 3D filters takes the z step from the image layer's scale (napari's voxel size:
+        ``scale[-3] / scale[-1]`` of a stack, the channel axis excluded) when it says something
+        other than 1."""
+        on = self.spatial_combo.currentData() == "3d"
         layer = self.image_layer
         if not on or layer is None:
             return

@@ -102,8 +102,14 @@ def _train(args, out: Path, image, scribbles, channel_axis) -> int:
     seg.save(out, inputs=[args.image, args.scribbles])
     if not args.quiet:
         counts = seg.training_stats_["labelled_pixels"]
+        fc = seg.feature_config
+        planes = ""
+        if len(seg.training_stats_["image_shape"]) - (channel_axis is not None) == 3 and fc.classical:
+            from ..features.volume import describe_spatial
+
+            planes = ", " + describe_spatial(fc, args.spatial == "auto")
         print(f"saved {out} ({len(seg.classes_)} classes, {seg.featurizer.n_features(seg.n_channels_)} features, "
-              f"labelled pixels per class {counts}, backbone {backbone_name or 'none'})")
+              f"labelled pixels per class {counts}, backbone {backbone_name or 'none'}{planes})")
     return 0
 
 
@@ -224,12 +230,16 @@ def add_subcommands(subparsers) -> None:
                    help="compute every classical scale at full resolution (default: scales of 8 px and more on a "
                         "scale-space pyramid, ~0.6x the featurising time; docs/features.md)")
     t.add_argument("--spatial", choices=SPATIAL_MODES, default=_FEATURE_DEFAULTS.spatial,
-                   help="'3d': for (Z, Y, X) stacks, compute the fine scales (<= 2 px) of the Gaussian, gradient, "
-                        "Hessian and structure-tensor filters across planes, as ilastik's 3D filters (FIB-SEM stack: "
-                        "mIoU 0.593 -> 0.607, ~5x the featurising time of a plane; docs/features.md); default "
-                        f"{_FEATURE_DEFAULTS.spatial!r}: every filter per plane")
+                   help="how the filters of a (Z, Y, X) stack treat its planes: '3d' computes the fine scales "
+                        "(<= 2 px) of the Gaussian, gradient, Hessian and structure-tensor filters across planes, as "
+                        "ilastik's 3D filters (FIB-SEM stack: mIoU 0.593 -> 0.607, ~5x the featurising time of a "
+                        "plane; docs/features.md); '2d': every filter per plane; "
+                        f"default {_FEATURE_DEFAULTS.spatial!r}: 3D with the z step estimated from the pixels when "
+                        "neighbouring planes are as alike as pixels at most 2 px apart (a volume), else 2D (time "
+                        "series, unrelated planes, thick sections); the choice is printed and stored in the file")
     t.add_argument("--z-anisotropy", type=float, default=_FEATURE_DEFAULTS.z_anisotropy, metavar="R",
-                   help="with --spatial 3d: z step / pixel size of the stack (default 1: isotropic voxels)")
+                   help="with --spatial 3d: z step / pixel size of the stack (default 1: isotropic voxels; "
+                        "--spatial auto estimates it)")
     t.add_argument("--upsample", choices=UPSAMPLERS, default=_FEATURE_DEFAULTS.upsample,
                    help=f"ViT feature upsampling (default {_FEATURE_DEFAULTS.upsample})")
     t.add_argument("--vit-pca", type=int, default=_FEATURE_DEFAULTS.vit_pca or 0,

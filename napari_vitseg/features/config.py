@@ -60,8 +60,9 @@ V2_DEFAULTS = {"vit_tiling": "always", "vit_budget_mib": VIT_BUDGET_MIB}
 V4_DEFAULTS = {"pyramid": False}
 #: Values that versions 1 to 5 did not store: filters per plane.
 V5_DEFAULTS = {"spatial": "2d", "z_anisotropy": 1.0}
-#: ``spatial`` choices: filters per plane, or the fine scales across the planes of a stack.
-SPATIAL_MODES = ("2d", "3d")
+#: ``spatial`` choices: chosen from the training stack when a model is trained, filters per
+#: plane, or the fine scales across the planes of a stack.
+SPATIAL_MODES = ("auto", "2d", "3d")
 #: Largest z step / pixel size ratio (``z_anisotropy``).
 MAX_Z_ANISOTROPY = 1000.0
 
@@ -146,16 +147,22 @@ class FeatureConfig:
         channels, interpolated back, at about 0.6x the featurising time. Default ``True``
         (version 5); files of versions 1 to 4 computed every scale at full resolution and
         keep doing so (:data:`V4_DEFAULTS`).
-    spatial : {'2d', '3d'}
-        ``'2d'`` (default): every filter per plane. ``'3d'``: for (Z, Y, X) stacks the
+    spatial : {'auto', '2d', '3d'}
+        ``'2d'``: every filter per plane. ``'3d'``: for (Z, Y, X) stacks the
         Gaussian-derivative families at scales up to 2 px are computed across planes
         (:mod:`napari_vitseg.features.volume`; ilastik's 3D filters); larger scales and the
         bilateral, membrane and context families stay per plane. A single image, or a plane
-        given without its stack, gets the 2D channels. Version 6.
+        given without its stack, gets the 2D channels. Version 6. ``'auto'`` (default): chosen
+        when a model is trained (:meth:`Segmenter.fit <napari_vitseg.Segmenter.fit>`), from the
+        training image's pixels (:func:`~napari_vitseg.features.volume.resolve_spatial`): ``'3d'``
+        with the estimated ``z_anisotropy`` for a stack whose neighbouring planes are as alike
+        as pixels at most 2 px apart (a volume of nearly isotropic voxels), else ``'2d'``; the
+        classifier file stores the choice. A :class:`~napari_vitseg.features.Featurizer` given
+        ``'auto'`` computes the 2D channels.
     z_anisotropy : float
         z step / pixel size of the stack (1 for isotropic voxels, e.g. 5 for 50 nm sections
         of 10 nm pixels): the Gaussians in z span ``sigma / z_anisotropy`` planes
-        (``spatial='3d'`` only).
+        (``spatial='3d'`` only; ``'auto'`` estimates it).
 
     Notes
     -----
@@ -196,7 +203,7 @@ class FeatureConfig:
     vit_tiling: str = "auto"
     vit_budget_mib: int = VIT_BUDGET_MIB
     pyramid: bool = True
-    spatial: str = "2d"
+    spatial: str = "auto"
     z_anisotropy: float = 1.0
     _version: int = field(default=FEATURE_CONFIG_VERSION, repr=False)
 

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["FAMILIES_3D", "Z_MAX_SIGMA", "StackPlane", "columns_3d", "row_halo", "stack_of", "volume_channels",
-           "z_radius"]
+__all__ = ["AUTO_MAX_Z_ANISOTROPY", "FAMILIES_3D", "Z_MAX_SIGMA", "StackPlane", "columns_3d",
+           "describe_spatial", "estimate_z_anisotropy", "resolve_spatial", "row_halo", "stack_of", "volume_channels", "z_radius"]
 
 #: Channels of scales up to this (px) are computed in 3D; larger ones per plane.
 Z_MAX_SIGMA = 2.0
@@ -43,6 +43,11 @@ Z_MAX_SIGMA = 2.0
 FAMILIES_3D = ("gaussian", "gradient", "laplacian", "hessian", "structure", "dog", "variance")
 _KIND_FAMILY = {"gaussian": "gaussian", "gradient": "gradient", "laplacian": "laplacian", "hessian": "hessian",
                 "structure": "structure", "dog": "dog", "stddev": "variance"}
+#: ``spatial='auto'`` takes a stack as a volume (3D filters) when its estimated z step is at most
+#: this many pixels (:func:`estimate_z_anisotropy`). FIB-SEM stack ``flyem_medulla_fibsem``
+#: (isotropic 10 nm voxels): estimated 1.25, 3D raises mIoU 0.593 -> 0.608; every second plane
+#: (z step 2 px): estimated 2.45, 3D gains nothing (0.5654 2D, 0.5650 3D with the right step).
+AUTO_MAX_Z_ANISOTROPY = 2.0
 _TRUNCATE = 4.0
 _BORDER = cv2.BORDER_REFLECT_101
 _NAME = re.compile(r"^(gaussian|gradient|laplacian|hessian_max|hessian_min|structure_max|structure_min|stddev)"
@@ -336,3 +341,137 @@ def stack_of(plane) -> tuple[object, int, int] | None:
         return None
     n = int(stack.shape[0])
     return (stack, int(plane.z), n) if n > 1 else None
+
+
+def estimate_z_anisotropy(stack, planes: Sequence[int] | None = None, *, max_pairs: int = 8, max_side: int = 512,
+                          max_lag: int = 8) -> float:
+    """Estimate a stack's z step in pixels from its pixels alone (no metadata).
+
+    The mean squared difference of neighbouring planes is compared with the in-plane
+    variogram (the mean squared difference of pixels ``d`` px apart along y and x, averaged,
+    d = 1 .. ``max_lag``): in a volume whose planes are ``a`` pixels apart the two agree at
+    ``d = a`` (for statistically isotropic structure), so ``a`` is read off the variogram by
+    linear interpolation. Each plane's mean is removed first (slice-to-slice brightness drift);
+    white noise adds the same amount to both sides. A time series with motion, a stack of
+    unrelated images or unaligned sections differ more between planes than pixels
+    ``max_lag`` px apart and give ``inf``.
+
+    Measured on the shared data: FIB-SEM ``flyem_medulla_fibsem`` (isotropic) 1.25; every
+    2nd / 3rd / 4th plane 2.45 / 3.60 / 5.25; with added noise (sd 30 grey levels) 1.22;
+    ``tem_cells_stack`` (unrelated TEM images) ``inf``; an image drifting 4 px per frame 4.2.
+
+    Parameters
+    ----------
+    stack : array-like, (Z, Y, X) or (Z, Y, X, C), channels last
+        numpy, dask, zarr or anything indexable by plane; at most ``2 * max_pairs`` planes
+        are read, each cropped to its central ``max_side`` x ``max_side`` pixels.
+    planes : sequence of int, optional
+        Compare these planes (at most ``max_pairs`` of them, evenly chosen) with the next one
+        (the previous one for the last plane): training passes the planes with scribbles, so
+        that only they and one neighbour each are read. Default: pairs evenly spaced through
+        the stack.
+    max_pairs : int
+        Pairs of neighbouring planes compared.
+    max_side : int
+        Side (px) of the central crop of each plane.
+    max_lag : int
+        Largest in-plane distance (px) of the variogram.
+
+    Returns
+    -------
+    float
+        The estimated z step / pixel size (>= 0; below 1 when neighbouring planes are more
+        alike than neighbouring pixels), or ``inf`` when the planes are not neighbours of one
+        volume (or there is nothing to compare: fewer than two planes, flat or non-finite planes,
+        planes smaller than ``max_lag + 1`` px).
+    """
+    nz = int(stack.shape[0])
+    ny, nx = int(stack.shape[1]), int(stack.shape[2])
+    if nz < 2 or min(ny, nx) <= max_lag:
+        return float("inf")
+    y0, x0 = max(0, (ny - max_side) // 2), max(0, (nx - max_side) // 2)
+    y1, x1 = min(ny, y0 + max_side), min(nx, x0 + max_side)
+    if planes is None or not len(planes):
+        pairs = [(z, z + 1) for z in np.unique(np.linspace(0, nz - 2, min(max_pairs, nz - 1)).round().astype(int))]
+    else:
+        zs = sorted({int(z) for z in planes if 0 <= int(z) < nz})
+        zs = [zs[i] for i in np.unique(np.linspace(0, len(zs) - 1, min(max_pairs, len(zs))).round().astype(int))]
+        pairs = [(z, z + 1) if z + 1 < nz else (z - 1, z) for z in zs]
+    memo: dict[int, np.ndarray] = {}
+
+    def plane(z: int) -> np.ndarray:
+        if z not in memo:
+            p = np.asarray(stack[z][y0:y1, x0:x1], dtype=np.float64)
+            p = p.reshape(p.shape[0], p.shape[1], -1)
+            memo[z] = p - p.mean(axis=(0, 1))
+        return memo[z]
+
+    dz = 0.0
+    dxy = np.zeros(max_lag)
+    for z0, z1 in pairs:
+        a, b = plane(int(z0)), plane(int(z1))
+        dz += np.mean((b - a) ** 2)
+        for p in (a, b):
+            for d in range(1, max_lag + 1):
+                dxy[d - 1] += 0.25 * (np.mean((p[d:] - p[:-d]) ** 2) + np.mean((p[:, d:] - p[:, :-d]) ** 2))
+    if not (np.isfinite(dz) and np.all(np.isfinite(dxy))) or dxy[0] <= 0:
+        return float("inf")
+    if dz <= dxy[0]:
+        return float(np.sqrt(dz / dxy[0]))  # variogram ~ d**2 below one pixel (smooth structure)
+    if dz > dxy.max():
+        return float("inf")
+    # the first lag whose variogram reaches dz, interpolated from the one before
+    d = int(np.argmax(dxy >= dz))
+    return float(d + (dz - dxy[d - 1]) / (dxy[d] - dxy[d - 1]))
+
+
+def resolve_spatial(config, image=None, n_spatial: int = 2, *, planes: Sequence[int] | None = None, estimate=None):
+    """The feature configuration a model is trained with: ``spatial='auto'`` made concrete.
+
+    ``'auto'`` becomes ``'3d'`` with ``z_anisotropy`` = the estimated z step (at least 1) when
+    ``image`` is a stack whose neighbouring planes look like neighbouring pixels
+    (:func:`estimate_z_anisotropy` <= :data:`AUTO_MAX_Z_ANISOTROPY`), else ``'2d'`` (single
+    images, time series with motion, unrelated planes, sections much thicker than a pixel).
+    ``'2d'`` / ``'3d'`` are returned unchanged.
+
+    Parameters
+    ----------
+    config : FeatureConfig
+    image : array-like, (Y, X[, C]) or (Z, Y, X[, C]), channels last, optional
+    n_spatial : int
+        2 or 3: the spatial dimensions of ``image``.
+    planes : sequence of int, optional
+        The planes to estimate from (:func:`estimate_z_anisotropy`; training: those with scribbles).
+    estimate : float, optional
+        An estimate already made for ``image`` (skips reading it).
+
+    Returns
+    -------
+    FeatureConfig
+    """
+    if config.spatial != "auto":
+        return config
+    if image is None or n_spatial != 3 or not config.classical:
+        return config.replace(spatial="2d")
+    a = estimate_z_anisotropy(image, planes) if estimate is None else float(estimate)
+    if a <= AUTO_MAX_Z_ANISOTROPY:
+        return config.replace(spatial="3d", z_anisotropy=round(max(1.0, a), 2))
+    return config.replace(spatial="2d")
+
+
+def describe_spatial(config, chosen: bool) -> str:
+    """How a trained model's filters treat the planes of a stack, for status lines and the CLI:
+    ``'3D filters across planes (z step 1.24 px, chosen from the stack)'`` or ``'2D filters per
+    plane (as set)'``.
+
+    Parameters
+    ----------
+    config : FeatureConfig
+        The trained model's (resolved) feature config.
+    chosen : bool
+        ``spatial='auto'`` chose it (else the user set it).
+    """
+    how = "chosen from the stack" if chosen else "as set"
+    if config.spatial == "3d":
+        return f"3D filters across planes (z step {config.z_anisotropy:g} px, {how})"
+    return f"2D filters per plane ({how})"

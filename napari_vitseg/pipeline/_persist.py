@@ -111,6 +111,9 @@ def config_from_metadata(meta: dict, estimator, path) -> SegmenterConfig:
             raise VitsegError(f"{str(path)!r}: {e}") from None
         raise VitsegError(f"{str(path)!r} has no valid feature config ({type(e).__name__}: {str(e)[:100]}); "
                           "save the classifier again.") from None
+    if features.spatial == "auto":  # a trained model always stores what 'auto' chose
+        raise VitsegError(f"{str(path)!r} has feature config spatial 'auto', which no trained model stores (the file "
+                          "was edited or damaged); train and save the classifier again.")
     table = {c["id"]: c for c in meta.get("classes", [])}
     n = max(table, default=0)
     names = tuple(table[i]["name"] if i in table else default_class_name(i) for i in range(1, n + 1))

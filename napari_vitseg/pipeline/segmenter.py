@@ -389,6 +389,7 @@ class Segmenter:
                                  classifier, classifier_params or {}, class_names, class_colors,
                                  autocontext_stages, boundary_refinement)
         self._config = config
+        self._requested_features = config.features  # spatial='auto' is resolved from each training image
         self.device = device
         if featurizer is not None:
             if backbone is not None:
@@ -593,6 +594,7 @@ class Segmenter:
             index = ScribbleIndex.from_array(scribbles, spatial)
         index.check_trainable()
         planes = index.planes
+        self._resolve_spatial(image, nsp, planes)
         n_stages = self.autocontext_stages
         n_fits = n_stages + (n_stages - 1) * N_FOLDS + (self.boundary_refinement > 0)
         # progress units: 1 per plane of features, 10 per classifier fit, 1 per out-of-fold plane prediction
@@ -646,6 +648,27 @@ class Segmenter:
         }
         yield Progress(total, total, "trained")
         return self
+
+    def _resolve_spatial(self, image, nsp: int, planes) -> None:
+        """Make the requested ``spatial='auto'`` concrete for the training ``image``
+        (:func:`~napari_vitseg.features.volume.resolve_spatial`, from the scribbled ``planes`` and
+        their neighbours). For 3D filters a new featurizer
+        (keeping the built backbone and a fitted ViT PCA basis, which do not depend on it); for
+        2D the featurizer of 'auto' is kept, as it computes exactly the 2D channels."""
+        requested = self._requested_features
+        if requested.spatial != "auto":
+            return
+        from ..features.volume import resolve_spatial
+
+        features = resolve_spatial(requested, image, nsp, planes=planes)
+        if features == self.feature_config:
+            return
+        old = self.featurizer
+        self._config = self._config.replace(features=features)
+        if features.spatial == "2d" and old.config.replace(spatial="2d") == features:
+            return  # a featurizer given 'auto' computes the 2D channels: keep it (shared, with its cache keys)
+        self.featurizer = Featurizer(features, backbone=old.built_backbone, device=self.device)
+        self.featurizer.pca_ = old.pca_
 
     def _iter_fit_one(self, X, y, names, done: list, total: int, prefix: str, params: dict | None = None):
         """Fit one classifier of this segmenter's kind (``params`` over :attr:`classifier_params`),

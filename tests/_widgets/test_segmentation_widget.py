@@ -208,8 +208,8 @@ def test_3d_filters_on_a_stack_train_apply_and_round_trip(qtbot, make_napari_vie
     viewer = make_napari_viewer()
     viewer.add_image(stack, name="cells", scale=(5.0, 2.0, 2.0))  # sections 2.5x thicker than a pixel
     widget = dock(viewer)
-    assert not widget.spatial_check.isChecked() and not widget.z_spin.isEnabled()
-    widget.spatial_check.setChecked(True)
+    assert widget.spatial_combo.currentData() == "auto" and not widget.z_spin.isEnabled()
+    widget.spatial_combo.setCurrentIndex(widget.spatial_combo.findData("3d"))
     assert widget.z_spin.value() == 2.5  # taken from the layer's scale
     widget.z_spin.setValue(2.0)
     cfg = widget.controller.feature_config
@@ -229,13 +229,49 @@ def test_3d_filters_on_a_stack_train_apply_and_round_trip(qtbot, make_napari_vie
     monkeypatch.setattr(widget, "ask_save_path", lambda: str(path))
     widget.save_classifier()
     wait_idle(qtbot, widget)
-    widget.spatial_check.setChecked(False)
+    widget.spatial_combo.setCurrentIndex(widget.spatial_combo.findData("2d"))
     assert widget.controller.feature_config.spatial == "2d"
     monkeypatch.setattr(widget, "ask_open_path", lambda: str(path))
     widget.load_classifier()
     wait_idle(qtbot, widget)
-    assert widget.spatial_check.isChecked() and widget.z_spin.value() == 2.0
+    assert widget.spatial_combo.currentData() == "3d" and widget.z_spin.value() == 2.0
     assert widget.controller.feature_config.spatial == "3d" and errors == []
+
+
+def test_auto_picks_3d_filters_for_a_volume_and_2d_for_unrelated_planes(qtbot, make_napari_viewer, cells_stack,
+                                                                         errors):
+    """The default "Across planes: auto": Train on a smooth volume (isotropic structure) uses 3D
+    filters with the estimated z step, on the TEM cells stack (unrelated images) 2D ones; the
+    status line says which, and the box stays on auto."""
+    from scipy import ndimage as ndi
+
+    from napari_vitseg.features.volume import estimate_z_anisotropy
+
+    rng = np.random.default_rng(0)
+    vol = (ndi.gaussian_filter(rng.normal(size=(16, 96, 96)), 3) * 400 + 128).clip(0, 255).astype(np.uint8)
+    scr = np.zeros(vol.shape, np.uint8)
+    scr[7, 10:20, 10:60] = 1
+    scr[7, 70:80, 10:60] = 2
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    assert widget.spatial_combo.currentData() == "auto" and widget.controller.feature_config.spatial == "auto"
+    viewer.add_image(vol, name="volume")
+    paint_and_train(qtbot, widget, scr, trees=5)
+    cfg = widget.controller.model.segmenter.feature_config
+    a = estimate_z_anisotropy(vol, [7])
+    assert a <= 2.0 and cfg.spatial == "3d" and cfg.z_anisotropy == round(max(1.0, a), 2)
+    a = cfg.z_anisotropy
+    assert f"3D filters across planes (z step {a:g} px, chosen from the stack)" in widget.status.text()
+    assert widget.spatial_combo.currentData() == "auto" and errors == []
+
+    stack, sscrib = cells_stack
+    viewer.layers.clear()
+    viewer.add_image(stack, name="cells")
+    only = np.zeros_like(sscrib)
+    only[2] = sscrib[2]
+    paint_and_train(qtbot, widget, only, trees=5)
+    assert widget.controller.model.segmenter.feature_config.spatial == "2d"
+    assert "2D filters per plane (chosen from the stack)" in widget.status.text() and errors == []
 
 
 def test_editing_a_feature_field_keeps_the_loaded_configs_other_settings(make_napari_viewer, errors):
@@ -634,7 +670,8 @@ def counting_stack(nz: int, size: int, reads: list):
 
 def test_live_on_lazy_stack_reads_scribbled_and_viewed_planes_into_disk_outputs(qtbot, make_napari_viewer, errors):
     """Issue 9 in napari: Live on a lazy 200-plane stack reads only the planes with scribbles and
-    the planes shown; the outputs of a big stack are on-disk uint8 stores removed on close."""
+    the planes shown (2D filters; with 3D ones also the planes within their z-radius, see
+    tests/test_controller.py); the outputs of a big stack are on-disk uint8 stores removed on close."""
     import zarr
 
     reads: list = []
@@ -646,6 +683,7 @@ def test_live_on_lazy_stack_reads_scribbled_and_viewed_planes_into_disk_outputs(
     widget.outputs.memory_limit = 0  # treat this stack as one whose outputs do not fit in memory
     widget.sigmas_edit.setText("1, 2")
     widget.sigmas_edit.editingFinished.emit()
+    widget.spatial_combo.setCurrentIndex(widget.spatial_combo.findData("2d"))
     widget.trees_spin.setValue(10)
     viewed = {int(viewer.dims.current_step[0])}
     viewer.dims.events.current_step.connect(lambda e: viewed.add(int(viewer.dims.current_step[0])))

@@ -13,9 +13,12 @@ from scipy import ndimage as ndi
 from napari_vitseg._validation import VitsegError
 from napari_vitseg.features import FeatureConfig, Featurizer
 from napari_vitseg.features.volume import (
+    AUTO_MAX_Z_ANISOTROPY,
     Z_MAX_SIGMA,
     StackPlane,
     columns_3d,
+    estimate_z_anisotropy,
+    resolve_spatial,
     volume_channels,
     z_radius,
 )
@@ -165,7 +168,7 @@ def test_3d_features_raise_miou_on_the_real_fibsem_stack(tmp_path):
     if not d.is_dir():
         pytest.skip(f"needs the shared data set {d} (CI checks it out beside the repository)")
     image, scribbles, gt = (tifffile.imread(d / f) for f in ("image.tif", "scribbles.tif", "ground_truth.tif"))
-    seg2 = Segmenter(classifier_params={"n_estimators": 50}).fit(image, scribbles)
+    seg2 = Segmenter(FeatureConfig(spatial="2d"), classifier_params={"n_estimators": 50}).fit(image, scribbles)
     seg3 = Segmenter(FeatureConfig(spatial="3d"), classifier_params={"n_estimators": 50}).fit(image, scribbles)
     lab3 = seg3.predict(image)
     m2, m3 = mean_iou(seg2.predict(image), gt), mean_iou(lab3, gt)
@@ -204,3 +207,90 @@ def test_a_lazy_stack_is_read_about_once_per_plane_and_a_numpy_one_afresh(volume
     before = ref.compute(StackPlane(edited, 5))
     edited[6] += 30
     assert not np.array_equal(ref.compute(StackPlane(edited, 5)), before)
+
+
+def _shared_stack(name: str):
+    import tifffile
+
+    d = SHARED / name
+    if not d.is_dir():
+        pytest.skip(f"needs the shared data set {d} (CI checks it out beside the repository)")
+    return tifffile.imread(d / "image.tif")
+
+
+def test_the_z_step_estimate_tells_volumes_from_other_stacks():
+    """The FIB-SEM stack (isotropic voxels) reads ~1.25, every 2nd / 3rd plane ~2.5 / ~3.6; the
+    TEM cells stack (unrelated images) and a drifting time series are no volume of near-isotropic
+    voxels; white noise and per-plane brightness offsets hardly move the estimate."""
+    fib = _shared_stack("flyem_medulla_fibsem").astype(np.float32)
+    a1, a2, a3 = (estimate_z_anisotropy(fib[::k]) for k in (1, 2, 3))
+    assert 1.0 <= a1 < 1.5 and AUTO_MAX_Z_ANISOTROPY < a2 < 3.0 and 3.0 < a3 < 4.5, (a1, a2, a3)
+    rng = np.random.default_rng(0)
+    assert abs(estimate_z_anisotropy(fib + rng.normal(0, 30, fib.shape)) - a1) < 0.1
+    assert estimate_z_anisotropy(fib + rng.normal(0, 20, (len(fib), 1, 1))) == pytest.approx(a1, rel=1e-6)
+    assert estimate_z_anisotropy(_shared_stack("tem_cells_stack")) == float("inf")
+    drift = np.stack([np.roll(fib[0], 4 * t, axis=1) for t in range(8)])
+    assert estimate_z_anisotropy(drift) > 3.5
+    rgb = np.repeat(fib[..., None], 3, axis=-1)  # channels last
+    assert estimate_z_anisotropy(rgb) == pytest.approx(a1, rel=1e-6)
+    # nothing to compare: one plane, flat planes, non-finite pixels, planes smaller than the lags
+    for bad in (fib[:1], np.zeros((4, 32, 32)), np.full((4, 32, 32), np.nan), fib[:, :5, :5]):
+        assert estimate_z_anisotropy(bad) == float("inf")
+
+
+def test_a_lazy_stack_is_read_only_at_a_few_planes_for_the_estimate():
+    class Counting:
+        def __init__(self, a):
+            self.a, self.shape, self.read = a, a.shape, set()
+
+        def __getitem__(self, k):
+            self.read.add(k)
+            return self.a[k]
+
+    rng = np.random.default_rng(1)
+    big = Counting(ndi.gaussian_filter(rng.normal(size=(40, 64, 64)), 2).astype(np.float32))
+    a = estimate_z_anisotropy(big, max_pairs=4)
+    assert np.isfinite(a) and len(big.read) <= 8
+
+
+def test_auto_resolves_to_3d_for_a_volume_and_to_2d_otherwise():
+    fib = _shared_stack("flyem_medulla_fibsem")
+    auto = FeatureConfig()
+    assert auto.spatial == "auto"
+    got = resolve_spatial(auto, fib, 3)
+    assert got == auto.replace(spatial="3d", z_anisotropy=round(estimate_z_anisotropy(fib), 2))
+    assert resolve_spatial(auto, fib[::2], 3).spatial == "2d"
+    assert resolve_spatial(auto, _shared_stack("tem_cells_stack"), 3) == auto.replace(spatial="2d")
+    assert resolve_spatial(auto, fib[0], 2) == auto.replace(spatial="2d")  # a single image
+    assert resolve_spatial(auto, fib, 3, estimate=0.4).z_anisotropy == 1.0  # planes more alike than pixels
+    for fixed in (FeatureConfig(spatial="2d"), FeatureConfig(spatial="3d", z_anisotropy=3.0)):
+        assert resolve_spatial(fixed, fib, 3) is fixed
+    # a Featurizer given 'auto' computes the 2D channels
+    plane = StackPlane(fib[:5].astype(np.float32), 2)
+    np.testing.assert_array_equal(Featurizer(auto).compute(plane), Featurizer(auto.replace(spatial="2d")).compute(plane))
+
+
+def test_segmenter_fit_chooses_per_training_image_and_files_keep_the_choice(tmp_path):
+    """Segmenter() on the FIB-SEM stack trains with 3D filters (the same model as asking for them
+    with the estimated z step), on a single image with 2D ones; refitting chooses again; the file
+    stores the choice."""
+    import tifffile
+
+    from napari_vitseg import Segmenter
+
+    d = SHARED / "flyem_medulla_fibsem"
+    image = _shared_stack("flyem_medulla_fibsem")[:6]
+    scribbles = tifffile.imread(d / "scribbles.tif")[:6]
+    seg = Segmenter(classifier_params={"n_estimators": 10})
+    assert seg.feature_config.spatial == "auto"
+    seg.fit(image, scribbles)
+    a = round(estimate_z_anisotropy(image), 2)
+    assert seg.feature_config == FeatureConfig(spatial="3d", z_anisotropy=a)
+    assert seg.featurizer.config == seg.feature_config
+    ref = Segmenter(FeatureConfig(spatial="3d", z_anisotropy=a), classifier_params={"n_estimators": 10})
+    np.testing.assert_array_equal(seg.predict(image), ref.fit(image, scribbles).predict(image))
+    path = seg.save(tmp_path / "auto.vitseg")
+    assert Segmenter.load(path).feature_config == seg.feature_config
+    plane_scr = scribbles[3] if scribbles[3].any() else scribbles[np.argmax(scribbles.reshape(6, -1).max(1))]
+    seg.fit(image[3], plane_scr)  # the same segmenter on a single image
+    assert seg.feature_config.spatial == "2d"

@@ -51,6 +51,19 @@ def test_load_refuses_tampered_feature_names(tmp_path, two_region_image):
         Segmenter.load(tmp_path / "t.vitseg")
 
 
+def test_load_refuses_a_file_that_claims_spatial_auto(tmp_path, two_region_image):
+    """A trained model stores what ``spatial='auto'`` chose; a file saying 'auto' was edited."""
+    from _file_helpers import rewrite_metadata
+
+    image, scribbles = two_region_image
+    seg = Segmenter(FeatureConfig(sigmas=(1, 2)), "rf", {"n_estimators": 3}).fit(image, scribbles)
+    assert seg.feature_config.spatial == "2d"  # 'auto' on a single image
+    good = seg.save(tmp_path / "m.vitseg")
+    bad = rewrite_metadata(good, tmp_path / "bad.vitseg", lambda m: m["feature_config"].update(spatial="auto"))
+    with pytest.raises(VitsegError, match="spatial 'auto'.*train and save"):
+        Segmenter.load(bad)
+
+
 RELEASE = Path(__file__).resolve().parents[1] / "data"
 
 
@@ -87,17 +100,20 @@ def test_random_weights_file_refused_unless_allowed():
 
 
 def test_config_round_trips_through_the_file(tmp_path, two_region_image):
-    """The SegmenterConfig is what the file stores: a loaded segmenter has the same config."""
+    """The SegmenterConfig is what the file stores: a loaded segmenter has the same config (the
+    feature config's ``spatial='auto'`` as fit chose it: 2D for a single image)."""
     from napari_vitseg.pipeline import SegmenterConfig
 
     image, scribbles = two_region_image
     cfg = SegmenterConfig(FeatureConfig(sigmas=(1, 2)), "xgb", {"n_estimators": 4, "max_depth": 3},
                           class_names=("a", "b"), class_colors=("#010203", "#040506"))
-    seg = Segmenter.from_config(cfg).fit(image, scribbles)
+    seg = Segmenter.from_config(cfg)
     assert seg.config == cfg
+    seg.fit(image, scribbles)
+    assert seg.config == cfg.replace(features=cfg.features.replace(spatial="2d"))
     seg.save(tmp_path / "m.vitseg")
     loaded = Segmenter.load(tmp_path / "m.vitseg").config
-    assert loaded.features == cfg.features and loaded.classifier == "xgb"
+    assert loaded.features == seg.config.features and loaded.classifier == "xgb"
     assert loaded.class_names == cfg.class_names and loaded.class_colors == cfg.class_colors
     assert {k: loaded.classifier_params[k] for k in cfg.classifier_params} == cfg.classifier_params
 

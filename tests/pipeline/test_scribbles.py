@@ -75,10 +75,26 @@ def test_index_errors():
 def test_fit_reads_only_scribbled_planes_of_a_lazy_stack():
     stack = LazyStack(200)
     index = ScribbleIndex.from_array(_scribbles(stack.shape, [3, 150]))
-    seg = Segmenter(FeatureConfig(sigmas=(1, 2)), "rf", {"n_estimators": 5}).fit(stack, index)
+    seg = Segmenter(FeatureConfig(sigmas=(1, 2), spatial="2d"), "rf", {"n_estimators": 5}).fit(stack, index)
     assert sorted(set(stack.reads)) == [3, 150]
     assert seg.training_stats_["n_training_planes"] == 2
     assert seg.training_stats_["labelled_pixels"] == {"1": 400, "2": 400}
+
+
+def test_auto_fit_reads_the_scribbled_planes_and_their_3d_windows_only():
+    """With ``spatial='auto'`` the z-step estimate reads the scribbled planes and the next one of
+    each; this stack's planes share their structure (noise aside), so it trains with 3D filters,
+    which read the planes within the z-radius: nothing else of the 200 planes."""
+    from napari_vitseg.features.volume import z_radius
+
+    stack = LazyStack(200)
+    index = ScribbleIndex.from_array(_scribbles(stack.shape, [3, 150]))
+    seg = Segmenter(FeatureConfig(sigmas=(1, 2)), "rf", {"n_estimators": 5}).fit(stack, index)
+    cfg = seg.feature_config
+    assert cfg.spatial == "3d"
+    r = z_radius(cfg.sigmas, cfg.families, cfg.z_anisotropy)
+    # the window of plane 3 mirrors at the stack's start (reflect-101: plane -k is plane k)
+    assert 0 < r < 20 and set(stack.reads) == {abs(z + d) for z in (3, 150) for d in range(-r, r + 1)}
 
 
 def test_fit_on_an_index_equals_fit_on_the_array():
