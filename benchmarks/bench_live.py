@@ -17,6 +17,7 @@ the library directly, and the peak resident memory (``ru_maxrss``).
 Usage::
 
     xvfb-run -a python benchmarks/bench_live.py            # 20 strokes, 3 baseline runs
+    xvfb-run -a python benchmarks/bench_live.py --volume   # a 16-plane FIB-SEM volume (3D filters)
     python benchmarks/bench_live.py --strokes 5 --baseline 1 --json out.json
 """
 
@@ -52,6 +53,18 @@ def make_plane(size: int, rgb: bool = False) -> np.ndarray:
     return np.ascontiguousarray(im[:size, :size])
 
 
+def make_volume(size: int) -> np.ndarray:
+    """The (16, size, size) FIB-SEM volume ``flyem_medulla_fibsem`` (isotropic 10 nm voxels),
+    each plane reflect-padded to ``size`` x ``size``."""
+    import tifffile
+
+    vol = tifffile.imread(DATA / "flyem_medulla_fibsem" / "image.tif")
+    while vol.shape[1] < size or vol.shape[2] < size:
+        py, px = min(vol.shape[1] - 1, size - vol.shape[1]), min(vol.shape[2] - 1, size - vol.shape[2])
+        vol = np.pad(vol, ((0, 0), (0, max(py, 0)), (0, max(px, 0))), mode="reflect")
+    return np.ascontiguousarray(vol[:, :size, :size])
+
+
 def class_masks(im: np.ndarray) -> list[np.ndarray]:
     """Three intensity classes of the smoothed image, eroded so strokes stay inside them."""
     from scipy import ndimage as ndi
@@ -67,6 +80,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--rgb", action="store_true", help="RGB plane (cast_iron_optical) instead of the grey one")
+    ap.add_argument("--volume", action="store_true",
+                    help="a 16-plane FIB-SEM volume (flyem_medulla_fibsem, each plane reflect-padded to --size) instead "
+                         "of one plane: strokes on its middle plane; the default spatial='auto' trains 3D filters")
     ap.add_argument("--strokes", type=int, default=20)
     ap.add_argument("--baseline", type=int, default=3, help="full-quality Train runs")
     ap.add_argument("--json", type=Path, default=None,
@@ -85,11 +101,23 @@ def main(argv=None) -> int:
 
     from napari_vitseg._widgets._segmentation import LIVE_DEBOUNCE_MS, SegmentationWidget
 
+    from napari_vitseg.pipeline.segmenter import plane_of
+
     rng = np.random.default_rng(0)
-    im = make_plane(args.size, rgb=args.rgb)
+    if args.volume:
+        vol = make_volume(args.size)
+        z = len(vol) // 2
+        im = plane_of(vol, 3, z)  # the plane the strokes go on (a StackPlane: 3D filters read its stack)
+        name = f"flyem_volume_{len(vol)}x{args.size}"
+    else:
+        vol, z = None, None
+        im = make_plane(args.size, rgb=args.rgb)
+        name = f"{'cast_iron_rgb' if args.rgb else '3_phase'}_{args.size}"
     masks = class_masks(im)
     viewer = napari.Viewer(show=False)
-    viewer.add_image(im, name=f"{'cast_iron_rgb' if args.rgb else '3_phase'}_{args.size}", rgb=args.rgb)
+    viewer.add_image(vol if args.volume else im, name=name, rgb=args.rgb)
+    if args.volume:
+        viewer.dims.set_current_step(0, z)
     widget = SegmentationWidget(viewer)
     viewer.window.add_dock_widget(widget)
     app = QApplication.instance()
@@ -98,7 +126,7 @@ def main(argv=None) -> int:
     layer.brush_size = 5
     for c, m in enumerate(masks, start=1):
         for _ in range(4):
-            paint_stroke(layer, stroke_points(m, rng, 60), c)
+            paint_stroke(layer, stroke_points(m, rng, 60), c, z=z)
     n_init = int((layer.data > 0).sum())
 
     # warm-up: Live on computes (and caches) the plane's features, trains and predicts once
@@ -114,7 +142,7 @@ def main(argv=None) -> int:
     for i in range(args.strokes):
         c = i % 3 + 1
         n = len(widget.latencies)
-        paint_stroke(layer, stroke_points(masks[c - 1], rng), c)
+        paint_stroke(layer, stroke_points(masks[c - 1], rng), c, z=z)
         wait(app, lambda n=n: len(widget.latencies) > n and not widget.busy)
     lat = widget.latencies[-args.strokes:]
     assert cache.misses == misses0, "features were recomputed during the strokes"
@@ -130,12 +158,17 @@ def main(argv=None) -> int:
     # breakdown of the live path on the library (same cached features)
     c = widget.controller
     scr = np.array(layer.data)
-    seg = c.new_segmenter(live=True)
+    if args.volume:
+        from napari_vitseg._widgets._controller import JobInputs
+
+        seg = c.new_segmenter(live=True, inputs=JobInputs(image=vol, scribbles=c.scribbles_snapshot()))
+    else:
+        seg = c.new_segmenter(live=True)
     feats = seg.plane_features(im)
     tf, tc, tp = [], [], []
     for _ in range(5):
         t = time.perf_counter()
-        seg.fit(im, scr, channel_axis=-1 if args.rgb else None)
+        seg.fit(vol if args.volume else im, scr, channel_axis=-1 if args.rgb else None)
         tf.append(time.perf_counter() - t)
         t = time.perf_counter()
         seg.classifier_.predict_proba(feats[::2, ::2].reshape(-1, feats.shape[-1]))
@@ -150,7 +183,7 @@ def main(argv=None) -> int:
     wait(app, lambda: not widget.busy)
     base = []
     for i in range(args.baseline):
-        paint_stroke(layer, stroke_points(masks[i % 3], rng), i % 3 + 1)
+        paint_stroke(layer, stroke_points(masks[i % 3], rng), i % 3 + 1, z=z)
         t = time.perf_counter()
         widget.train()
         wait(app, lambda: not widget.busy)
@@ -161,7 +194,7 @@ def main(argv=None) -> int:
     # trees), time until the widget is idle again
     cancel_s = []
     for _ in range(3):
-        paint_stroke(layer, stroke_points(masks[0], rng), 1)
+        paint_stroke(layer, stroke_points(masks[0], rng), 1, z=z)
         widget.train()
         t = time.perf_counter()
         while time.perf_counter() - t < 0.5:
@@ -179,7 +212,10 @@ def main(argv=None) -> int:
     lp = c.live_params()
     rows = [
         ("plane", f"{args.size} x {args.size}"
-                  + (" x 3 RGB (cast_iron_optical, reflect-padded), " if args.rgb else " (3_phase.tif, reflect-padded), ")
+                  + (f" plane {z} of a {len(vol)}-plane volume (flyem_medulla_fibsem, reflect-padded; "
+                     f"{c.model.segmenter.feature_config.spatial} filters, z step {c.model.segmenter.feature_config.z_anisotropy:g}), "
+                     if args.volume else
+                     " x 3 RGB (cast_iron_optical, reflect-padded), " if args.rgb else " (3_phase.tif, reflect-padded), ")
                   + f"{feats.shape[-1]} classical features, 3 classes"),
         ("labelled pixels", f"{n_init} at start, {int((layer.data > 0).sum())} at the end"),
         ("warm-up (features + first live model)", f"{t_warm:.2f} s"),
@@ -206,7 +242,7 @@ def main(argv=None) -> int:
     out = args.json or Path(__file__).resolve().parent / "results" / f"bench_live_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "size": args.size, "rgb": args.rgb, "debounce_ms": LIVE_DEBOUNCE_MS, "first_ms": [x * 1e3 for x in first], "final_ms": [x * 1e3 for x in final],
+        "size": args.size, "rgb": args.rgb, "volume": args.volume, "debounce_ms": LIVE_DEBOUNCE_MS, "first_ms": [x * 1e3 for x in first], "final_ms": [x * 1e3 for x in final],
         "first_excl_debounce_ms": [x * 1e3 for x in first_x], "final_excl_debounce_ms": [x * 1e3 for x in final_x],
         "baseline_s": base, "fit_ms": t_fit * 1e3, "coarse_ms": t_coarse * 1e3, "predict_ms": t_pred * 1e3,
         "cancel_ms": [t * 1e3 for t, _ in cancel_s], "warmup_s": t_warm, "peak_rss_mib": peak_mib,

@@ -149,6 +149,10 @@ METHODS: dict[str, dict] = {
     # the single images compute what the default does
     "features3d": {"features": {"spatial": "3d"}, "note": "fine scales across planes on stacks (FeatureConfig "
                    "spatial='3d'); single images as the default"},
+    # session 21: the default spatial='auto' chooses 3D for volumes (features/volume.py resolve_spatial);
+    # this is the default before it, every filter per plane
+    "features2d": {"features": {"spatial": "2d"}, "note": "every filter per plane (the default before "
+                   "spatial='auto')"},
 }
 
 #: Baselines run in the same process / a child process; they set the margin.

@@ -83,6 +83,31 @@ def test_train_spatial_3d_on_a_stack_and_apply_equal_the_api(tmp_path, capsys):
     assert "--z-anisotropy must" in capsys.readouterr().err and not (tmp_path / "x.vitseg").exists()
 
 
+def test_train_auto_spatial_prints_and_stores_the_choice(tmp_path, capsys, shared_data):
+    """The default --spatial auto: the FIB-SEM volume trains with 3D filters at the estimated z step,
+    the TEM cells stack (unrelated images) with 2D ones; the output line and the file say which."""
+    from napari_vitseg.features.volume import estimate_z_anisotropy
+    from napari_vitseg.pipeline.scribbles import ScribbleIndex
+
+    fib = shared_data("flyem_medulla_fibsem")
+    cells = NANO.parent / "tem_cells_stack"
+    for d, want in ((fib, "3d"), (cells, "2d")):
+        model = tmp_path / f"{d.name}.vitseg"
+        assert main(["train", str(d / "image.tif"), "--scribbles", str(d / "scribbles.tif"), "-o", str(model),
+                     "--backbone", "none", "--n-estimators", "3"]) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert main(["info", str(model)]) == 0
+        cfg = json.loads(capsys.readouterr().out)["feature_config"]
+        assert cfg["spatial"] == want
+        if want == "3d":
+            planes = ScribbleIndex.from_array(tifffile.imread(d / "scribbles.tif")).planes
+            a = round(estimate_z_anisotropy(tifffile.imread(d / "image.tif"), planes), 2)
+            assert cfg["z_anisotropy"] == a and 1.0 <= a <= 1.5
+            assert line.endswith(f"3D filters across planes (z step {a:g} px, chosen from the stack))"), line
+        else:
+            assert line.endswith("2D filters per plane (chosen from the stack))"), line
+
+
 def test_random_weight_vit_changes_classifier_input(tmp_path, capsys):
     """The same flow with a random-weight ViT runs, and the ViT features reach the classifier."""
     crop = tifffile.imread(NANO / "image.tif")[:140, :168]
