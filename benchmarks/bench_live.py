@@ -65,15 +65,16 @@ def make_volume(size: int) -> np.ndarray:
     return np.ascontiguousarray(vol[:, :size, :size])
 
 
-def class_masks(im: np.ndarray) -> list[np.ndarray]:
-    """Three intensity classes of the smoothed image, eroded so strokes stay inside them."""
+def class_masks(im: np.ndarray, smooth: float = 3.0, erode: int = 6) -> list[np.ndarray]:
+    """Three intensity classes of the image smoothed by ``smooth`` px, eroded by ``erode`` px so
+    strokes stay inside them (the FIB-SEM plane: 6 and 2, else no class holds a 60 px stroke)."""
     from scipy import ndimage as ndi
 
-    grey = im.astype(np.float32).mean(axis=-1) if im.ndim == 3 else im.astype(np.float32)
-    sm = ndi.gaussian_filter(grey, 3)
+    grey = im.astype(np.float32).mean(axis=-1) if im.ndim == 3 else np.asarray(im, np.float32)
+    sm = ndi.gaussian_filter(grey, smooth)
     q1, q2 = np.quantile(sm, [0.3, 0.7])
     masks = [sm < q1, (sm > q1 + 3) & (sm < q2 - 3), sm > q2]
-    return [ndi.binary_erosion(m, iterations=6) for m in masks]
+    return [ndi.binary_erosion(m, iterations=erode) for m in masks]
 
 
 def main(argv=None) -> int:
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
         vol, z = None, None
         im = make_plane(args.size, rgb=args.rgb)
         name = f"{'cast_iron_rgb' if args.rgb else '3_phase'}_{args.size}"
-    masks = class_masks(im)
+    masks = class_masks(im, 6.0, 2) if args.volume else class_masks(im)
     viewer = napari.Viewer(show=False)
     viewer.add_image(vol if args.volume else im, name=name, rgb=args.rgb)
     if args.volume:
