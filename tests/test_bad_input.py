@@ -116,6 +116,31 @@ def _truncated_zlib_tiff(fraction=0.6) -> bytes:
     return data[: int(len(data) * fraction)]
 
 
+def _truncated_stack_tiff(fraction=0.6) -> bytes:
+    """An uncompressed (4, 64, 64) stack cut short: its header and shape metadata are whole, the
+    planes from 2 on are missing (found only when they are read)."""
+    import io
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.random.default_rng(1).integers(0, 255, (4, 64, 64), dtype=np.uint8),
+                     photometric="minisblack")
+    data = buf.getvalue()
+    return data[: int(len(data) * fraction)]
+
+
+def _stack_scribbles() -> bytes:
+    """A TIFF of scribbles of two classes on every plane of a (4, 64, 64) stack (as
+    ``_truncated_zlib_tiff``)."""
+    import io
+
+    scr = np.zeros((4, 64, 64), np.uint8)
+    scr[:, 5:10, 5:30] = 1
+    scr[:, 40:45, 5:30] = 2
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, scr, photometric="minisblack")
+    return buf.getvalue()
+
+
 def _lying_header_tiff() -> bytes:
     """A 400-byte TIFF whose header declares a 65535 x 65535 uint16 image."""
     import io
@@ -329,6 +354,9 @@ CASES = [
     ("apply-empty-folder", lambda ws: (ws.root.joinpath("empty").mkdir(), _apply(ws, inputs=("empty",), out="o/"))[1],
      "empty"),
     ("apply-fifo-input", lambda ws: _apply(ws, inputs=(_fifo(ws, "p.tif"),)), "not a regular file"),
+    ("train-truncated-tiff-stack", lambda ws: (ws.file("cut.tif", _truncated_stack_tiff()),
+                                               ws.file("scr4.tif", _stack_scribbles()),
+                                               _train(ws, image="cut.tif", scribbles="scr4.tif"))[2], "plane 2 of"),
     ("apply-truncated-zlib-tiff", lambda ws: (ws.file("cut.tif", _truncated_zlib_tiff()),
                                               _apply(ws, inputs=("cut.tif",)))[1], "cut.tif"),
     ("apply-lying-header-tiff", lambda ws: (ws.file("lie.tif", _lying_header_tiff()),

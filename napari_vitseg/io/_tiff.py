@@ -336,6 +336,46 @@ def plane_chunks(shape, axes: str) -> tuple[int, ...]:
     return (1,) * rows + tuple(shape[rows:])
 
 
+def lazy_planes(array, axes: str, path):
+    """A zarr array as dask, one plane per chunk (:func:`plane_chunks`), whose reads end in the
+    project's error naming the file: ``dask.array.from_zarr`` with failed reads (a truncated or
+    damaged file: tifffile, zarr and codec errors) turned into :class:`VitsegError`, wherever
+    they happen (training, Live, apply, the napari reader).
+
+    Parameters
+    ----------
+    array : zarr.Array
+    axes : str
+        One letter per axis (tifffile's convention); a ``'Z'`` (or unnamed ``'Q'`` / ``'I'``)
+        axis names the plane in errors.
+    path : str or pathlib.Path
+        What was opened, for the messages.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy; each chunk is read when it is computed.
+    """
+    import uuid
+
+    import dask.array as da
+
+    chunks = da.core.normalize_chunks(plane_chunks(array.shape, axes), array.shape, dtype=array.dtype)
+    zi = next((axes.index(a) for a in "ZQI" if a in axes), None) if len(axes) == array.ndim else None
+
+    def read(block_info=None):
+        loc = block_info[None]["array-location"]
+        try:
+            return np.asarray(array[tuple(slice(a, b) for a, b in loc)])
+        except Exception as e:  # noqa: BLE001 - tifffile, zarr and codecs raise many types for damaged data
+            where = f"plane {loc[zi][0]} of " if zi is not None else ""
+            raise VitsegError(f"Cannot read {where}{str(path)!r} ({type(e).__name__}: {str(e)[:120]}); the file "
+                              "may be truncated or damaged.") from None
+
+    return da.map_blocks(read, dtype=array.dtype, chunks=chunks, meta=np.empty((0,) * array.ndim, array.dtype),
+                         name=f"vitseg-read-{uuid.uuid4().hex}")
+
+
 def open_image(path) -> LazyImage:
     """Open an image lazily; no pixel data is read until asked for.
 
@@ -382,7 +422,6 @@ def open_image(path) -> LazyImage:
 
 
 def _open_tiff(path: Path) -> LazyImage:
-    import dask.array as da
     import tifffile
     import zarr
 
@@ -402,12 +441,11 @@ def _open_tiff(path: Path) -> LazyImage:
         raise
     except Exception as e:  # noqa: BLE001 - any failure to parse the file
         raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({type(e).__name__}: {str(e)[:120]}).") from None
-    levels = [da.from_zarr(a, chunks=plane_chunks(a.shape, axes)) for a in arrays]
+    levels = [lazy_planes(a, axes, path) for a in arrays]
     return LazyImage(path=path, data=levels[0], axes=axes, store=store, levels=levels, kind="tiff")
 
 
 def _open_tiff_sequence(pattern: str) -> LazyImage:
-    import dask.array as da
     import tifffile
     import zarr
 
@@ -446,7 +484,7 @@ def _open_tiff_sequence(pattern: str) -> LazyImage:
         raise VitsegError(f"Cannot open the TIFF slices {pattern!r} as a stack ({type(e).__name__}: "
                           f"{str(e)[:120]}).") from None
     axes = "Z" + first.axes
-    data = da.from_zarr(z, chunks=plane_chunks(z.shape, axes))
+    data = lazy_planes(z, axes, pattern)
     return LazyImage(path=Path(pattern), data=data, axes=axes, store=store, kind="tiff-sequence")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .._validation import VitsegError
 from ._paths import ZARR_METADATA
-from ._tiff import LazyImage, plane_chunks
+from ._tiff import LazyImage, lazy_planes
 
 __all__ = ["open_zarr", "zarr_axes"]
 
@@ -187,7 +187,6 @@ def _ngff_multiscales(path: Path) -> tuple[list[str], list]:
 
 def _lazy_image(path: Path, arrays: list, axes: str) -> LazyImage:
     """Dask levels with one plane per chunk, singleton axes dropped, the axes checked."""
-    import dask.array as da
 
     shape = arrays[0].shape
     if axes[-2:] != "YX":
@@ -212,5 +211,5 @@ def _lazy_image(path: Path, arrays: list, axes: str) -> LazyImage:
     for a in arrays:
         if a.ndim != len(axes):
             raise VitsegError(f"{str(path)!r}: the resolution levels differ in their number of axes.")
-        levels.append(da.from_zarr(a, chunks=plane_chunks(a.shape, axes))[index])
+        levels.append(lazy_planes(a, axes, path)[index])
     return LazyImage(path=path, data=levels[0], axes=kept, store=None, levels=levels, kind="zarr")
