@@ -336,11 +336,34 @@ def plane_chunks(shape, axes: str) -> tuple[int, ...]:
     return (1,) * rows + tuple(shape[rows:])
 
 
+class _ReadChecked:
+    """A zarr array whose reads end in the project's error naming the file (see :func:`lazy_planes`)."""
+
+    def __init__(self, array, axes: str, path):
+        self.array, self.path = array, path
+        self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
+        self._zi = next((axes.index(a) for a in "ZQI" if a in axes), None) if len(axes) == array.ndim else None
+
+    def __getitem__(self, key):
+        try:
+            return np.asarray(self.array[key])
+        except Exception as e:  # noqa: BLE001 - tifffile, zarr and codecs raise many types for damaged data
+            where = ""
+            k = key[self._zi] if self._zi is not None and isinstance(key, tuple) and len(key) > self._zi else None
+            if isinstance(k, slice) and k.start is not None and (k.stop is None or k.stop - k.start == 1):
+                where = f"plane {k.start} of "
+            elif isinstance(k, (int, np.integer)):
+                where = f"plane {int(k)} of "
+            raise VitsegError(f"Cannot read {where}{str(self.path)!r} ({type(e).__name__}: {str(e)[:120]}); the file "
+                              "may be truncated or damaged.") from None
+
+
 def lazy_planes(array, axes: str, path):
     """A zarr array as dask, one plane per chunk (:func:`plane_chunks`), whose reads end in the
     project's error naming the file: ``dask.array.from_zarr`` with failed reads (a truncated or
     damaged file: tifffile, zarr and codec errors) turned into :class:`VitsegError`, wherever
-    they happen (training, Live, apply, the napari reader).
+    they happen (training, Live, apply, the napari reader). Slices of a plane read only the
+    chunks (tiles, strips) of the file they cover, as with ``from_zarr``.
 
     Parameters
     ----------
@@ -360,20 +383,9 @@ def lazy_planes(array, axes: str, path):
 
     import dask.array as da
 
-    chunks = da.core.normalize_chunks(plane_chunks(array.shape, axes), array.shape, dtype=array.dtype)
-    zi = next((axes.index(a) for a in "ZQI" if a in axes), None) if len(axes) == array.ndim else None
-
-    def read(block_info=None):
-        loc = block_info[None]["array-location"]
-        try:
-            return np.asarray(array[tuple(slice(a, b) for a, b in loc)])
-        except Exception as e:  # noqa: BLE001 - tifffile, zarr and codecs raise many types for damaged data
-            where = f"plane {loc[zi][0]} of " if zi is not None else ""
-            raise VitsegError(f"Cannot read {where}{str(path)!r} ({type(e).__name__}: {str(e)[:120]}); the file "
-                              "may be truncated or damaged.") from None
-
-    return da.map_blocks(read, dtype=array.dtype, chunks=chunks, meta=np.empty((0,) * array.ndim, array.dtype),
-                         name=f"vitseg-read-{uuid.uuid4().hex}")
+    return da.from_array(_ReadChecked(array, axes, path), chunks=plane_chunks(array.shape, axes),
+                         name=f"vitseg-read-{uuid.uuid4().hex}", asarray=False,
+                         meta=np.empty((0,) * array.ndim, array.dtype))
 
 
 def open_image(path) -> LazyImage:
