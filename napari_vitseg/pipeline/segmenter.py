@@ -665,7 +665,7 @@ class Segmenter:
             return
         old = self.featurizer
         self._config = self._config.replace(features=features)
-        if features.spatial == "2d" and old.config.replace(spatial="2d") == features:
+        if features.spatial == "2d" and old.config.spatial != "3d" and old.config.replace(spatial="2d") == features:
             return  # a featurizer given 'auto' computes the 2D channels: keep it (shared, with its cache keys)
         self.featurizer = Featurizer(features, backbone=old.built_backbone, device=self.device)
         self.featurizer.pca_ = old.pca_

@@ -294,4 +294,12 @@ def test_segmenter_fit_chooses_per_training_image_and_files_keep_the_choice(tmp_
     assert Segmenter.load(path).feature_config == seg.feature_config
     plane_scr = scribbles[3] if scribbles[3].any() else scribbles[np.argmax(scribbles.reshape(6, -1).max(1))]
     seg.fit(image[3], plane_scr)  # the same segmenter on a single image
-    assert seg.feature_config.spatial == "2d"
+    assert seg.feature_config.spatial == "2d" and seg.featurizer.config.spatial != "3d"
+    # a stack whose estimate rounds to exactly 1, then a single image: the 3D featurizer is not kept
+    seg.fit(image, scribbles)
+    seg._requested_features = FeatureConfig()  # (as new)
+    seg.featurizer = Featurizer(FeatureConfig(spatial="3d", z_anisotropy=1.0))
+    seg.fit(image[3], plane_scr)
+    assert seg.feature_config.spatial == "2d" and seg.featurizer.config.spatial != "3d"
+    np.testing.assert_array_equal(seg.featurizer.compute(StackPlane(image, 3)),
+                                  Featurizer(FeatureConfig(spatial="2d")).compute(image[3]))
