@@ -101,7 +101,6 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_vitseg._widgets._segmentation import LIVE_DEBOUNCE_MS, SegmentationWidget
-
     from napari_vitseg.pipeline.segmenter import plane_of
 
     rng = np.random.default_rng(0)
