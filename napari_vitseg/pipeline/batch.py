@@ -387,7 +387,9 @@ def iter_plane_probabilities(seg: Segmenter, planes: Iterable, *, overlap: bool 
     seg._check_fitted()
 
     def named(key, e: VitsegError) -> VitsegError:
-        return VitsegError(f"{where(key)}: {e}") if where is not None else e
+        if where is None or str(e).startswith("Cannot read "):  # a read error names its file and plane
+            return e
+        return VitsegError(f"{where(key)}: {e}")
 
     threads = overlap_threads(overlap)
     chain = seg._stages()

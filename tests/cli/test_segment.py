@@ -108,6 +108,35 @@ def test_train_auto_spatial_prints_and_stores_the_choice(tmp_path, capsys, share
             assert line.endswith("2D filters per plane (chosen from the stack))"), line
 
 
+def test_apply_3d_model_to_a_cut_stack_names_the_unreadable_plane_once(tmp_path, capsys):
+    """A 3D model's plane 0 reads planes 1-2 too: when plane 2 of the file is missing, the one-line
+    error names plane 2 of the file (not "plane 0 of ...: Cannot read plane 2 of ..."), and no
+    output is written."""
+    import io
+
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from napari_vitseg import Segmenter
+    from napari_vitseg.features import FeatureConfig
+
+    rng = np.random.default_rng(0)
+    stack = (ndi.gaussian_filter(rng.normal(size=(4, 64, 64)), 2) * 400 + 128).clip(0, 255).astype(np.uint8)
+    scr = np.zeros(stack.shape, np.uint8)
+    scr[1, 5:10, 5:40], scr[1, 50:55, 5:40] = 1, 2
+    model = Segmenter(FeatureConfig(sigmas=(1,), spatial="3d"), classifier_params={"n_estimators": 3}) \
+        .fit(stack, scr).save(tmp_path / "m3.vitseg")
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, stack, photometric="minisblack")
+    data = buf.getvalue()
+    (tmp_path / "cut.tif").write_bytes(data[: int(len(data) * 0.6)])  # planes 2-3 missing
+    out = tmp_path / "lab.tif"
+    assert main(["apply", str(model), str(tmp_path / "cut.tif"), "-o", str(out), "--quiet"]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vitseg: error: Cannot read plane 2 of "), lines
+    assert "cut.tif" in lines[0] and "plane 0 of" not in lines[0] and not out.exists()
+
+
 def test_random_weight_vit_changes_classifier_input(tmp_path, capsys):
     """The same flow with a random-weight ViT runs, and the ViT features reach the classifier."""
     crop = tifffile.imread(NANO / "image.tif")[:140, :168]
