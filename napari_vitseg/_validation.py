@@ -11,6 +11,8 @@ import numpy as np
 
 __all__ = [
     "VitsegError",
+    "UnreadableInputError",
+    "unreadable",
     "VitsegWarning",
     "check_ndim",
     "check_channel_axis",
@@ -23,6 +25,26 @@ __all__ = [
 
 class VitsegError(ValueError):
     """A user-facing input error: the message names the input and what to do."""
+
+
+class UnreadableInputError(VitsegError):
+    """Pixels of an input file could not be read (a truncated or damaged file); the message
+    names the file and the plane, so callers pass it on without adding their own prefix."""
+
+
+def unreadable(path, error: BaseException, plane: int | None = None) -> UnreadableInputError:
+    """The project's error for a failed read of ``path`` (plane ``plane`` when known).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+    error : BaseException
+        What the reader raised (tifffile, zarr, codecs, OS errors).
+    plane : int, optional
+    """
+    where = f"plane {plane} of " if plane is not None else ""
+    return UnreadableInputError(f"Cannot read {where}{str(path)!r} ({type(error).__name__}: {str(error)[:120]}); the "
+                                "file may be truncated or damaged.")
 
 
 class VitsegWarning(UserWarning):

@@ -45,7 +45,7 @@ _KIND_FAMILY = {"gaussian": "gaussian", "gradient": "gradient", "laplacian": "la
                 "structure": "structure", "dog": "dog", "stddev": "variance"}
 #: ``spatial='auto'`` takes a stack as a volume (3D filters) when its estimated z step is at most
 #: this many pixels (:func:`estimate_z_anisotropy`). FIB-SEM stack ``flyem_medulla_fibsem``
-#: (isotropic 10 nm voxels): estimated 1.25, 3D raises mIoU 0.593 -> 0.608; every second plane
+#: (isotropic 10 nm voxels): estimated 1.24-1.26, 3D raises mIoU 0.593 -> 0.608; every second plane
 #: (z step 2 px): estimated 2.45, 3D gains nothing (0.5654 2D, 0.5650 3D with the right step).
 AUTO_MAX_Z_ANISOTROPY = 2.0
 _TRUNCATE = 4.0
@@ -356,9 +356,10 @@ def estimate_z_anisotropy(stack, planes: Sequence[int] | None = None, *, max_pai
     unrelated images or unaligned sections differ more between planes than pixels
     ``max_lag`` px apart and give ``inf``.
 
-    Measured on the shared data: FIB-SEM ``flyem_medulla_fibsem`` (isotropic) 1.25; every
-    2nd / 3rd / 4th plane 2.45 / 3.60 / 5.25; with added noise (sd 30 grey levels) 1.22;
-    ``tem_cells_stack`` (unrelated TEM images) ``inf``; an image drifting 4 px per frame 4.2.
+    Measured on the shared data: FIB-SEM ``flyem_medulla_fibsem`` (isotropic) 1.24 (1.26 from
+    its scribbled planes); every 2nd / 3rd / 4th plane 2.45 / 3.60 / 5.21; with added noise
+    (sd 30 grey levels) 1.23; ``tem_cells_stack`` (unrelated TEM images) ``inf``; an image
+    drifting 4 px per frame 4.23.
 
     Parameters
     ----------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validation import VitsegError
+from .._validation import VitsegError, unreadable
 from ._paths import IMAGE_SUFFIXES, is_pattern, is_tiff, is_zarr, pattern_files
 
 __all__ = [
@@ -348,14 +348,13 @@ class _ReadChecked:
         try:
             return np.asarray(self.array[key])
         except Exception as e:  # noqa: BLE001 - tifffile, zarr and codecs raise many types for damaged data
-            where = ""
             k = key[self._zi] if self._zi is not None and isinstance(key, tuple) and len(key) > self._zi else None
+            plane = None
             if isinstance(k, slice) and k.start is not None and (k.stop is None or k.stop - k.start == 1):
-                where = f"plane {k.start} of "
+                plane = k.start
             elif isinstance(k, (int, np.integer)):
-                where = f"plane {int(k)} of "
-            raise VitsegError(f"Cannot read {where}{str(self.path)!r} ({type(e).__name__}: {str(e)[:120]}); the file "
-                              "may be truncated or damaged.") from None
+                plane = int(k)
+            raise unreadable(self.path, e, plane) from None
 
 
 def lazy_planes(array, axes: str, path):

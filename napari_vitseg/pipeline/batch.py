@@ -57,7 +57,7 @@ import numpy as np
 
 from .. import __version__
 from .._progress import Progress
-from .._validation import VitsegError, check_option
+from .._validation import UnreadableInputError, VitsegError, check_option, unreadable
 from ..io import expand_inputs, image_stem, is_pattern, open_image, pattern_files
 from ..io._atomic import check_output_path, same_file
 from ..io._tiff import VITSEG_KEY, class_table_metadata
@@ -238,9 +238,7 @@ def _read_plane(image, nsp: int, z, input_path) -> np.ndarray:
     except VitsegError:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile, zarr and codecs raise many types for damaged data
-        where = f"plane {z} of " if z is not None else ""
-        raise VitsegError(f"Cannot read {where}{str(input_path)!r} ({type(e).__name__}: {str(e)[:120]}); the file "
-                          "may be truncated or damaged.") from None
+        raise unreadable(input_path, e, z) from None
 
 
 # -- featurising and predicting in two threads -------------------------------------------------
@@ -387,7 +385,7 @@ def iter_plane_probabilities(seg: Segmenter, planes: Iterable, *, overlap: bool 
     seg._check_fitted()
 
     def named(key, e: VitsegError) -> VitsegError:
-        if where is None or str(e).startswith("Cannot read "):  # a read error names its file and plane
+        if where is None or isinstance(e, UnreadableInputError):  # it names its file and plane
             return e
         return VitsegError(f"{where(key)}: {e}")
 
