@@ -4,7 +4,9 @@ Run ``python benchmarks/bench_quality.py [--data DIR] [--sets ...] [--methods ..
 (``--list`` prints the sets and methods). Every set of ``--data`` (default ``../shared/data``
 next to the repository, or ``$VITSEG_SHARED_DATA``) that has a dense ``ground_truth.tif`` is
 used; a set without ``scribbles.tif`` gets them from ``../tools/make_scribbles.py`` (seed 0) in
-a cache folder (``--cache``), and the run says so.
+a cache folder (``--cache``), and the run says so. ``--scribble-seeds N`` runs every set with N
+scribble draws (its own scribbles and ``make_scribbles.py --seed 1..N-1``, as if N users had
+painted it) and adds a table over the draws: how much of a margin is the one draw's luck.
 
 What is measured, per set and method:
 
@@ -173,24 +175,32 @@ class NotAvailable(Exception):
 
 
 # -- data ---------------------------------------------------------------------------------------
-def make_scribbles(gt_path: Path, cache: Path, tools: Path) -> Path:
-    """Scribbles for a ground truth without them: ``make_scribbles.py --seed 0`` into ``cache``."""
+def make_scribbles(gt_path: Path, cache: Path, tools: Path, seed: int = SEED, why: str = "no scribbles in the data") -> Path:
+    """Scribbles drawn from a ground truth: ``make_scribbles.py --seed seed`` (its default
+    brush settings, as the shared sets' own scribbles were drawn) into ``cache``; kept there and
+    reused while newer than the ground truth."""
     name = gt_path.parent.name
-    out = cache / name / "scribbles.tif"
+    out = cache / name / ("scribbles.tif" if seed == SEED else f"scribbles_seed{seed}.tif")
     if out.exists() and out.stat().st_mtime >= gt_path.stat().st_mtime:
-        print(f"  {name}: no scribbles in the data; using {out} (made earlier by "
-              f"{tools / 'make_scribbles.py'} --seed {SEED})")
+        print(f"  {name}: {why}; using {out} (made earlier by "
+              f"{tools / 'make_scribbles.py'} --seed {seed})")
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(tools / "make_scribbles.py"), str(gt_path), str(out), "--seed", str(SEED),
-           "--stats", str(out.with_name("scribbles_stats.json"))]
-    print(f"  {name}: no scribbles in the data; made them: {' '.join(cmd)}")
+    cmd = [sys.executable, str(tools / "make_scribbles.py"), str(gt_path), str(out), "--seed", str(seed),
+           "--stats", str(out.with_name(out.stem + "_stats.json"))]
+    print(f"  {name}: {why}; made them: {' '.join(cmd)}")
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return out
 
 
-def find_sets(data: Path, cache: Path, names=None) -> list[dict]:
-    """Every folder of ``data`` with a ground_truth.tif (optionally only ``names``)."""
+def find_sets(data: Path, cache: Path, names=None, scribble_seeds: int = 1) -> list[dict]:
+    """Every folder of ``data`` with a ground_truth.tif (optionally only ``names``).
+
+    With ``scribble_seeds`` > 1, each set comes once per scribble draw: draw 0 is the set's own
+    ``scribbles.tif`` (or ``make_scribbles.py --seed 0`` where it has none), draw k > 0 is
+    ``make_scribbles.py --seed k`` (a different user's strokes on the same image). An entry's
+    ``label`` is the set's name for draw 0 and ``"<name> @s<k>"`` for draw k; ``name`` is the set.
+    """
     sets = []
     for d in sorted(p for p in data.iterdir() if p.is_dir()):
         if names and d.name not in names:
@@ -203,8 +213,11 @@ def find_sets(data: Path, cache: Path, names=None) -> list[dict]:
         if not scr_path.exists():
             scr_path = make_scribbles(gt_path, cache, data.parent / "tools")
             made = True
-        sets.append({"name": d.name, "image": d / "image.tif", "ground_truth": gt_path,
-                     "scribbles": scr_path, "scribbles_made": made})
+        entry = {"name": d.name, "image": d / "image.tif", "ground_truth": gt_path}
+        sets.append({**entry, "label": d.name, "draw": 0, "scribbles": scr_path, "scribbles_made": made})
+        for k in range(1, scribble_seeds):
+            path = make_scribbles(gt_path, cache, data.parent / "tools", seed=k, why=f"scribble draw {k}")
+            sets.append({**entry, "label": f"{d.name} @s{k}", "draw": k, "scribbles": path, "scribbles_made": True})
     missing = set(names or ()) - {s["name"] for s in sets}
     if missing:
         raise SystemExit(f"--sets: no folder with a ground_truth.tif named {sorted(missing)} in {data}")
@@ -275,8 +288,8 @@ def describe(ds: dict) -> str:
     img, scr = ds["image_arr"], ds["scr"]
     cov = float((scr > 0).mean())
     extra = f", crop y0,x0,h,w={ds['crop']}" if "crop" in ds else ""
-    made = " (made by make_scribbles.py, seed 0)" if ds["scribbles_made"] else ""
-    return (f"{ds['name']}: image {img.shape} {img.dtype} axes {ds['axes']}, "
+    made = f" (made by make_scribbles.py, seed {ds.get('draw', SEED)})" if ds["scribbles_made"] else ""
+    return (f"{ds.get('label', ds['name'])}: image {img.shape} {img.dtype} axes {ds['axes']}, "
             f"channel_axis={ds['channel_axis']}, {'stack: 2D per plane' if ds['stack'] else '2D'}, "
             f"classes {ds['classes']} (ground truth 0 = ignore: {int((ds['gt'] == 0).sum())} px), "
             f"scribbles {cov:.2%} of pixels{made}{extra}")
@@ -624,6 +637,48 @@ def report(results: dict, methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def report_draws(results: dict, set_of: dict, methods: list[str]) -> str:
+    """Markdown table over scribble draws: per set, each method's mIoU averaged over the draws
+    (every draw's value is the mean over classifier seeds), and the margin of ``default`` over the
+    best in-run baseline *of the same draw*: its mean and its smallest value over the draws."""
+    by_set: dict[str, list[str]] = {}
+    for label, name in set_of.items():
+        if label in results:
+            by_set.setdefault(name, []).append(label)
+    lines = [f"Over scribble draws (each set's own scribbles and make_scribbles.py --seed 1..; "
+             f"{max(len(v) for v in by_set.values())} draws):", "",
+             "| set | draws | " + " | ".join(methods) + " | margin (mean) | margin (min) |",
+             "|---|---|" + "---|" * (len(methods) + 2)]
+    cols: dict[str, list[float]] = {m: [] for m in methods}
+    all_margins, min_margins = [], []
+    for name, labels in by_set.items():
+        cells = []
+        for m in methods:
+            vals = [results[lb][m]["miou"] for lb in labels if results[lb].get(m, {}).get("status") == "ok"]
+            if len(vals) == len(labels):
+                cols[m].append(float(np.mean(vals)))
+                cells.append(f"{np.mean(vals):.3f}±{np.std(vals, ddof=1) if len(vals) > 1 else 0:.3f}")
+            else:
+                cells.append("n/a")
+        margins = []
+        for lb in labels:
+            d = results[lb].get("default")
+            _, bv = best_baseline(results[lb])
+            if d and d["status"] == "ok" and bv is not None:
+                margins.append(d["miou"] - bv)
+        mg = (f"{np.mean(margins):+.3f} | {min(margins):+.3f}" if len(margins) == len(labels) else "- | -")
+        if len(margins) == len(labels):
+            all_margins.append(np.mean(margins))
+            min_margins.append(min(margins))
+        lines.append(f"| {name} | {len(labels)} | " + " | ".join(cells) + f" | {mg} |")
+    means = [f"{np.mean(v):.3f}" if len(v) == len(by_set) else "n/a" for v in cols.values()]
+    lines.append("| **mean** | | " + " | ".join(means)
+                 + (f" | {np.mean(all_margins):+.3f} | {min(min_margins):+.3f} |" if all_margins else " | | |"))
+    lines.append("")
+    lines.append("(± = sd over the draws; the margin is taken draw by draw against that draw's best baseline.)")
+    return "\n".join(lines)
+
+
 def versions(convpaint_path: Path) -> dict:
     import importlib.metadata as md
 
@@ -675,6 +730,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-baselines", action="store_true", help="skip the in-run baselines")
     p.add_argument("--repeats", type=int, default=1,
                    help="run every seeded method with classifier seeds 0..N-1 and report mean ± sd (default 1)")
+    p.add_argument("--scribble-seeds", type=int, default=1,
+                   help="run every set with N scribble draws: its own scribbles and make_scribbles.py "
+                        "--seed 1..N-1 (default 1: its own only)")
     p.add_argument("--quick", action="store_true", help=f"crop every set to ~{QUICK_SIZE}^2 (smoke run)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where made scribbles go (default: %(default)s)")
     p.add_argument("--convpaint-path", type=Path, default=DEFAULT_CONVPAINT,
@@ -688,6 +746,8 @@ def main(argv=None) -> int:
         print("baselines:", ", ".join(BASELINES))
         print("sets:", ", ".join(d.name for d in sorted(args.data.iterdir()) if (d / "ground_truth.tif").exists()))
         return 0
+    if args.scribble_seeds < 1:
+        p.error("--scribble-seeds must be at least 1")
     known = set(METHODS) | set(BASELINES)
     if args.methods and set(args.methods) - known:
         p.error(f"unknown methods {sorted(set(args.methods) - known)}; known: {sorted(known)}")
@@ -702,7 +762,7 @@ def main(argv=None) -> int:
     print("metric: napari_vitseg.metrics (mIoU over ground-truth classes, ground truth 0 ignored, "
           "scribbled pixels included)")
     src, mach = source_digest(), machine()
-    sets = find_sets(args.data, args.cache, args.sets)
+    sets = find_sets(args.data, args.cache, args.sets, args.scribble_seeds)
     warm_up()
     results, meta = {}, {}
     t_start = time.perf_counter()
@@ -711,18 +771,20 @@ def main(argv=None) -> int:
         if args.quick:
             ds = quick_crop(ds)
         print(describe(ds))
-        meta[ds["name"]] = {"shape": list(ds["image_arr"].shape), "axes": ds["axes"],
+        meta[ds["label"]] = {"set": ds["name"], "scribble_draw": ds["draw"], "shape": list(ds["image_arr"].shape), "axes": ds["axes"],
                             "channel_axis": ds["channel_axis"], "classes": ds["classes"],
                             "scribbles": str(ds["scribbles"]), "scribbles_made": ds["scribbles_made"],
                             "scribble_fraction": float((ds["scr"] > 0).mean()), "crop": ds.get("crop")}
-        results[ds["name"]] = {}
+        results[ds["label"]] = {}
         for m in methods:
             r = run_repeated(ds, m, args.convpaint_path, args.repeats)
-            results[ds["name"]][m] = r
+            results[ds["label"]][m] = r
             extra = (f"  train {r['train_s']:.2f} s  apply {r['apply_s']:.2f} s" if r["status"] == "ok"
                      else f"  ({r['reason']})")
             print(f"  {m:16s} {fmt(r):>6s}{extra}", flush=True)
     table = report(results, methods)
+    if args.scribble_seeds > 1:
+        table += "\n\n" + report_draws(results, {e["label"]: e["name"] for e in sets}, methods)
     print()
     print(table)
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -735,7 +797,8 @@ def main(argv=None) -> int:
     out = args.out or RESULTS / f"bench_quality_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "benchmark": "bench_quality", "quick": args.quick, "seed": SEED, "repeats": args.repeats, "argv": sys.argv[1:],
+        "benchmark": "bench_quality", "quick": args.quick, "seed": SEED, "repeats": args.repeats,
+        "scribble_seeds": args.scribble_seeds, "argv": sys.argv[1:],
         "machine": mach, "versions": {**versions(args.convpaint_path), "napari_vitseg_source_sha256": src},
         "sets": meta,
         "methods": {m: METHODS.get(m, "baseline") for m in methods}, "results": results,

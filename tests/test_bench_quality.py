@@ -137,6 +137,45 @@ def test_sets_without_scribbles_get_them_made(bq, tmp_path, capsys):
     assert scr.shape == ds["gt"].shape and set(np.unique(scr)) <= {0, 1, 2}
 
 
+@pytest.mark.skipif(not (TOOLS / "make_scribbles.py").exists(), reason="no shared tools")
+def test_scribble_draws_are_other_users_strokes_on_the_same_set(bq, tmp_path):
+    data = tmp_path / "data"
+    (data / "toy").mkdir(parents=True)
+    (tmp_path / "tools").symlink_to(TOOLS)
+    gt = np.ones((96, 96), np.uint8)
+    gt[:, 48:] = 2
+    tifffile.imwrite(data / "toy" / "image.tif", (gt * 80).astype(np.uint8))
+    tifffile.imwrite(data / "toy" / "ground_truth.tif", gt)
+    own = np.zeros_like(gt)
+    own[10:80, 5:9], own[10:80, 80:84] = 1, 2
+    tifffile.imwrite(data / "toy" / "scribbles.tif", own)
+    sets = bq.find_sets(data, tmp_path / "cache", None, scribble_seeds=3)
+    assert [(s["label"], s["draw"], s["scribbles_made"]) for s in sets] == [
+        ("toy", 0, False), ("toy @s1", 1, True), ("toy @s2", 2, True)]
+    assert {s["name"] for s in sets} == {"toy"}
+    assert sets[0]["scribbles"] == data / "toy" / "scribbles.tif"  # draw 0: the set's own strokes
+    drawn = [tifffile.imread(s["scribbles"]) for s in sets[1:]]
+    for scr in drawn:  # drawn inside the classes, every class brushed
+        assert set(np.unique(scr)) == {0, 1, 2} and np.all((scr == 0) | (scr == gt))
+    assert not np.array_equal(drawn[0], drawn[1]) and not np.array_equal(drawn[0], own)
+    again = bq.find_sets(data, tmp_path / "cache", None, scribble_seeds=3)  # cached, same strokes
+    assert np.array_equal(tifffile.imread(again[1]["scribbles"]), drawn[0])
+
+
+def test_margins_over_draws_are_taken_draw_by_draw(bq):
+    ok = lambda v: {"status": "ok", "miou": v}  # noqa: E731
+    results = {"a": {"default": ok(0.90), "skimage_rf100": ok(0.80), "skimage_gallery": ok(0.85)},
+               "a @s1": {"default": ok(0.70), "skimage_rf100": ok(0.75), "skimage_gallery": ok(0.60)},
+               "b": {"default": ok(0.50), "skimage_rf100": ok(0.42), "skimage_gallery": ok(0.40)}}
+    table = bq.report_draws(results, {"a": "a", "a @s1": "a", "b": "b"},
+                            ["default", "skimage_rf100", "skimage_gallery"])
+    rows = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("| ")}
+    # set a: default 0.80 on average; margins +0.05 (vs gallery) and -0.05 (vs rf100), not 0.80 - 0.775
+    assert "| a | 2 | 0.800±0.141 | 0.775±0.035 | 0.725±0.177 | +0.000 | -0.050 |" in table
+    assert rows["b"].endswith("| +0.080 | +0.080 |")
+    assert rows["mean"].startswith("| **mean** | | 0.650 | 0.598 | 0.562 | +0.040 | -0.050 |")
+
+
 def test_repeats_vary_the_classifier_seed(bq):
     assert bq.build_config(bq.METHODS["default"], seed=3).classifier_params["random_state"] == 3
     ds = _toy()
