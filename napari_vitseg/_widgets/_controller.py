@@ -490,6 +490,9 @@ class JobInputs:
         The rows of the plane in view (``[y0, y1)``), predicted first on planes above
         :data:`TILE_PIXELS`.
     probabilities : bool
+    z_step : float or None
+        The z step the image layer's scale declares (its voxel size, z spacing / pixel size),
+        ``None`` when it declares none: ``spatial='auto'`` then estimates it from the pixels.
     extra : dict
     """
 
@@ -499,6 +502,7 @@ class JobInputs:
     z: int | None = None
     probabilities: bool = False
     view_rows: tuple[int, int] | None = None
+    z_step: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -834,7 +838,8 @@ class SegmentationController:
         ``spatial='auto'`` made concrete for a stack
         (:func:`~napari_vitseg.features.volume.resolve_spatial`; its z step estimated once per
         image and channel axis, from the planes then scribbled and one neighbour each, not per
-        stroke). A single image keeps 'auto' (its 2D channels);
+        stroke; a z step the layer's scale declares, ``inputs.z_step``, is taken as it is). A
+        single image keeps 'auto' (its 2D channels);
         :meth:`Segmenter.fit <napari_vitseg.Segmenter.fit>` records '2d'."""
         cfg = self.feature_config
         if cfg.spatial != "auto" or inputs is None or inputs.image is None:
@@ -844,6 +849,8 @@ class SegmentationController:
         img, nsp, _ = as_channels_last(self._image(inputs), inputs.channel_axis)
         if nsp != 3:
             return cfg  # 2D: the featurizer of 'auto' computes the 2D channels (and stays shared)
+        if inputs.z_step is not None:
+            return resolve_spatial(cfg, img, nsp, z_step=inputs.z_step)
         image, axis, a = self._z_estimate
         if image is not inputs.image or axis != inputs.channel_axis:
             planes = self._index_of(inputs).planes if inputs.scribbles is not None else None
@@ -851,9 +858,12 @@ class SegmentationController:
             self._z_estimate = (inputs.image, inputs.channel_axis, a)
         return resolve_spatial(cfg, img, nsp, estimate=a)
 
-    def describe(self, live: bool, features: FeatureConfig | None = None, stack: bool = False) -> str:
+    def describe(self, live: bool, features: FeatureConfig | None = None, stack: bool = False,
+                 z_declared: bool = False) -> str:
         """Short description of the model that ``new_segmenter(live)`` builds (``features``: its
-        feature config, for a stack (``stack``) named with how its filters treat the planes)."""
+        feature config, for a stack (``stack``) named with how its filters treat the planes and,
+        for ``spatial='auto'``, whether the layer's voxel size (``z_declared``) or the pixels
+        chose them)."""
         p = self.live_params() if live else self.classifier_params
         kind = {"rf": "random forest", "xgb": "XGBoost"}[self.classifier]
         n = p.get("n_estimators", 100)
@@ -867,7 +877,8 @@ class SegmentationController:
         if stack and features is not None and features.classical:
             from ..features.volume import describe_spatial
 
-            planes = ", " + describe_spatial(features, self.feature_config.spatial == "auto")
+            planes = ", " + describe_spatial(features, self.feature_config.spatial == "auto",
+                                             "the layer's voxel size" if z_declared else "the stack")
         return f"{what}: {kind}, {n} trees, depth {depth if depth else 'unlimited'}{per_class}{refine}{planes}"
 
     def _default_cap(self) -> int | None:
@@ -970,7 +981,8 @@ class SegmentationController:
             yield Progress(0, 1, "training")
             yield from seg.iter_fit(self._image(inputs), index, channel_axis=inputs.channel_axis)
             self.n_trainings += 1
-            ready = ModelReady(seg, live, digest, self.describe(live, seg.feature_config, len(index.shape) == 3))
+            ready = ModelReady(seg, live, digest, self.describe(live, seg.feature_config, len(index.shape) == 3,
+                                                                inputs.z_step is not None))
             yield ready
         if predict:
             yield from self.iter_predict_plane(ready.segmenter, inputs, coarse=live)

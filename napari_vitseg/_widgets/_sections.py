@@ -579,6 +579,19 @@ class InputSection(QGroupBox):
             del translate[ca]
         return {"scale": scale, "translate": translate}
 
+    def declared_z_step(self) -> float | None:
+        """The z step a stack's image layer declares: ``scale[-3] / scale[-1]`` of its spatial
+        axes (napari's voxel size, e.g. set by a reader from the file's physical sizes), or
+        ``None`` for a 2D image or a scale ratio of 1 (napari's default, which declares nothing)."""
+        shape = self.spatial_shape()
+        if shape is None or len(shape) != 3:
+            return None
+        scale = [float(v) for v in self.spatial_transform()["scale"]]
+        if len(scale) < 3 or not scale[-1] > 0 or not scale[-3] > 0:
+            return None
+        ratio = scale[-3] / scale[-1]
+        return None if ratio == 1.0 or not np.isfinite(ratio) else ratio
+
     def current_z(self) -> int | None:
         """The plane of a stack in view, ``None`` for a 2D image."""
         shape = self.spatial_shape()
@@ -674,7 +687,8 @@ class InputSection(QGroupBox):
         elif need_scribbles:
             raise VitsegError("There is no scribbles layer: press 'New' next to Scribbles and paint some strokes.")
         return JobInputs(image=self.image_data(), channel_axis=self.channel_axis(), scribbles=scribbles,
-                         z=self.current_z(), probabilities=probabilities, view_rows=self.view_rows())
+                         z=self.current_z(), probabilities=probabilities, view_rows=self.view_rows(),
+                         z_step=self.declared_z_step())
 
     def new_scribbles_layer(self, names, colors):
         """Add an empty uint8 scribbles layer matching the image, choose it and return it.

@@ -319,19 +319,14 @@ class SegmentationWidget(QWidget):
         return self.input.image_layer
 
     def _z_step_from_layer(self, *_) -> None:
-        """Choosing 3D filters takes the z step from the image layer's scale (napari's voxel size:
-        ``scale[-3] / scale[-1]`` of a stack, the channel axis excluded) when it says something
-        other than 1."""
-        on = self.spatial_combo.currentData() == "3d"
-        layer = self.image_layer
-        if not on or layer is None:
+        """Choosing 3D filters takes the z step from the image layer's scale (napari's voxel size,
+        :meth:`declared_z_step <napari_vitseg._widgets._sections.InputSection.declared_z_step>`)
+        when it says something other than 1."""
+        if self.spatial_combo.currentData() != "3d":
             return
-        scale = [float(v) for v in layer.scale]
-        ca = self.channel_axis()
-        if ca is not None:
-            del scale[ca % len(scale)]
-        if len(scale) >= 3 and scale[-1] > 0 and scale[-3] / scale[-1] != 1.0:
-            self.z_spin.setValue(scale[-3] / scale[-1])
+        step = self.input.declared_z_step()
+        if step is not None:
+            self.z_spin.setValue(step)
 
     @property
     def scribbles_layer(self):

@@ -426,13 +426,16 @@ def estimate_z_anisotropy(stack, planes: Sequence[int] | None = None, *, max_pai
     return float(d + (dz - dxy[d - 1]) / (dxy[d] - dxy[d - 1]))
 
 
-def resolve_spatial(config, image=None, n_spatial: int = 2, *, planes: Sequence[int] | None = None, estimate=None):
+def resolve_spatial(config, image=None, n_spatial: int = 2, *, planes: Sequence[int] | None = None, estimate=None,
+                    z_step=None):
     """The feature configuration a model is trained with: ``spatial='auto'`` made concrete.
 
     ``'auto'`` becomes ``'3d'`` with ``z_anisotropy`` = the estimated z step (at least 1) when
     ``image`` is a stack whose neighbouring planes look like neighbouring pixels
     (:func:`estimate_z_anisotropy` <= :data:`AUTO_MAX_Z_ANISOTROPY`), else ``'2d'`` (single
     images, time series with motion, unrelated planes, sections much thicker than a pixel).
+    A z step the data declares (``z_step``: its voxel size) is taken instead of the estimate, as
+    it is: ``'3d'`` at that step when it is <= :data:`AUTO_MAX_Z_ANISOTROPY`, else ``'2d'``.
     ``'2d'`` / ``'3d'`` are returned unchanged.
 
     Parameters
@@ -445,6 +448,9 @@ def resolve_spatial(config, image=None, n_spatial: int = 2, *, planes: Sequence[
         The planes to estimate from (:func:`estimate_z_anisotropy`; training: those with scribbles).
     estimate : float, optional
         An estimate already made for ``image`` (skips reading it).
+    z_step : float, optional
+        The declared z step in pixels (z spacing / pixel size in x, e.g. napari's layer scale
+        ``scale[-3] / scale[-1]``); nothing is read from ``image`` then.
 
     Returns
     -------
@@ -454,13 +460,20 @@ def resolve_spatial(config, image=None, n_spatial: int = 2, *, planes: Sequence[
         return config
     if image is None or n_spatial != 3 or not config.classical:
         return config.replace(spatial="2d")
+    if z_step is not None:
+        from .config import MAX_Z_ANISOTROPY
+
+        step = float(z_step)
+        if step <= AUTO_MAX_Z_ANISOTROPY:
+            return config.replace(spatial="3d", z_anisotropy=round(max(step, 1.0 / MAX_Z_ANISOTROPY), 4))
+        return config.replace(spatial="2d")
     a = estimate_z_anisotropy(image, planes) if estimate is None else float(estimate)
     if a <= AUTO_MAX_Z_ANISOTROPY:
         return config.replace(spatial="3d", z_anisotropy=round(max(1.0, a), 2))
     return config.replace(spatial="2d")
 
 
-def describe_spatial(config, chosen: bool) -> str:
+def describe_spatial(config, chosen: bool, source: str = "the stack") -> str:
     """How a trained model's filters treat the planes of a stack, for status lines and the CLI:
     ``'3D filters across planes (z step 1.24 px, chosen from the stack)'`` or ``'2D filters per
     plane (as set)'``.
@@ -471,8 +484,10 @@ def describe_spatial(config, chosen: bool) -> str:
         The trained model's (resolved) feature config.
     chosen : bool
         ``spatial='auto'`` chose it (else the user set it).
+    source : str
+        What it was chosen from: ``'the stack'`` (its pixels) or, e.g., ``"the layer's voxel size"``.
     """
-    how = "chosen from the stack" if chosen else "as set"
+    how = f"chosen from {source}" if chosen else "as set"
     if config.spatial == "3d":
         return f"3D filters across planes (z step {config.z_anisotropy:g} px, {how})"
     return f"2D filters per plane ({how})"

@@ -274,6 +274,34 @@ def test_auto_picks_3d_filters_for_a_volume_and_2d_for_unrelated_planes(qtbot, m
     assert "2D filters per plane (chosen from the stack)" in widget.status.text() and errors == []
 
 
+def test_auto_takes_the_z_step_the_layers_scale_declares(qtbot, make_napari_viewer, errors):
+    """A stack whose layer scale declares its voxel size (e.g. a reader that read the file's
+    physical sizes): "auto" takes that z step as it is instead of estimating one from the pixels,
+    3D filters at 1.5 px, 2D for sections 5 px thick, even when the pixels look like a volume."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    vol = (ndi.gaussian_filter(rng.normal(size=(16, 96, 96)), 3) * 400 + 128).clip(0, 255).astype(np.uint8)
+    scr = np.zeros(vol.shape, np.uint8)
+    scr[7, 10:20, 10:60] = 1
+    scr[7, 70:80, 10:60] = 2
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    viewer.add_image(vol, name="volume", scale=(0.015, 0.01, 0.01))  # µm: z step 1.5 px
+    assert widget.input.declared_z_step() == pytest.approx(1.5)
+    paint_and_train(qtbot, widget, scr, trees=5)
+    cfg = widget.controller.model.segmenter.feature_config
+    assert cfg.spatial == "3d" and cfg.z_anisotropy == pytest.approx(1.5)
+    assert "3D filters across planes (z step 1.5 px, chosen from the layer's voxel size)" in widget.status.text()
+
+    viewer.layers.clear()
+    viewer.add_image(vol, name="sections", scale=(5.0, 1.0, 1.0))
+    paint_and_train(qtbot, widget, scr, trees=5)
+    assert widget.controller.model.segmenter.feature_config.spatial == "2d"
+    assert "2D filters per plane (chosen from the layer's voxel size)" in widget.status.text()
+    assert widget.spatial_combo.currentData() == "auto" and errors == []
+
+
 def test_editing_a_feature_field_keeps_the_loaded_configs_other_settings(make_napari_viewer, errors):
     """A classifier trained elsewhere (CLI / API) with settings the Features box has no field for
     (families, intensity): editing the scales keeps them."""

@@ -265,6 +265,14 @@ def test_auto_resolves_to_3d_for_a_volume_and_to_2d_otherwise():
     assert resolve_spatial(auto, fib, 3, estimate=0.4).z_anisotropy == 1.0  # planes more alike than pixels
     for fixed in (FeatureConfig(spatial="2d"), FeatureConfig(spatial="3d", z_anisotropy=3.0)):
         assert resolve_spatial(fixed, fib, 3) is fixed
+        assert resolve_spatial(fixed, fib, 3, z_step=1.5) is fixed
+    # a declared voxel size is taken as it is, without reading a pixel, even where the pixels disagree
+    flat = np.zeros((16, 250, 250), np.float32)  # its pixels alone would give 2D
+    assert resolve_spatial(auto, flat, 3, z_step=1.5) == auto.replace(spatial="3d", z_anisotropy=1.5)
+    assert resolve_spatial(auto, fib, 3, z_step=0.5) == auto.replace(spatial="3d", z_anisotropy=0.5)
+    assert resolve_spatial(auto, fib, 3, z_step=2.5) == auto.replace(spatial="2d")  # fib's pixels say 1.24
+    assert resolve_spatial(auto, _shared_stack("tem_cells_stack"), 3, z_step=1.0).spatial == "3d"
+    assert resolve_spatial(auto, fib[0], 2, z_step=1.5).spatial == "2d"  # a single image
     # a Featurizer given 'auto' computes the 2D channels
     plane = StackPlane(fib[:5].astype(np.float32), 2)
     np.testing.assert_array_equal(Featurizer(auto).compute(plane), Featurizer(auto.replace(spatial="2d")).compute(plane))
