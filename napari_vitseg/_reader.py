@@ -128,9 +128,12 @@ def napari_get_reader(path):
     return None
 
 
-def _layer(data, *, path, axes: str, channel_axis: int | None, rgb: bool, lazy: bool) -> list[tuple]:
-    """One image ``LayerData`` tuple; a list ``data`` is a pyramid (``multiscale=True``)."""
-    from .io import image_stem
+def _layer(data, *, path, axes: str, channel_axis: int | None, rgb: bool, lazy: bool,
+           voxel_size: dict | None = None) -> list[tuple]:
+    """One image ``LayerData`` tuple; a list ``data`` is a pyramid (``multiscale=True``); a stack
+    whose file declares its voxel size gets it as the layer's ``scale``
+    (:func:`napari_vitseg.io.layer_scale`)."""
+    from .io import image_stem, layer_scale
 
     meta = {
         "name": image_stem(path),
@@ -138,13 +141,18 @@ def _layer(data, *, path, axes: str, channel_axis: int | None, rgb: bool, lazy: 
         "multiscale": isinstance(data, list),
         "metadata": {"axes": axes, "channel_axis": channel_axis, "path": str(path), "lazy": lazy},
     }
+    scale = layer_scale(axes, rgb, voxel_size)
+    if scale is not None:
+        meta["scale"] = scale
+        meta["metadata"]["voxel_size"] = dict(voxel_size)
     return [(data, meta, "image")]
 
 
 def _lazy_layer(im) -> list[tuple]:
     """The layer of a :class:`~napari_vitseg.io.LazyImage`: its levels if a pyramid, else its data."""
     data = list(im.levels) if im.multiscale else im.data
-    return _layer(data, path=im.path, axes=im.axes, channel_axis=im.channel_axis, rgb=im.rgb, lazy=True)
+    return _layer(data, path=im.path, axes=im.axes, channel_axis=im.channel_axis, rgb=im.rgb, lazy=True,
+                  voxel_size=im.voxel_size)
 
 
 def _is_label_name(path) -> bool:
@@ -290,7 +298,7 @@ def read_tiff(path) -> list[tuple]:
         if layers:
             return layers
     return _layer(data, path=path, axes=series.axes, channel_axis=series.channel_axis, rgb=series.rgb,
-                  lazy=lazy)
+                  lazy=lazy, voxel_size=series.voxel_size)
 
 
 def read_zarr(path) -> list[tuple]:

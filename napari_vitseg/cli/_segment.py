@@ -43,7 +43,7 @@ def cmd_train(args) -> int:
         image = files.enter_context(open_image(args.image))
         scribbles = files.enter_context(open_image(args.scribbles))
         channel_axis = args.channel_axis if args.channel_axis is not None else image.channel_axis
-        return _train(args, out, image.data, scribbles.data, channel_axis)
+        return _train(args, out, image.data, scribbles.data, channel_axis, image.z_step)
 
 
 #: `vitseg train` flags of the segmenter and classifier parameters (their errors name the flag).
@@ -74,7 +74,7 @@ def _model_params(args) -> dict:
     return params
 
 
-def _train(args, out: Path, image, scribbles, channel_axis) -> int:
+def _train(args, out: Path, image, scribbles, channel_axis, z_step: float | None = None) -> int:
     from ..backbones import create_backbone
     from ..pipeline import Segmenter
 
@@ -92,6 +92,10 @@ def _train(args, out: Path, image, scribbles, channel_axis) -> int:
         config = FeatureConfig(**cfg_kwargs)
     except VitsegError as e:
         raise _flag_error(e) from None
+    if z_step is not None and config.spatial == "auto":  # the file's voxel size decides, not the pixels
+        from ..features.volume import resolve_spatial
+
+        config = resolve_spatial(config, image, image.ndim - (channel_axis is not None), z_step=z_step)
     backbone = None
     if args.random_weights and backbone_name:
         backbone = create_backbone(backbone_name, pretrained=False, seed=0, device=args.device or "cpu")
@@ -107,7 +111,8 @@ def _train(args, out: Path, image, scribbles, channel_axis) -> int:
         if len(seg.training_stats_["image_shape"]) - (channel_axis is not None) == 3 and fc.classical:
             from ..features.volume import describe_spatial
 
-            planes = ", " + describe_spatial(fc, args.spatial == "auto")
+            planes = ", " + describe_spatial(fc, args.spatial == "auto",
+                                             "the file's voxel size" if z_step is not None else "the stack")
         print(f"saved {out} ({len(seg.classes_)} classes, {seg.featurizer.n_features(seg.n_channels_)} features, "
               f"labelled pixels per class {counts}, backbone {backbone_name or 'none'}{planes})")
     return 0

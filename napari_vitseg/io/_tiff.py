@@ -31,6 +31,7 @@ __all__ = [
     "class_table_metadata",
     "parse_class_table",
     "tiff_series",
+    "layer_scale",
     "open_image",
     "read_image",
     "plane_chunks",
@@ -153,6 +154,9 @@ class LazyImage:
         ``axes``; ``[data]`` for an image that is not pyramidal.
     kind : str
         ``'tiff'``, ``'tiff-sequence'`` (a stack of slices) or ``'zarr'``.
+    voxel_size : dict or None
+        The physical pixel size the file declares, ``{'Z': dz, 'Y': dy, 'X': dx}`` (µm where
+        its unit is known; :func:`voxel_size_of`), or ``None``.
     """
 
     path: Path
@@ -161,6 +165,7 @@ class LazyImage:
     store: object = None
     levels: list = field(default_factory=list)
     kind: str = "tiff"
+    voxel_size: dict | None = None
 
     def __post_init__(self):
         if not self.levels:
@@ -209,6 +214,16 @@ class LazyImage:
         """Whether the image has more than one resolution level (a pyramid)."""
         return len(self.levels) > 1
 
+    @property
+    def z_step(self) -> float | None:
+        """The z step in pixels the file declares for a stack (:func:`z_step_of`), else ``None``."""
+        return z_step_of(self.voxel_size) if "Z" in self.axes else None
+
+    @property
+    def layer_scale(self) -> tuple[float, ...] | None:
+        """napari's ``scale`` for this image's layer (:func:`layer_scale`)."""
+        return layer_scale(self.axes, self.rgb, self.voxel_size)
+
 
 @dataclass(frozen=True)
 class TiffSeries:
@@ -224,6 +239,8 @@ class TiffSeries:
         Number of resolution levels (more than 1 for a pyramidal OME-TIFF).
     vitseg : dict or None
         The file's :data:`VITSEG_KEY` entry (role, class table) when napari-vitseg wrote it.
+    voxel_size : dict or None
+        The physical pixel size it declares (:func:`voxel_size_of`).
     """
 
     axes: str
@@ -231,6 +248,7 @@ class TiffSeries:
     dtype: np.dtype
     n_levels: int = 1
     vitseg: dict | None = field(default=None, compare=False, hash=False)
+    voxel_size: dict | None = field(default=None, compare=False, hash=False)
 
     @property
     def role(self) -> str | None:
@@ -259,6 +277,108 @@ class TiffSeries:
         return self.axes.endswith("S") and self.shape[-1] in (3, 4)
 
 
+#: Lengths of OME's UnitsLength symbols in micrometres (the ones microscopy files use).
+_UM_PER_UNIT = {"pm": 1e-6, "Å": 1e-4, "nm": 1e-3, "µm": 1.0, "um": 1.0, "micron": 1.0, "\\u00B5m": 1.0,
+                "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def _positive(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) and f > 0 else None
+
+
+def voxel_size_of(tf) -> dict[str, float] | None:
+    """The physical pixel size a TIFF declares, per spatial axis, in micrometres where its unit
+    is known (else in its own unit, the same for every axis).
+
+    Read from the OME-XML ``Pixels`` element (``PhysicalSizeX/Y/Z`` and their units; OME's
+    default unit is µm) or from ImageJ's metadata (``spacing`` between planes, with the pixel
+    size from the ``XResolution`` / ``YResolution`` tags, pixels per unit). Malformed or
+    missing values give no entry, never an error.
+
+    Parameters
+    ----------
+    tf : tifffile.TiffFile
+        The open file.
+
+    Returns
+    -------
+    dict or None
+        ``{'Z': dz, 'Y': dy, 'X': dx}`` with the axes the file declares (Y and X at least), or
+        ``None`` when it declares no pixel size.
+    """
+    import tifffile
+
+    out: dict[str, float] = {}
+    try:
+        if tf.is_ome and tf.ome_metadata:
+            image = tifffile.xml2dict(tf.ome_metadata).get("OME", {}).get("Image", {})
+            pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+            for ax in "ZYX":
+                size = _positive(pixels.get(f"PhysicalSize{ax}"))
+                factor = _UM_PER_UNIT.get(str(pixels.get(f"PhysicalSize{ax}Unit", "µm")))
+                if size is not None and factor is not None:
+                    out[ax] = size * factor
+        elif tf.is_imagej and tf.imagej_metadata:
+            page = tf.pages.first
+            for ax, tag in (("Y", "YResolution"), ("X", "XResolution")):
+                t = page.tags.get(tag)
+                num, den = t.value if t is not None else (0, 0)
+                size = _positive(den / num) if num else None
+                if size is not None:
+                    out[ax] = size
+            z = _positive(tf.imagej_metadata.get("spacing"))
+            if z is not None and out:
+                out["Z"] = z
+            factor = _UM_PER_UNIT.get(str(tf.imagej_metadata.get("unit", "")))
+            if factor is not None:
+                out = {k: v * factor for k, v in out.items()}
+    except Exception:  # noqa: BLE001 - metadata written by other programs must never stop a file from opening
+        return None
+    return out if {"Y", "X"} <= set(out) else None
+
+
+def z_step_of(voxel_size: dict | None) -> float | None:
+    """The z step in pixels a declared voxel size gives: ``Z / X``, or ``None`` without both.
+
+    Parameters
+    ----------
+    voxel_size : dict or None
+        ``{'Z': dz, 'Y': dy, 'X': dx}`` (:func:`voxel_size_of`).
+    """
+    if not voxel_size or "Z" not in voxel_size or "X" not in voxel_size:
+        return None
+    return voxel_size["Z"] / voxel_size["X"]
+
+
+def layer_scale(axes: str, rgb: bool, voxel_size: dict | None) -> tuple[float, ...] | None:
+    """napari's ``scale`` for a stack's image layer: the declared pixel size on its Z / Y / X
+    axes and 1 on the others (an RGB image's colour samples have none). ``None`` unless the file
+    declares a z spacing for a stack (a 2D image keeps napari's pixel grid; it is the planes'
+    spacing that changes how a stack is segmented, :func:`~napari_vitseg.features.volume.resolve_spatial`).
+
+    Parameters
+    ----------
+    axes : str
+        The image's axes (tifffile's letters, e.g. ``'ZYX'``, ``'CZYX'``, ``'ZYXS'``).
+    rgb : bool
+        Whether the last axis holds RGB(A) samples (napari gives it no scale).
+    voxel_size : dict or None
+        ``{'Z': dz, 'Y': dy, 'X': dx}`` (:func:`voxel_size_of`).
+
+    Examples
+    --------
+    >>> layer_scale("CZYX", False, {"Z": 0.5, "Y": 0.2, "X": 0.2}), layer_scale("YX", False, {"Y": 1, "X": 1})
+    ((1.0, 0.5, 0.2, 0.2), None)
+    """
+    if z_step_of(voxel_size) is None or "Z" not in axes:
+        return None
+    return tuple(float(voxel_size.get(a, 1.0)) if a in "ZYX" else 1.0 for a in (axes[:-1] if rgb else axes))
+
+
 def tiff_series(path) -> TiffSeries:
     """Describe a TIFF's first series without reading pixel data.
 
@@ -285,7 +405,7 @@ def tiff_series(path) -> TiffSeries:
             declared = shaped.get("shape")
             vitseg = shaped.get(VITSEG_KEY)
             info = TiffSeries(series.axes, tuple(series.shape), np.dtype(series.dtype), len(series.levels),
-                              vitseg if isinstance(vitseg, dict) else None)
+                              vitseg if isinstance(vitseg, dict) else None, voxel_size_of(tf))
     except VitsegError:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises struct.error, ValueError, ... for broken files
@@ -436,7 +556,8 @@ def _open_tiff(path: Path) -> LazyImage:
     import tifffile
     import zarr
 
-    axes = tiff_series(path).axes
+    series = tiff_series(path)
+    axes = series.axes
     try:
         store = tifffile.imread(path, aszarr=True)
         try:
@@ -453,7 +574,8 @@ def _open_tiff(path: Path) -> LazyImage:
     except Exception as e:  # noqa: BLE001 - any failure to parse the file
         raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({type(e).__name__}: {str(e)[:120]}).") from None
     levels = [lazy_planes(a, axes, path) for a in arrays]
-    return LazyImage(path=path, data=levels[0], axes=axes, store=store, levels=levels, kind="tiff")
+    return LazyImage(path=path, data=levels[0], axes=axes, store=store, levels=levels, kind="tiff",
+                     voxel_size=series.voxel_size)
 
 
 def _open_tiff_sequence(pattern: str) -> LazyImage:

@@ -108,6 +108,40 @@ def test_train_auto_spatial_prints_and_stores_the_choice(tmp_path, capsys, share
             assert line.endswith("2D filters per plane (chosen from the stack))"), line
 
 
+def test_train_auto_spatial_takes_the_voxel_size_the_file_declares(tmp_path, capsys):
+    """--spatial auto on a stack whose TIFF declares its voxel size (ImageJ spacing + resolution,
+    OME PhysicalSize*): that z step decides, not the pixels: the TEM cells stack (unrelated
+    images, 2D from its pixels) trains 3D at z step 1.5 when its file says so, 2D at 5."""
+    cells = NANO.parent / "tem_cells_stack"
+    image, scribbles = tifffile.imread(cells / "image.tif"), tifffile.imread(cells / "scribbles.tif")
+    tifffile.imwrite(tmp_path / "sc.tif", scribbles)
+    files = {  # name: (how it is written, the z step it declares)
+        "ij15.tif": (dict(imagej=True, resolution=(100, 100), metadata={"spacing": 0.015, "unit": "um", "axes": "ZYX"}),
+                     1.5),
+        "ome15.ome.tif": (dict(ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 10, "PhysicalSizeXUnit": "nm",
+                                                   "PhysicalSizeY": 10, "PhysicalSizeYUnit": "nm",
+                                                   "PhysicalSizeZ": 0.015}), 1.5),  # µm, OME's default unit
+        "ij5.tif": (dict(imagej=True, resolution=(1, 1), metadata={"spacing": 5.0, "axes": "ZYX"}), 5.0),
+    }
+    for name, (kwargs, step) in files.items():
+        tifffile.imwrite(tmp_path / name, image, **kwargs)
+        model = tmp_path / (name.split(".")[0] + ".vitseg")
+        assert main(["train", str(tmp_path / name), "--scribbles", str(tmp_path / "sc.tif"), "-o", str(model),
+                     "--backbone", "none", "--n-estimators", "3"]) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert main(["info", str(model)]) == 0
+        cfg = json.loads(capsys.readouterr().out)["feature_config"]
+        if step > 2:
+            assert cfg["spatial"] == "2d", name
+            assert line.endswith("2D filters per plane (chosen from the file's voxel size))"), line
+        else:
+            assert cfg["spatial"] == "3d" and cfg["z_anisotropy"] == pytest.approx(1.5), name
+            assert line.endswith("3D filters across planes (z step 1.5 px, chosen from the file's voxel size))"), line
+    assert main(["train", str(tmp_path / "ij15.tif"), "--scribbles", str(tmp_path / "sc.tif"), "-o",
+                 str(tmp_path / "as_set.vitseg"), "--backbone", "none", "--n-estimators", "3", "--spatial", "2d"]) == 0
+    assert capsys.readouterr().out.strip().endswith("2D filters per plane (as set))")
+
+
 def test_apply_3d_model_to_a_cut_stack_names_the_unreadable_plane_once(tmp_path, capsys):
     """A 3D model's plane 0 reads planes 1-2 too: when plane 2 of the file is missing, the one-line
     error names plane 2 of the file (not "plane 0 of ...: Cannot read plane 2 of ..."), and no

@@ -89,3 +89,45 @@ def test_paths_rules(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(VitsegError, match="contains no TIFF files"):
         expand_inputs([tmp_path / "empty"])
+
+
+def test_voxel_size_from_ome_and_imagej_metadata(tmp_path):
+    """The physical pixel size a TIFF declares (OME PhysicalSize* with units, ImageJ spacing and
+    resolution tags), its z step in pixels, and the napari layer scale the reader gives a stack;
+    malformed metadata declares nothing and never stops a file from opening."""
+    from napari_vitseg._reader import read_tiff
+    from napari_vitseg.io import tiff_series
+
+    stack = np.zeros((3, 16, 16), np.uint8)
+    cases = {  # name: (how it is written, voxel size in µm, z step)
+        "ome.ome.tif": (dict(ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 8, "PhysicalSizeXUnit": "nm",
+                                                 "PhysicalSizeY": 8, "PhysicalSizeYUnit": "nm",
+                                                 "PhysicalSizeZ": 0.02}), {"Z": 0.02, "Y": 0.008, "X": 0.008}, 2.5),
+        "ij.tif": (dict(imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 1.0, "unit": "micron", "axes": "ZYX"}),
+                   {"Z": 1.0, "Y": 0.5, "X": 0.5}, 2.0),
+        "ij_nm.tif": (dict(imagej=True, resolution=(0.1, 0.1), metadata={"spacing": 10, "unit": "nm", "axes": "ZYX"}),
+                      {"Z": 0.01, "Y": 0.01, "X": 0.01}, 1.0),
+        "plain.tif": (dict(photometric="minisblack", metadata={"axes": "ZYX"}), None, None),
+        "bad.ome.tif": (dict(ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": -1, "PhysicalSizeY": 1,
+                                                 "PhysicalSizeZ": 2}), None, None),
+        "nan.tif": (dict(imagej=True, metadata={"spacing": float("nan"), "axes": "ZYX"}), {"Y": 1.0, "X": 1.0}, None),
+    }
+    for name, (kwargs, size, step) in cases.items():
+        tifffile.imwrite(tmp_path / name, stack, **kwargs)
+        got = tiff_series(tmp_path / name).voxel_size
+        if size is None:
+            assert got is None, name
+        else:
+            assert got.keys() == size.keys() and all(got[k] == pytest.approx(v) for k, v in size.items()), name
+        with open_image(tmp_path / name) as im:
+            assert im.z_step == (None if step is None else pytest.approx(step)), name
+            scale = read_tiff(tmp_path / name)[0][1].get("scale")
+            if step is None:
+                assert im.layer_scale is None and scale is None, name
+            else:
+                assert scale == pytest.approx((size["Z"], size["Y"], size["X"])) == im.layer_scale, name
+    # a 2D image with a pixel size keeps napari's pixel grid
+    tifffile.imwrite(tmp_path / "plane.ome.tif", stack[0], ome=True, metadata={"PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1})
+    with open_image(tmp_path / "plane.ome.tif") as im:
+        assert im.voxel_size == {"Y": pytest.approx(0.1), "X": pytest.approx(0.1)} and im.z_step is None
+        assert im.layer_scale is None and "scale" not in read_tiff(tmp_path / "plane.ome.tif")[0][1]
