@@ -342,7 +342,9 @@ def voxel_size_of(tf) -> dict[str, float] | None:
 
 
 def z_step_of(voxel_size: dict | None) -> float | None:
-    """The z step in pixels a declared voxel size gives: ``Z / X``, or ``None`` without both.
+    """The z step in pixels a declared voxel size gives: ``Z / X``; ``None`` without both or
+    when it is exactly 1 (what uncalibrated files and writers' defaults say: it tells nothing
+    the pixels do not, as napari's default scale of 1).
 
     Parameters
     ----------
@@ -351,14 +353,16 @@ def z_step_of(voxel_size: dict | None) -> float | None:
     """
     if not voxel_size or "Z" not in voxel_size or "X" not in voxel_size:
         return None
-    return voxel_size["Z"] / voxel_size["X"]
+    step = voxel_size["Z"] / voxel_size["X"]
+    return None if step == 1.0 else step
 
 
 def layer_scale(axes: str, rgb: bool, voxel_size: dict | None) -> tuple[float, ...] | None:
     """napari's ``scale`` for a stack's image layer: the declared pixel size on its Z / Y / X
     axes and 1 on the others (an RGB image's colour samples have none). ``None`` unless the file
-    declares a z spacing for a stack (a 2D image keeps napari's pixel grid; it is the planes'
-    spacing that changes how a stack is segmented, :func:`~napari_vitseg.features.volume.resolve_spatial`).
+    declares a z step other than 1 for a stack (:func:`z_step_of`; a 2D image keeps napari's
+    pixel grid: it is the planes' spacing that changes how a stack is segmented,
+    :func:`~napari_vitseg.features.volume.resolve_spatial`).
 
     Parameters
     ----------

@@ -26,6 +26,9 @@ __all__ = ["open_zarr", "zarr_axes"]
 #: NGFF axis names (lower case) and types -> tifffile's axis letters.
 _NGFF_NAMES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
 _NGFF_TYPES = {"time": "T", "channel": "C"}
+#: NGFF's space units -> micrometres (the ones microscopy uses).
+_UM_PER_NGFF_UNIT = {"angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3,
+                     "centimeter": 1e4, "meter": 1e6}
 
 
 @contextmanager
@@ -144,7 +147,7 @@ def open_zarr(path) -> LazyImage:
         attrs = node.attrs.asdict()
         ome = attrs.get("ome", attrs)
         if "multiscales" in ome:
-            datasets, names = _ngff_multiscales(path)
+            datasets, names, transforms = _ngff_multiscales(path)
             try:
                 arrays = [node[d] for d in datasets]
             except KeyError as e:
@@ -162,11 +165,58 @@ def open_zarr(path) -> LazyImage:
                 f"{str(path)!r} is a zarr group without an image (no OME-Zarr 'multiscales' metadata); {hint}."
             )
     axes = zarr_axes(names, arrays[0].shape)
-    return _lazy_image(path, arrays, axes)
+    voxel_size = ngff_voxel_size(names, axes, transforms) if not isinstance(node, zarr.Array) else None
+    return _lazy_image(path, arrays, axes, voxel_size)
 
 
-def _ngff_multiscales(path: Path) -> tuple[list[str], list]:
-    """The level paths and axes of an OME-Zarr image, through ome-zarr's reader."""
+def ngff_voxel_size(names, axes: str, transforms) -> dict[str, float] | None:
+    """The physical pixel size of an OME-Zarr image's full-resolution level: its ``scale``
+    coordinate transformation on the Z / Y / X axes, in micrometres where the axes name their
+    unit (NGFF's ``'nanometer'``, ``'micrometer'``, ...), else in their common unit. Anything
+    malformed declares nothing (``None``), never an error.
+
+    Parameters
+    ----------
+    names : sequence of dict or str
+        The NGFF ``axes``.
+    axes : str
+        Their letters (:func:`zarr_axes`).
+    transforms : list or None
+        The ``coordinateTransformations`` of each level (full resolution first).
+
+    Returns
+    -------
+    dict or None
+        ``{'Z': dz, 'Y': dy, 'X': dx}`` with the spatial axes it has (Y and X at least).
+
+    Examples
+    --------
+    >>> ngff_voxel_size([{"name": "z", "unit": "micrometer"}, {"name": "y", "unit": "nanometer"},
+    ...                  {"name": "x", "unit": "nanometer"}], "ZYX", [[{"type": "scale", "scale": [0.5, 200, 200]}]])
+    {'Z': 0.5, 'Y': 0.2, 'X': 0.2}
+    """
+    try:
+        scale = next(t["scale"] for t in transforms[0] if t.get("type") == "scale")
+        if len(scale) != len(axes):
+            return None
+        out = {}
+        for letter, n, v in zip(axes, names, scale, strict=True):
+            if letter not in "ZYX":
+                continue
+            unit = n.get("unit") if isinstance(n, dict) else None
+            factor = 1.0 if unit is None else _UM_PER_NGFF_UNIT.get(str(unit).lower())
+            size = float(v)
+            if factor is None or not (size > 0 and size != float("inf")):
+                return None
+            out[letter] = size * factor
+    except (TypeError, KeyError, IndexError, StopIteration, ValueError, AttributeError):
+        return None
+    return out if {"Y", "X"} <= set(out) else None
+
+
+def _ngff_multiscales(path: Path) -> tuple[list[str], list, list | None]:
+    """The level paths, axes and coordinate transformations of an OME-Zarr image, through
+    ome-zarr's reader."""
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
@@ -182,10 +232,10 @@ def _ngff_multiscales(path: Path) -> tuple[list[str], list]:
     spec = next((s for s in (node.specs if node is not None else ()) if isinstance(s, Multiscales)), None)
     if spec is None:
         raise VitsegError(f"ome-zarr found no image in {str(path)!r}; give the folder of an OME-Zarr image.")
-    return list(spec.datasets), node.metadata.get("axes")
+    return list(spec.datasets), node.metadata.get("axes"), node.metadata.get("coordinateTransformations")
 
 
-def _lazy_image(path: Path, arrays: list, axes: str) -> LazyImage:
+def _lazy_image(path: Path, arrays: list, axes: str, voxel_size: dict | None = None) -> LazyImage:
     """Dask levels with one plane per chunk, singleton axes dropped, the axes checked."""
 
     shape = arrays[0].shape
@@ -212,4 +262,5 @@ def _lazy_image(path: Path, arrays: list, axes: str) -> LazyImage:
         if a.ndim != len(axes):
             raise VitsegError(f"{str(path)!r}: the resolution levels differ in their number of axes.")
         levels.append(lazy_planes(a, axes, path)[index])
-    return LazyImage(path=path, data=levels[0], axes=kept, store=None, levels=levels, kind="zarr")
+    return LazyImage(path=path, data=levels[0], axes=kept, store=None, levels=levels, kind="zarr",
+                     voxel_size=voxel_size)

@@ -106,7 +106,7 @@ def test_voxel_size_from_ome_and_imagej_metadata(tmp_path):
         "ij.tif": (dict(imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 1.0, "unit": "micron", "axes": "ZYX"}),
                    {"Z": 1.0, "Y": 0.5, "X": 0.5}, 2.0),
         "ij_nm.tif": (dict(imagej=True, resolution=(0.1, 0.1), metadata={"spacing": 10, "unit": "nm", "axes": "ZYX"}),
-                      {"Z": 0.01, "Y": 0.01, "X": 0.01}, 1.0),
+                      {"Z": 0.01, "Y": 0.01, "X": 0.01}, None),  # isotropic: z step 1 tells nothing
         "plain.tif": (dict(photometric="minisblack", metadata={"axes": "ZYX"}), None, None),
         "bad.ome.tif": (dict(ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": -1, "PhysicalSizeY": 1,
                                                  "PhysicalSizeZ": 2}), None, None),
@@ -131,3 +131,34 @@ def test_voxel_size_from_ome_and_imagej_metadata(tmp_path):
     with open_image(tmp_path / "plane.ome.tif") as im:
         assert im.voxel_size == {"Y": pytest.approx(0.1), "X": pytest.approx(0.1)} and im.z_step is None
         assert im.layer_scale is None and "scale" not in read_tiff(tmp_path / "plane.ome.tif")[0][1]
+
+
+def test_voxel_size_of_an_ome_zarr_image(tmp_path):
+    """An OME-Zarr image's level-0 ``scale`` transformation with its axes' units gives the voxel
+    size and the z step; napari's layer scale follows; a malformed one declares nothing."""
+    import json
+
+    import zarr
+
+    from napari_vitseg._reader import read_zarr
+    from napari_vitseg.io import open_zarr
+
+    def write(name, axes, scale):
+        root = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=2)
+        root.create_array("0", data=np.zeros((3, 16, 16), np.uint8), chunks=(1, 16, 16))
+        root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
+            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]
+        return tmp_path / name
+
+    um = [{"name": "z", "type": "space", "unit": "micrometer"}, {"name": "y", "type": "space", "unit": "nanometer"},
+          {"name": "x", "type": "space", "unit": "nanometer"}]
+    with open_zarr(write("a.ome.zarr", um, [0.5, 200, 200])) as im:
+        assert im.voxel_size == pytest.approx({"Z": 0.5, "Y": 0.2, "X": 0.2}) and im.z_step == pytest.approx(2.5)
+        assert read_zarr(tmp_path / "a.ome.zarr")[0][1]["scale"] == pytest.approx((0.5, 0.2, 0.2))
+    plain = [{"name": a, "type": "space"} for a in "zyx"]
+    with open_zarr(write("b.ome.zarr", plain, [1.0, 1.0, 1.0])) as im:  # a writer's default: nothing declared
+        assert im.z_step is None and "scale" not in read_zarr(tmp_path / "b.ome.zarr")[0][1]
+    bad = [dict(a, unit="parsec") for a in um]
+    with open_zarr(write("c.ome.zarr", bad, [0.5, 0.2, 0.2])) as im:
+        assert im.voxel_size is None and im.z_step is None
+    assert json.dumps(read_zarr(tmp_path / "c.ome.zarr")[0][1]["metadata"])  # still opens
