@@ -48,7 +48,7 @@ from qtpy.QtWidgets import (
 from .._sample_data import class_colormap
 from .._validation import VitsegError
 from ..backbones import available_backbones, list_backbones
-from ..features.config import FeatureConfig
+from ..features.config import MAX_Z_ANISOTROPY, MIN_Z_ANISOTROPY, FeatureConfig
 from ..pipeline import DEFAULT_COLORS, SegmenterConfig
 from ..pipeline._boundary import DEFAULT_ROWS as BOUNDARY_ROWS
 from ..pipeline._boundary import FINE_MAX_SIGMA, MAX_ROWS
@@ -967,7 +967,7 @@ class FeaturesSection(QGroupBox):
         self.spatial_combo.currentIndexChanged.connect(self.apply)
         form.addRow("Across planes", self.spatial_combo)
         self.z_spin = QDoubleSpinBox()
-        self.z_spin.setRange(0.01, 1000.0)
+        self.z_spin.setRange(MIN_Z_ANISOTROPY, MAX_Z_ANISOTROPY)
         self.z_spin.setDecimals(2)
         self.z_spin.setValue(FeatureConfig().z_anisotropy)
         self.z_spin.setToolTip("z step / pixel size of the stack (1: isotropic voxels; 5: sections 5x thicker "

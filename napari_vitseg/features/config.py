@@ -65,6 +65,11 @@ V5_DEFAULTS = {"spatial": "2d", "z_anisotropy": 1.0}
 SPATIAL_MODES = ("auto", "2d", "3d")
 #: Largest z step / pixel size ratio (``z_anisotropy``).
 MAX_Z_ANISOTROPY = 1000.0
+#: Smallest one: planes at most twice as dense as the pixels. The 3D filters read
+#: ``z_radius`` ~ 12 / ``z_anisotropy`` planes on each side at the default scales (24 at 0.5), so
+#: a smaller ratio (e.g. a file declaring a z spacing of 1e-9) would read and hold hundreds to
+#: thousands of planes per plane.
+MIN_Z_ANISOTROPY = 0.5
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,8 @@ class FeatureConfig:
     z_anisotropy : float
         z step / pixel size of the stack (1 for isotropic voxels, e.g. 5 for 50 nm sections
         of 10 nm pixels): the Gaussians in z span ``sigma / z_anisotropy`` planes
-        (``spatial='3d'`` only; ``'auto'`` estimates it).
+        (``spatial='3d'`` only; ``'auto'`` estimates it). :data:`MIN_Z_ANISOTROPY` (0.5) to
+        :data:`MAX_Z_ANISOTROPY` (1000).
 
     Notes
     -----
@@ -242,7 +248,7 @@ class FeatureConfig:
             raise VitsegError(f"vit_autocast must be True, False or None; got {self.vit_autocast!r}.")
         check_option(self.vit_tiling, TILING_MODES, "vit_tiling")
         check_option(self.spatial, SPATIAL_MODES, "spatial")
-        check_number(self.z_anisotropy, "z_anisotropy", kind="float", low=1.0 / MAX_Z_ANISOTROPY,
+        check_number(self.z_anisotropy, "z_anisotropy", kind="float", low=MIN_Z_ANISOTROPY,
                      high=MAX_Z_ANISOTROPY, owner="FeatureConfig")
         object.__setattr__(self, "z_anisotropy", float(self.z_anisotropy))
         check_number(self.vit_budget_mib, "vit_budget_mib", low=1, high=2**30, owner="FeatureConfig")

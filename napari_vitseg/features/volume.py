@@ -435,7 +435,9 @@ def resolve_spatial(config, image=None, n_spatial: int = 2, *, planes: Sequence[
     (:func:`estimate_z_anisotropy` <= :data:`AUTO_MAX_Z_ANISOTROPY`), else ``'2d'`` (single
     images, time series with motion, unrelated planes, sections much thicker than a pixel).
     A z step the data declares (``z_step``: its voxel size) is taken instead of the estimate, as
-    it is: ``'3d'`` at that step when it is <= :data:`AUTO_MAX_Z_ANISOTROPY`, else ``'2d'``.
+    it is: ``'3d'`` at that step (at least
+    :data:`~napari_vitseg.features.config.MIN_Z_ANISOTROPY`) when it is <=
+    :data:`AUTO_MAX_Z_ANISOTROPY`, else ``'2d'``.
     ``'2d'`` / ``'3d'`` are returned unchanged.
 
     Parameters
@@ -461,11 +463,11 @@ def resolve_spatial(config, image=None, n_spatial: int = 2, *, planes: Sequence[
     if image is None or n_spatial != 3 or not config.classical:
         return config.replace(spatial="2d")
     if z_step is not None:
-        from .config import MAX_Z_ANISOTROPY
+        from .config import MIN_Z_ANISOTROPY
 
         step = float(z_step)
         if step <= AUTO_MAX_Z_ANISOTROPY:
-            return config.replace(spatial="3d", z_anisotropy=round(max(step, 1.0 / MAX_Z_ANISOTROPY), 4))
+            return config.replace(spatial="3d", z_anisotropy=round(max(step, MIN_Z_ANISOTROPY), 4))
         return config.replace(spatial="2d")
     a = estimate_z_anisotropy(image, planes) if estimate is None else float(estimate)
     if a <= AUTO_MAX_Z_ANISOTROPY:

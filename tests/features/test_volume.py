@@ -12,6 +12,7 @@ from scipy import ndimage as ndi
 
 from napari_vitseg._validation import VitsegError
 from napari_vitseg.features import FeatureConfig, Featurizer
+from napari_vitseg.features.config import MIN_Z_ANISOTROPY
 from napari_vitseg.features.volume import (
     AUTO_MAX_Z_ANISOTROPY,
     Z_MAX_SIGMA,
@@ -270,6 +271,13 @@ def test_auto_resolves_to_3d_for_a_volume_and_to_2d_otherwise():
     flat = np.zeros((16, 250, 250), np.float32)  # its pixels alone would give 2D
     assert resolve_spatial(auto, flat, 3, z_step=1.5) == auto.replace(spatial="3d", z_anisotropy=1.5)
     assert resolve_spatial(auto, fib, 3, z_step=0.5) == auto.replace(spatial="3d", z_anisotropy=0.5)
+    # a file declaring planes far denser than pixels must not make each plane's 3D filters read
+    # thousands of planes: the step is taken at least MIN_Z_ANISOTROPY (z radius 24 planes)
+    tiny = resolve_spatial(auto, fib, 3, z_step=1e-9)
+    assert tiny.z_anisotropy == MIN_Z_ANISOTROPY == 0.5
+    assert z_radius(tiny.sigmas, tiny.families, tiny.z_anisotropy) == 24
+    with pytest.raises(VitsegError, match="z_anisotropy"):
+        FeatureConfig(spatial="3d", z_anisotropy=0.001)
     assert resolve_spatial(auto, fib, 3, z_step=2.5) == auto.replace(spatial="2d")  # fib's pixels say 1.24
     assert resolve_spatial(auto, _shared_stack("tem_cells_stack"), 3, z_step=1.0).spatial == "3d"
     assert resolve_spatial(auto, fib[0], 2, z_step=1.5).spatial == "2d"  # a single image

@@ -62,6 +62,11 @@ def test_load_refuses_a_file_that_claims_spatial_auto(tmp_path, two_region_image
     bad = rewrite_metadata(good, tmp_path / "bad.vitseg", lambda m: m["feature_config"].update(spatial="auto"))
     with pytest.raises(VitsegError, match="spatial 'auto'.*train and save"):
         Segmenter.load(bad)
+    # a 3D model whose z step makes every plane's filters read thousands of planes is refused
+    dense = rewrite_metadata(good, tmp_path / "dense.vitseg",
+                             lambda m: m["feature_config"].update(spatial="3d", z_anisotropy=0.001))
+    with pytest.raises(VitsegError, match="z_anisotropy"):
+        Segmenter.load(dense)
 
 
 RELEASE = Path(__file__).resolve().parents[1] / "data"
