@@ -124,6 +124,7 @@ METHODS: dict[str, dict] = {
     "+membrane": {"add_families": ("membrane",)},
     "+context": {"add_families": ("context",)},
     "+bilateral": {"add_families": ("bilateral",)},
+    "+laplacian": {"add_families": ("laplacian",), "note": "the default families + laplacian (nuclei_fluorescence draw 2, session 22)"},
     "families_all": {"features": {"families": "ALL"},
                      "note": "every family the installed library knows (none beyond the six: not available)"},
     # issue 10, nuclei_fluorescence / flyem: fewer, finer families (scikit-image's intensity + edges +
