@@ -238,20 +238,26 @@ def test_3d_filters_on_a_stack_train_apply_and_round_trip(qtbot, make_napari_vie
     assert widget.controller.feature_config.spatial == "3d" and errors == []
 
 
-def test_auto_picks_3d_filters_for_a_volume_and_2d_for_unrelated_planes(qtbot, make_napari_viewer, cells_stack,
-                                                                         errors):
-    """The default "Across planes: auto": Train on a smooth volume (isotropic structure) uses 3D
-    filters with the estimated z step, on the TEM cells stack (unrelated images) 2D ones; the
-    status line says which, and the box stays on auto."""
+def _smooth_volume():
+    """A (16, 96, 96) uint8 volume of isotropic smooth structure and scribbles of two classes on plane 7."""
     from scipy import ndimage as ndi
-
-    from napari_vitseg.features.volume import estimate_z_anisotropy
 
     rng = np.random.default_rng(0)
     vol = (ndi.gaussian_filter(rng.normal(size=(16, 96, 96)), 3) * 400 + 128).clip(0, 255).astype(np.uint8)
     scr = np.zeros(vol.shape, np.uint8)
     scr[7, 10:20, 10:60] = 1
     scr[7, 70:80, 10:60] = 2
+    return vol, scr
+
+
+def test_auto_picks_3d_filters_for_a_volume_and_2d_for_unrelated_planes(qtbot, make_napari_viewer, cells_stack,
+                                                                         errors):
+    """The default "Across planes: auto": Train on a smooth volume (isotropic structure) uses 3D
+    filters with the estimated z step, on the TEM cells stack (unrelated images) 2D ones; the
+    status line says which, and the box stays on auto."""
+    from napari_vitseg.features.volume import estimate_z_anisotropy
+
+    vol, scr = _smooth_volume()
     viewer = make_napari_viewer()
     widget = dock(viewer)
     assert widget.spatial_combo.currentData() == "auto" and widget.controller.feature_config.spatial == "auto"
@@ -278,13 +284,7 @@ def test_auto_takes_the_z_step_the_layers_scale_declares(qtbot, make_napari_view
     """A stack whose layer scale declares its voxel size (e.g. a reader that read the file's
     physical sizes): "auto" takes that z step as it is instead of estimating one from the pixels,
     3D filters at 1.5 px, 2D for sections 5 px thick, even when the pixels look like a volume."""
-    from scipy import ndimage as ndi
-
-    rng = np.random.default_rng(0)
-    vol = (ndi.gaussian_filter(rng.normal(size=(16, 96, 96)), 3) * 400 + 128).clip(0, 255).astype(np.uint8)
-    scr = np.zeros(vol.shape, np.uint8)
-    scr[7, 10:20, 10:60] = 1
-    scr[7, 70:80, 10:60] = 2
+    vol, scr = _smooth_volume()
     viewer = make_napari_viewer()
     widget = dock(viewer)
     viewer.add_image(vol, name="volume", scale=(0.015, 0.01, 0.01))  # µm: z step 1.5 px
