@@ -287,6 +287,13 @@ def test_auto_takes_the_z_step_the_layers_scale_declares(qtbot, make_napari_view
     vol, scr = _smooth_volume()
     viewer = make_napari_viewer()
     widget = dock(viewer)
+    # an RGB stack: napari gives its colour axis no scale; choosing 3D fills in its z step
+    viewer.add_image(np.repeat(vol[..., None], 3, axis=-1), name="rgb", rgb=True, scale=(3.0, 1.0, 1.0))
+    assert widget.input.declared_z_step() == 3.0
+    widget.spatial_combo.setCurrentIndex(widget.spatial_combo.findData("3d"))
+    assert widget.z_spin.value() == 3.0
+    widget.spatial_combo.setCurrentIndex(widget.spatial_combo.findData("auto"))
+    viewer.layers.clear()
     viewer.add_image(vol, name="volume", scale=(0.015, 0.01, 0.01))  # µm: z step 1.5 px
     assert widget.input.declared_z_step() == pytest.approx(1.5)
     paint_and_train(qtbot, widget, scr, trees=5)
@@ -300,12 +307,6 @@ def test_auto_takes_the_z_step_the_layers_scale_declares(qtbot, make_napari_view
     assert widget.controller.model.segmenter.feature_config.spatial == "2d"
     assert "2D filters per plane (chosen from the layer's voxel size)" in widget.status.text()
     assert widget.spatial_combo.currentData() == "auto" and errors == []
-    viewer.layers.clear()  # an RGB stack: napari gives its colour axis no scale
-    viewer.add_image(np.repeat(vol[..., None], 3, axis=-1), name="rgb", rgb=True, scale=(3.0, 1.0, 1.0))
-    assert widget.input.declared_z_step() == 3.0
-    widget.spatial_combo.setCurrentIndex(widget.spatial_combo.findData("3d"))
-    wait_idle(qtbot, widget)
-    assert widget.z_spin.value() == 3.0 and errors == []
 
 
 def test_editing_a_feature_field_keeps_the_loaded_configs_other_settings(make_napari_viewer, errors):
