@@ -467,6 +467,7 @@ class DiagnosticsWidget(QWidget):
         root.addWidget(self.status)
         self.jobs = JobRunner(set_status=self._set_status, progress_bar=self.progress, cancel_button=self.cancel_btn,
                               texts=TEXTS, on_busy_changed=lambda busy: self._update_run_state())
+        self.destroyed.connect(self.jobs.close)  # a job must not touch a closed widget
 
         # -- verdict --------------------------------------------------------------------------
         self.verdict_box = QGroupBox("Verdict")

@@ -158,6 +158,7 @@ class JobRunner:
         self._pending: Job | None = None
         self._counter = 0
         self._last_error: str | None = None
+        self._closed = False
 
     @property
     def current(self) -> Job | None:
@@ -182,6 +183,8 @@ class JobRunner:
         Job or None
             The job when it started now; ``None`` when it waits or was refused.
         """
+        if self._closed:
+            return None
         self._counter += 1
         job = Job(kind, self._counter, factory, on_yielded, on_returned, napari_progress, uses_torch, t_request)
         cur = self._current
@@ -198,6 +201,16 @@ class JobRunner:
             return None
         _notify.show_info(self.texts.busy.format(kind=cur.kind))
         return None
+
+    def close(self) -> None:
+        """The widget is going away (its ``destroyed`` signal): cancel the running job and drop a
+        queued one; from now on jobs touch no widget (a job's result, progress and errors after
+        this are dropped; its generator is still closed when its worker stops, so a cancelled
+        file leaves no partial output) and new requests are refused."""
+        self._closed = True
+        self._pending = None
+        if self._current is not None:
+            self._current.cancel()
 
     def cancel(self) -> None:
         """Cancel the running job (and any queued one)."""
@@ -269,7 +282,7 @@ class JobRunner:
         return job
 
     def _is_current(self, job: Job) -> bool:
-        return job is self._current and not job.cancelled
+        return job is self._current and not job.cancelled and not self._closed
 
     def _on_yielded(self, job: Job, value) -> None:
         if not self._is_current(job):
@@ -319,7 +332,7 @@ class JobRunner:
     def _on_errored(self, job: Job, exc: BaseException) -> None:
         job.result = exc
         job.failed = True
-        if job.cancelled and not isinstance(exc, VitsegError):
+        if self._closed or (job.cancelled and not isinstance(exc, VitsegError)):
             return
         self.report_error(exc, repeat=job.kind not in self.background)
 
@@ -331,6 +344,10 @@ class JobRunner:
                 pass
         if job.pbar is not None:
             job.pbar.close()
+        if self._closed:  # the widget is gone: nothing to show
+            if job is self._current:
+                self._current = None
+            return
         if job.cancelled and job.kind not in self.background:
             self._set_status(self.texts.cancelled.format(kind=job.kind), False)
         elif job.final_msg and job is self._current:

@@ -232,6 +232,7 @@ class SegmentationWidget(QWidget):
         self.jobs = JobRunner(set_status=self.set_status, progress_bar=self.progress,
                               cancel_button=self.actions.cancel_btn, background=BACKGROUND_JOBS,
                               supersedable=SUPERSEDABLE_JOBS)
+        self.destroyed.connect(self.jobs.close)  # a job must not touch a closed widget
 
         # the fields under the names they had before the sections (scripts and tests use them)
         s = self.input

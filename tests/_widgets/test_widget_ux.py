@@ -66,6 +66,34 @@ def test_training_shows_tree_progress_and_cancels_within_a_second(qtbot, make_na
     assert "at most 20,000 labelled pixels per class" in widget.controller.describe(live=False)
 
 
+def test_closing_the_dock_during_a_job_cancels_it_and_touches_no_widget(qtbot, make_napari_viewer, cells_stack):
+    """Closing the dock while Apply to stack trains: the job is cancelled, nothing it still yields
+    or returns reaches the deleted widget (no "wrapped C/C++ object has been deleted" in the Qt
+    event loop, which pytest-qt turns into a failure), no result layer appears, and the worker
+    stops."""
+    from qtpy.QtWidgets import QApplication
+
+    stack, scrib = cells_stack
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="cells")
+    widget = dock(viewer)
+    layer = widget.new_scribbles_layer()
+    layer.data = scrib.copy()
+    widget.trees_spin.setValue(400)
+    runner = widget.jobs
+    job = widget.apply_to_stack()
+    assert job is not None
+    qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=TIMEOUT)
+    names = [lay.name for lay in viewer.layers]
+    viewer.window.remove_dock_widget("all")
+    widget.deleteLater()
+    QApplication.processEvents()
+    qtbot.waitUntil(lambda: job.cancelled and not job.worker.is_running, timeout=60_000)
+    qtbot.wait(200)  # let the worker's last signals arrive
+    assert runner.current is None and runner.request("predict", lambda: iter(())) is None
+    assert [lay.name for lay in viewer.layers] == names and job.result is None
+
+
 # ------------------------------------------------------------------ item 2: labels outside the table
 def test_label_painted_outside_the_table_gets_a_row(qtbot, make_napari_viewer, nanoparticles, errors):
     image, scribbles, _ = nanoparticles
