@@ -27,7 +27,10 @@ several time points), so that other readers (napari's builtins, napari-ome-zarr)
 Small TIFF files are read into memory; TIFF files above :data:`LAZY_BYTES` stay on disk as a
 dask array chunked per plane (tifffile ``aszarr`` + zarr), so a multi-GB stack opens at once.
 Zarr images are always lazy. Pyramids (a multi-level OME-TIFF or OME-Zarr) give a multiscale
-image layer: the list of levels, full resolution first. No Qt is imported here.
+image layer: the list of levels, full resolution first. A stack whose file declares its voxel
+size with a z step other than 1 (OME ``PhysicalSize*``, ImageJ ``spacing`` and resolution,
+OME-Zarr ``scale``) gets it as the layer's ``scale`` (:func:`napari_vitseg.io.layer_scale`), which
+the segmentation widget's *Across planes: auto* then takes as the z step. No Qt is imported here.
 """
 
 from __future__ import annotations
