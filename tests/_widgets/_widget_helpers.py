@@ -17,6 +17,16 @@ def dock(viewer) -> SegmentationWidget:
     return widget
 
 
+def docked_with_scribbles(viewer, image, scribbles, trees: int, name: str = "cells") -> SegmentationWidget:
+    """Add ``image`` to ``viewer``, dock the widget, give it a scribbles layer holding a copy of
+    ``scribbles`` and set its forest to ``trees`` trees."""
+    viewer.add_image(image, name=name)
+    widget = dock(viewer)
+    widget.new_scribbles_layer().data = scribbles.copy()
+    widget.trees_spin.setValue(trees)
+    return widget
+
+
 def wait_idle(qtbot, widget, timeout=TIMEOUT):
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 

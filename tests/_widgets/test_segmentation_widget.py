@@ -21,7 +21,15 @@ from napari_vitseg.metrics import mean_iou
 
 pytest.importorskip("napari")
 
-from _widget_helpers import TIMEOUT, brush_stroke, dock, paint_and_train, paint_labels, wait_idle  # noqa: E402
+from _widget_helpers import (  # noqa: E402
+    TIMEOUT,
+    brush_stroke,
+    dock,
+    docked_with_scribbles,
+    paint_and_train,
+    paint_labels,
+    wait_idle,
+)
 
 from napari_vitseg._widgets._sections import MISSING_ROW, NO_BACKBONE, NO_WEIGHTS_GUI, RANDOM_SUFFIX  # noqa: E402
 from napari_vitseg._widgets._segmentation import SegmentationWidget  # noqa: E402
@@ -464,11 +472,7 @@ def test_cancel_apply_to_files_leaves_no_partial_output(qtbot, make_napari_viewe
                                                          errors, monkeypatch):
     image, scribbles, truth = nanoparticles
     viewer = make_napari_viewer()
-    viewer.add_image(image, name="img")
-    widget = dock(viewer)
-    layer = widget.new_scribbles_layer()
-    layer.data = scribbles.copy()
-    widget.trees_spin.setValue(10)
+    widget = docked_with_scribbles(viewer, image, scribbles, trees=10, name="img")
     widget.train()
     wait_idle(qtbot, widget)
     src = tmp_path / "in"

@@ -17,7 +17,7 @@ import tifffile
 
 pytest.importorskip("napari")
 
-from _widget_helpers import TIMEOUT, dock, paint_labels, wait_idle  # noqa: E402
+from _widget_helpers import TIMEOUT, dock, docked_with_scribbles, paint_labels, wait_idle  # noqa: E402
 from _widget_helpers import brush_stroke as stroke  # noqa: E402
 
 from napari_vitseg._validation import VitsegError  # noqa: E402
@@ -33,11 +33,7 @@ def test_training_shows_tree_progress_and_cancels_within_a_second(qtbot, make_na
     'training rf: k/N trees', the description names the training-set cap, and Cancel acts < 1 s."""
     stack, scrib = cells_stack
     viewer = make_napari_viewer()
-    viewer.add_image(stack, name="cells")
-    widget = dock(viewer)
-    layer = widget.new_scribbles_layer()
-    layer.data = scrib.copy()
-    widget.trees_spin.setValue(400)  # long enough to cancel in the middle
+    widget = docked_with_scribbles(viewer, stack, scrib, trees=400)  # long enough to cancel in the middle
     seen = []
     set_status = widget.status.setText
 
@@ -75,11 +71,7 @@ def test_closing_the_dock_during_a_job_cancels_it_and_touches_no_widget(qtbot, m
 
     stack, scrib = cells_stack
     viewer = make_napari_viewer()
-    viewer.add_image(stack, name="cells")
-    widget = dock(viewer)
-    layer = widget.new_scribbles_layer()
-    layer.data = scrib.copy()
-    widget.trees_spin.setValue(400)
+    widget = docked_with_scribbles(viewer, stack, scrib, trees=400)
     runner = widget.jobs
     job = widget.apply_to_stack()
     assert job is not None
@@ -389,11 +381,7 @@ def test_stack_messages_count_planes_as_napari_does(qtbot, make_napari_viewer, c
     """napari's slider counts planes from 0: so do the status messages."""
     stack, scrib = cells_stack
     viewer = make_napari_viewer()
-    viewer.add_image(stack, name="cells")
-    widget = dock(viewer)
-    layer = widget.new_scribbles_layer()
-    layer.data = scrib.copy()
-    widget.trees_spin.setValue(5)
+    widget = docked_with_scribbles(viewer, stack, scrib, trees=5)
     viewer.dims.set_current_step(0, 3)
     seen = []
     set_status = widget.status.setText
