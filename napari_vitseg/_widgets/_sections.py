@@ -586,11 +586,10 @@ class InputSection(QGroupBox):
         shape = self.spatial_shape()
         if shape is None or len(shape) != 3:
             return None
-        scale = [float(v) for v in self.spatial_transform()["scale"]]
-        if len(scale) < 3 or not scale[-1] > 0 or not scale[-3] > 0:
-            return None
-        ratio = scale[-3] / scale[-1]
-        return None if ratio == 1.0 or not np.isfinite(ratio) else ratio
+        from ..io._tiff import z_step_of
+
+        scale = self.spatial_transform()["scale"]
+        return z_step_of({"Z": scale[-3], "X": scale[-1]}) if len(scale) >= 3 else None
 
     def current_z(self) -> int | None:
         """The plane of a stack in view, ``None`` for a 2D image."""

@@ -277,12 +277,15 @@ class TiffSeries:
         return self.axes.endswith("S") and self.shape[-1] in (3, 4)
 
 
-#: Lengths of OME's UnitsLength symbols in micrometres (the ones microscopy files use).
-_UM_PER_UNIT = {"pm": 1e-6, "Å": 1e-4, "nm": 1e-3, "µm": 1.0, "um": 1.0, "micron": 1.0, "\\u00B5m": 1.0,
-                "mm": 1e3, "cm": 1e4, "m": 1e6}
+#: Lengths of the units microscopy files give pixel sizes in, in micrometres: OME's UnitsLength
+#: symbols, ImageJ's spellings and NGFF's (OME-Zarr) unit names.
+UM_PER_UNIT = {"pm": 1e-6, "Å": 1e-4, "nm": 1e-3, "µm": 1.0, "um": 1.0, "micron": 1.0, "\\u00B5m": 1.0,
+               "mm": 1e3, "cm": 1e4, "m": 1e6, "angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0,
+               "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6}
 
 
-def _positive(v) -> float | None:
+def positive_length(v) -> float | None:
+    """``v`` as a float when it is a finite number > 0 (a pixel size), else ``None``."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -318,8 +321,8 @@ def voxel_size_of(tf) -> dict[str, float] | None:
             image = tifffile.xml2dict(tf.ome_metadata).get("OME", {}).get("Image", {})
             pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
             for ax in "ZYX":
-                size = _positive(pixels.get(f"PhysicalSize{ax}"))
-                factor = _UM_PER_UNIT.get(str(pixels.get(f"PhysicalSize{ax}Unit", "µm")))
+                size = positive_length(pixels.get(f"PhysicalSize{ax}"))
+                factor = UM_PER_UNIT.get(str(pixels.get(f"PhysicalSize{ax}Unit", "µm")))
                 if size is not None and factor is not None:
                     out[ax] = size * factor
         elif tf.is_imagej and tf.imagej_metadata:
@@ -327,13 +330,13 @@ def voxel_size_of(tf) -> dict[str, float] | None:
             for ax, tag in (("Y", "YResolution"), ("X", "XResolution")):
                 t = page.tags.get(tag)
                 num, den = t.value if t is not None else (0, 0)
-                size = _positive(den / num) if num else None
+                size = positive_length(den / num) if num else None
                 if size is not None:
                     out[ax] = size
-            z = _positive(tf.imagej_metadata.get("spacing"))
+            z = positive_length(tf.imagej_metadata.get("spacing"))
             if z is not None and out:
                 out["Z"] = z
-            factor = _UM_PER_UNIT.get(str(tf.imagej_metadata.get("unit", "")))
+            factor = UM_PER_UNIT.get(str(tf.imagej_metadata.get("unit", "")))
             if factor is not None:
                 out = {k: v * factor for k, v in out.items()}
     except Exception:  # noqa: BLE001 - metadata written by other programs must never stop a file from opening
@@ -342,8 +345,8 @@ def voxel_size_of(tf) -> dict[str, float] | None:
 
 
 def z_step_of(voxel_size: dict | None) -> float | None:
-    """The z step in pixels a declared voxel size gives: ``Z / X``; ``None`` without both or
-    when it is exactly 1 (what uncalibrated files and writers' defaults say: it tells nothing
+    """The z step in pixels a declared voxel size gives: ``Z / X``; ``None`` without both (as
+    finite lengths > 0), when it is not finite, or when it is exactly 1 (what uncalibrated files and writers' defaults say: it tells nothing
     the pixels do not, as napari's default scale of 1).
 
     Parameters
@@ -351,10 +354,11 @@ def z_step_of(voxel_size: dict | None) -> float | None:
     voxel_size : dict or None
         ``{'Z': dz, 'Y': dy, 'X': dx}`` (:func:`voxel_size_of`).
     """
-    if not voxel_size or "Z" not in voxel_size or "X" not in voxel_size:
+    if not voxel_size:
         return None
-    step = voxel_size["Z"] / voxel_size["X"]
-    return None if step == 1.0 else step
+    z, x = positive_length(voxel_size.get("Z")), positive_length(voxel_size.get("X"))
+    step = z / x if z is not None and x is not None else None
+    return None if step is None or step == 1.0 or not np.isfinite(step) else step
 
 
 def layer_scale(axes: str, rgb: bool, voxel_size: dict | None) -> tuple[float, ...] | None:

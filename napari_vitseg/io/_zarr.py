@@ -19,16 +19,13 @@ from pathlib import Path
 
 from .._validation import VitsegError
 from ._paths import ZARR_METADATA
-from ._tiff import LazyImage, lazy_planes
+from ._tiff import UM_PER_UNIT, LazyImage, lazy_planes, positive_length
 
 __all__ = ["open_zarr", "zarr_axes"]
 
 #: NGFF axis names (lower case) and types -> tifffile's axis letters.
 _NGFF_NAMES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
 _NGFF_TYPES = {"time": "T", "channel": "C"}
-#: NGFF's space units -> micrometres (the ones microscopy uses).
-_UM_PER_NGFF_UNIT = {"angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3,
-                     "centimeter": 1e4, "meter": 1e6}
 
 
 @contextmanager
@@ -204,9 +201,9 @@ def ngff_voxel_size(names, axes: str, transforms) -> dict[str, float] | None:
             if letter not in "ZYX":
                 continue
             unit = n.get("unit") if isinstance(n, dict) else None
-            factor = 1.0 if unit is None else _UM_PER_NGFF_UNIT.get(str(unit).lower())
-            size = float(v)
-            if factor is None or not (size > 0 and size != float("inf")):
+            factor = 1.0 if unit is None else UM_PER_UNIT.get(str(unit).lower())
+            size = positive_length(v)
+            if factor is None or size is None:
                 return None
             out[letter] = size * factor
     except (TypeError, KeyError, IndexError, StopIteration, ValueError, AttributeError):
