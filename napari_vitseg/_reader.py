@@ -71,7 +71,7 @@ def _tiff_path(path) -> str | None:
     """The TIFF file, glob pattern of TIFF slices or folder pattern to read, if readable."""
     if not isinstance(path, (str, Path)):
         return None
-    from ._validation import VitsegError
+    from ._validation import UnreadableInputError, VitsegError
     from .io import is_pattern, is_tiff, pattern_files, tiff_series
 
     p = Path(path)
@@ -90,6 +90,8 @@ def _tiff_path(path) -> str | None:
         return None
     try:
         tiff_series(p)
+    except UnreadableInputError:  # a TIFF cut short or damaged: ours, so that napari shows why it cannot open
+        return target
     except VitsegError:  # anything tifffile rejects is "not ours"
         return None
     return target

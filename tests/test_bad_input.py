@@ -116,14 +116,17 @@ def _truncated_zlib_tiff(fraction=0.6) -> bytes:
     return data[: int(len(data) * fraction)]
 
 
-def _truncated_stack_tiff(fraction=0.6) -> bytes:
+def _truncated_stack_tiff(fraction=0.6, **kwargs) -> bytes:
     """An uncompressed (4, 64, 64) stack cut short: its header and shape metadata are whole, the
-    planes from 2 on are missing (found only when they are read)."""
+    planes from 2 on are missing. ``kwargs`` go to ``tifffile.imwrite``: ``ome=True`` writes an
+    OME-TIFF, whose OME-XML (written last) is lost too, so the file reads as its first plane
+    unless the broken chain of pages is noticed; ``imagej=True, truncate=True`` writes an ImageJ
+    stack with one IFD, as ImageJ writes stacks over 4 GB (only its header tells the planes)."""
     import io
 
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.random.default_rng(1).integers(0, 255, (4, 64, 64), dtype=np.uint8),
-                     photometric="minisblack")
+                     photometric="minisblack", **kwargs)
     data = buf.getvalue()
     return data[: int(len(data) * fraction)]
 
@@ -356,7 +359,12 @@ CASES = [
     ("apply-fifo-input", lambda ws: _apply(ws, inputs=(_fifo(ws, "p.tif"),)), "not a regular file"),
     ("train-truncated-tiff-stack", lambda ws: (ws.file("cut.tif", _truncated_stack_tiff()),
                                                ws.file("scr4.tif", _stack_scribbles()),
-                                               _train(ws, image="cut.tif", scribbles="scr4.tif"))[2], "plane 2 of"),
+                                               _train(ws, image="cut.tif", scribbles="scr4.tif"))[2],
+     "damaged or truncated"),
+    ("apply-truncated-ome-tiff", lambda ws: (ws.file("cut.ome.tif", _truncated_stack_tiff(0.5, ome=True)),
+                                             _apply(ws, inputs=("cut.ome.tif",)))[1], "damaged or truncated"),
+    ("apply-truncated-imagej-one-ifd", lambda ws: (ws.file("cut.tif", _truncated_stack_tiff(imagej=True, truncate=True)),
+                                                   _apply(ws, inputs=("cut.tif",)))[1], "ImageJ header declares 4"),
     ("apply-truncated-zlib-tiff", lambda ws: (ws.file("cut.tif", _truncated_zlib_tiff()),
                                               _apply(ws, inputs=("cut.tif",)))[1], "cut.tif"),
     ("apply-lying-header-tiff", lambda ws: (ws.file("lie.tif", _lying_header_tiff()),

@@ -43,6 +43,20 @@ def test_npe2_contributions_import_no_qt():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_reader_takes_a_cut_tiff_and_says_it_is_damaged(tmp_path):
+    """A TIFF cut short is ours to read, so that napari shows our error instead of another
+    reader opening its first plane as if it were the image."""
+    from napari_vitseg._validation import VitsegError
+
+    whole = tmp_path / "whole.ome.tif"
+    tifffile.imwrite(whole, np.zeros((6, 64, 64), np.uint8), ome=True)
+    cut = tmp_path / "cut.ome.tif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert _reader.napari_get_reader(str(cut)) is _reader.read_tiff
+    with pytest.raises(VitsegError, match="cut.ome.tif' is damaged or truncated"):
+        _reader.read_tiff(str(cut))
+
+
 def test_reader_declines_what_it_cannot_read(tmp_path):
     assert _reader.napari_get_reader(str(tmp_path / "missing.tif")) is None
     png = tmp_path / "a.png"

@@ -16,12 +16,13 @@ programs ignore the extra key; the pixels stay plain uint8 / uint16 / uint32 lab
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .._validation import VitsegError, unreadable
+from .._validation import UnreadableInputError, VitsegError, unreadable
 from ._paths import IMAGE_SUFFIXES, is_pattern, is_tiff, is_zarr, pattern_files
 
 __all__ = [
@@ -409,6 +410,7 @@ def tiff_series(path) -> TiffSeries:
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
+            damage = _cut_short(tf, series)
             shaped = tf.shaped_metadata[0] if tf.is_shaped and tf.shaped_metadata else {}
             declared = shaped.get("shape")
             vitseg = shaped.get(VITSEG_KEY)
@@ -418,14 +420,62 @@ def tiff_series(path) -> TiffSeries:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises struct.error, ValueError, ... for broken files
         raise VitsegError(f"Cannot read {str(path)!r} as a TIFF image ({type(e).__name__}: {str(e)[:120]}).") from None
+    if damage:
+        raise UnreadableInputError(
+            f"{str(path)!r} is damaged or truncated ({damage}): only part of the image could be read; copy the "
+            f"file again."
+        )
     if declared is not None and int(np.prod(declared)) != int(np.prod(info.shape)):
-        raise VitsegError(
+        raise UnreadableInputError(
             f"{str(path)!r} is damaged or truncated: it declares an image of shape {tuple(declared)} but holds "
             f"{info.shape}; copy the file again."
         )
     if 0 in info.shape:
         raise VitsegError(f"{str(path)!r} holds an empty image (shape {info.shape}); give an image with pixels.")
     return info
+
+
+def _cut_short(tf, series) -> str | None:
+    """What shows that an open TIFF was cut short or damaged after its first page, else ``None``.
+
+    tifffile recovers from a chain of IFDs (pages) that points past the end of the file, or into
+    bytes that are no IFD, by ending the chain there and logging an error: a file cut short then
+    reads as its first plane(s) without an exception (an OME-TIFF also loses its OME-XML, written
+    last, and with it its shape). Three checks, all cheap next to reading pixels: the last IFD
+    tifffile could read must end the chain (its next-IFD offset is 0, TIFF 6.0 section 2), the
+    last page's strips or tiles must lie inside the file, and an ImageJ file must hold the
+    planes its header declares (``images=``; ImageJ writes stacks over 4 GB with one IFD, so
+    their chain says nothing).
+
+    Parameters
+    ----------
+    tf : tifffile.TiffFile
+        Open; its IFD chain is walked once (``TiffPages.next_page_offset``).
+    series : tifffile.TiffPageSeries
+        The series that will be read (``tf.series[0]``).
+    """
+    fh, fmt = tf.filehandle, tf.tiff
+    field = tf.pages.next_page_offset  # walks the chain; where the last IFD stores the next one's offset
+    if field is not None:
+        fh.seek(field)
+        raw = fh.read(fmt.offsetsize)
+        if len(raw) < fmt.offsetsize:
+            return f"its list of pages breaks off at byte {field}, the end of the file"
+        following = struct.unpack(fmt.offsetformat, raw)[0]
+        if following:
+            where = "past the end of the file" if following >= fh.size else "where no page can be read"
+            return f"its list of pages goes on at byte {following}, {where}"
+    if len(tf.pages):
+        last = tf.pages[len(tf.pages) - 1]
+        strips = zip(last.dataoffsets, last.databytecounts, strict=True)
+        end = max((int(o) + int(n) for o, n in strips if n), default=0)
+        if end > fh.size:
+            return f"the pixels of its last page end at byte {end}, past the end of the file at byte {fh.size}"
+    declared = (tf.imagej_metadata or {}).get("images") if tf.is_imagej else None
+    planes = int(np.prod([n for n, a in zip(series.shape, series.axes, strict=True) if a not in "YXS"], dtype=np.int64))
+    if isinstance(declared, int) and declared > planes:
+        return f"its ImageJ header declares {declared} planes but {planes} can be read"
+    return None
 
 
 def _check_path(path) -> Path:

@@ -142,10 +142,11 @@ def test_train_auto_spatial_takes_the_voxel_size_the_file_declares(tmp_path, cap
     assert capsys.readouterr().out.strip().endswith("2D filters per plane (as set))")
 
 
-def test_apply_3d_model_to_a_cut_stack_names_the_unreadable_plane_once(tmp_path, capsys):
-    """A 3D model's plane 0 reads planes 1-2 too: when plane 2 of the file is missing, the one-line
-    error names plane 2 of the file (not "plane 0 of ...: Cannot read plane 2 of ..."), and no
-    output is written."""
+def test_apply_3d_model_to_a_damaged_stack_names_the_unreadable_plane_once(tmp_path, capsys):
+    """A 3D model's plane 0 reads planes 1-2 too: when plane 2 of the file cannot be read (its
+    compressed pixels overwritten; the file is whole, so it opens), the one-line error names
+    plane 2 of the file (not "plane 0 of ...: Cannot read plane 2 of ..."), and no output is
+    written."""
     import io
 
     import numpy as np
@@ -161,9 +162,12 @@ def test_apply_3d_model_to_a_cut_stack_names_the_unreadable_plane_once(tmp_path,
     model = Segmenter(FeatureConfig(sigmas=(1,), spatial="3d"), classifier_params={"n_estimators": 3}) \
         .fit(stack, scr).save(tmp_path / "m3.vitseg")
     buf = io.BytesIO()
-    tifffile.imwrite(buf, stack, photometric="minisblack")
-    data = buf.getvalue()
-    (tmp_path / "cut.tif").write_bytes(data[: int(len(data) * 0.6)])  # planes 2-3 missing
+    tifffile.imwrite(buf, stack, photometric="minisblack", compression="zlib")
+    data = bytearray(buf.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tf:
+        offset, size = tf.pages[2].dataoffsets[0], tf.pages[2].databytecounts[0]
+    data[offset:offset + size] = b"\xff" * size  # plane 2's deflate stream is garbage
+    (tmp_path / "cut.tif").write_bytes(bytes(data))
     out = tmp_path / "lab.tif"
     assert main(["apply", str(model), str(tmp_path / "cut.tif"), "-o", str(out), "--quiet"]) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]

@@ -162,3 +162,52 @@ def test_voxel_size_of_an_ome_zarr_image(tmp_path):
     with open_zarr(write("c.ome.zarr", bad, [0.5, 0.2, 0.2])) as im:
         assert im.voxel_size is None and im.z_step is None
     assert json.dumps(read_zarr(tmp_path / "c.ome.zarr")[0][1]["metadata"])  # still opens
+
+
+_WRITERS = {  # tifffile.imwrite keywords: the layouts our users' files come in
+    "shaped": {}, "plain": {"metadata": None}, "bigtiff": {"bigtiff": True, "metadata": None},
+    "ome": {"ome": True}, "ome-tiled": {"ome": True, "tile": (32, 32)}, "imagej": {"imagej": True},
+    "imagej-one-ifd": {"imagej": True, "truncate": True}, "zlib": {"compression": "zlib"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_WRITERS))
+def test_a_cut_stack_is_refused_whatever_wrote_it(tmp_path, kind):
+    """A (6, 96, 96) stack cut at half or 95 % of its bytes is refused as damaged at opening (the
+    header alone), whatever wrote it; whole, it opens with its 6 planes. Before, an OME-TIFF, an
+    ImageJ or a plain multi-page TIFF cut short opened as its first plane (tifffile only logs that
+    the chain of pages breaks off), and `vitseg apply` wrote a one-plane segmentation."""
+    from napari_vitseg.io import tiff_series
+
+    stack = np.random.default_rng(0).integers(0, 255, (6, 96, 96), dtype=np.uint8)
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, stack, photometric="minisblack", **_WRITERS[kind])
+    assert tiff_series(whole).shape == (6, 96, 96)
+    np.testing.assert_array_equal(np.asarray(open_image(whole).data), stack)
+    data = whole.read_bytes()
+    for fraction in (0.5, 0.95):
+        cut = tmp_path / f"cut{fraction}.tif"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(VitsegError, match=r"cut0\.\d+\.tif' is damaged or truncated \(.+\): only part"):
+            open_image(cut)
+
+
+def test_whole_files_of_other_layouts_are_not_taken_for_cut_ones(tmp_path):
+    """What the checks of a cut file must not refuse: a single page, a pyramid in SubIFDs, JPEG
+    RGB, and the sample data."""
+    from pathlib import Path
+
+    from napari_vitseg.io import tiff_series
+
+    a = np.random.default_rng(1).integers(0, 255, (3, 128, 128), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "one.tif", a[0])
+    tifffile.imwrite(tmp_path / "one.ome.tif", a[0], ome=True)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([a[0]] * 3, -1), photometric="rgb", compression="jpeg")
+    with tifffile.TiffWriter(tmp_path / "pyramid.ome.tif", ome=True) as w:
+        w.write(a, subifds=1, tile=(64, 64))
+        w.write(a[:, ::2, ::2], subfiletype=1, tile=(64, 64))
+    shapes = {p.name: tiff_series(p).shape for p in sorted(tmp_path.glob("*.tif"))}
+    assert shapes == {"one.tif": (128, 128), "one.ome.tif": (128, 128), "rgb.tif": (128, 128, 3),
+                      "pyramid.ome.tif": (3, 128, 128)}
+    samples = sorted((Path(__file__).parents[2] / "sample_data").rglob("*.tif"))
+    assert samples and all(min(tiff_series(p).shape) > 0 for p in samples)
