@@ -109,6 +109,7 @@ METHODS: dict[str, dict] = {
     "rf_depth16": {"classifier_params": {"max_depth": 16}},
     "rf_allpx": {"classifier_params": {"max_samples_per_class": None}},
     "rf_300": {"classifier_params": {"n_estimators": 300}},
+    "rf_ms0.5": {"classifier_params": {"max_samples": 0.5}, "note": "each tree bootstraps half the pixels (subbagging)"},
     "rf_50": {"classifier_params": {"n_estimators": 50}, "note": "half the trees: 2x faster apply (issue 13)"},
     "rf_50_depth12": {"classifier_params": {"n_estimators": 50, "max_depth": 12}},
     "smooth1": {"smooth": 1.0},

@@ -192,6 +192,9 @@ class RandomForestPixelClassifier(_PixelClassifierMixin, ClassifierMixin, BaseEs
         with another value keep it.
     max_features : {'sqrt', 'log2'} or float
         Features tried per split.
+    max_samples : float in (0, 1] or None
+        Fraction of the training pixels each tree's bootstrap sample draws (scikit-learn's
+        ``max_samples``; ``None``: as many as there are pixels, Breiman's bootstrap).
     max_samples_per_class : int or None
         Randomly subsample each class to at most this many pixels before fitting (keeps
         live retraining fast on large scribbles); ``None`` uses every labelled pixel.
@@ -225,13 +228,16 @@ class RandomForestPixelClassifier(_PixelClassifierMixin, ClassifierMixin, BaseEs
             check_option(mf, ("sqrt", "log2"), "max_features")
         else:
             check_number(mf, "max_features", kind="float", low=1e-9, high=1.0, owner=type(self).__name__)
+        check_number(self.max_samples, "max_samples", kind="float", low=1e-9, high=1.0, allow_none=True,
+                     owner=type(self).__name__)
 
     def __init__(self, n_estimators=100, max_depth=None, min_samples_leaf=3, max_features="sqrt",
-                 max_samples_per_class=20_000, n_jobs=-1, random_state=0):
+                 max_samples=None, max_samples_per_class=20_000, n_jobs=-1, random_state=0):
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.min_samples_leaf = min_samples_leaf
         self.max_features = max_features
+        self.max_samples = max_samples
         self.max_samples_per_class = max_samples_per_class
         self.n_jobs = n_jobs
         self.random_state = random_state
@@ -300,6 +306,7 @@ class RandomForestPixelClassifier(_PixelClassifierMixin, ClassifierMixin, BaseEs
         est = RandomForestClassifier(
             n_estimators=1, max_depth=self.max_depth,
             min_samples_leaf=self.min_samples_leaf, max_features=self.max_features,
+            max_samples=None if self.max_samples is None else float(self.max_samples),
             class_weight="balanced", n_jobs=self.n_jobs, random_state=self.random_state, warm_start=True,
         )
         threads = _n_threads(self.n_jobs)
