@@ -425,7 +425,7 @@ def run_ours(ds: dict, spec: dict, seed: int = SEED) -> dict:
     else:
         labels = smooth_labels(res.probabilities, res.classes, sigma, ds["stack"]) if sigma else res.labels
     t2 = time.perf_counter()
-    return {**score(labels, ds), "train_s": t1 - t0, "apply_s": t2 - t1}
+    return {**score(labels, ds), "train_s": t1 - t0, "apply_s": t2 - t1, "labels": labels}
 
 
 # -- baselines ------------------------------------------------------------------------------
@@ -463,7 +463,7 @@ def run_skimage(ds: dict, variant: str, seed: int = SEED) -> dict:
     pred = np.stack([future.predict_segmenter(feats(img), clf) for img in images])
     pred = pred if ds["stack"] else pred[0]
     t2 = time.perf_counter()
-    return {**score(pred.astype(np.uint8), ds), "train_s": t1 - t0, "apply_s": t2 - t1}
+    return {**score(pred.astype(np.uint8), ds), "train_s": t1 - t0, "apply_s": t2 - t1, "labels": pred}
 
 
 CONVPAINT_CHILD = r"""
@@ -516,7 +516,7 @@ def run_convpaint(ds: dict, path: Path) -> dict:
     if pred.shape != ds["gt"].shape:
         raise NotAvailable(f"napari-convpaint returned shape {pred.shape} for labels {ds['gt'].shape}")
     return {**score(pred, ds), "train_s": info["train_s"], "apply_s": info["apply_s"],
-            "peak_rss_bytes": info.get("peak_rss_bytes"),
+            "peak_rss_bytes": info.get("peak_rss_bytes"), "labels": pred,
             "detail": f"napari-convpaint {info['version']}, fe {info['fe']} scalings {info['scalings']}"}
 
 
@@ -533,10 +533,12 @@ def warm_up() -> None:
     run_skimage(ds, "skimage_rf100")
 
 
-def run_method(ds: dict, name: str, convpaint_path: Path = DEFAULT_CONVPAINT, seed: int = SEED) -> dict:
+def run_method(ds: dict, name: str, convpaint_path: Path = DEFAULT_CONVPAINT, seed: int = SEED,
+               keep_labels: bool = False) -> dict:
     """One (set, method) cell: a result dict with 'status' 'ok', 'not available' or 'error'.
 
     ``seed`` is the classifier's ``random_state`` (ours and scikit-learn's; Convpaint keeps its own).
+    With ``keep_labels`` an 'ok' result keeps the segmentation (``'labels'``, the ground truth's shape).
     """
     try:
         if name in METHODS:
@@ -547,12 +549,126 @@ def run_method(ds: dict, name: str, convpaint_path: Path = DEFAULT_CONVPAINT, se
             r = run_convpaint(ds, convpaint_path)
         else:
             raise KeyError(name)
-        return {"status": "ok", **r}
+        labels = r.pop("labels")
+        return {"status": "ok", **r, **({"labels": labels} if keep_labels else {})}
     except NotAvailable as e:
         return {"status": "not available", "reason": str(e)}
     except Exception as e:  # keep the other cells; the error goes into the table and the JSON
         traceback.print_exc()
         return {"status": "error", "reason": f"{type(e).__name__}: {e}"}
+
+
+# -- correction rounds ---------------------------------------------------------------------------
+#: make_scribbles.py settings of a correction round: a finer brush (radius 1-2 px) and a third of
+#: the first strokes' pixel budget (0.5 % of an annotated plane, shared by the classes present).
+CORRECTION_ARGS = ("--target", "0.005", "--rmin", "1", "--rmax", "2")
+#: make_scribbles.py seed of correction round r (the same for every method and set).
+CORRECTION_SEED = 1000
+#: A user corrects what is visibly wrong: wrong regions at least 2 * r + 1 px wide (what survives a
+#: binary opening with a disk of this radius, in each plane). Slivers along the true boundaries
+#: (most wrong pixels: boundary placement, 1-2 px) are left alone; painted, they teach the forest
+#: that the boundary pixels of both sides belong to both classes.
+CORRECTION_MIN_RADIUS = 2
+
+
+def correction_scribbles(ds: dict, labels: np.ndarray, tools: Path, seed: int) -> np.ndarray:
+    """The strokes a user adds after looking at ``labels``: ``make_scribbles.py`` (``seed``,
+    :data:`CORRECTION_ARGS`) on the ground truth restricted to the wrongly labelled pixels that
+    are not scribbled yet and lie in wrong regions at least ``2 * CORRECTION_MIN_RADIUS + 1`` px
+    wide (:data:`CORRECTION_MIN_RADIUS`), i.e. careful strokes of the right class inside what is
+    visibly wrong.
+
+    Parameters
+    ----------
+    ds : dict
+        A set (:func:`load_set`): ``gt``, ``scr``.
+    labels : ndarray
+        A method's segmentation, the ground truth's shape.
+    tools : Path
+        The folder of ``make_scribbles.py``.
+    seed : int
+
+    Returns
+    -------
+    ndarray of uint8
+        The new strokes (0 elsewhere), only on wrongly labelled, unscribbled pixels.
+    """
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    gt, scr = ds["gt"], ds["scr"]
+    wrong = (np.asarray(labels) != gt) & (gt > 0)
+    footprint = disk(CORRECTION_MIN_RADIUS)
+    if wrong.ndim == 3:  # stacks: in each plane, as the strokes are drawn
+        footprint = footprint[None]
+    visible = np.zeros_like(wrong)
+    for k in np.unique(gt[wrong]):
+        visible |= ndi.binary_opening(wrong & (gt == k), structure=footprint)
+    wrong = np.where(visible & (scr == 0), gt, 0).astype(np.uint8)
+    if not wrong.any():
+        return np.zeros_like(scr)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "wrong.tif", Path(tmp) / "strokes.tif"
+        tifffile.imwrite(src, wrong)
+        subprocess.run([sys.executable, str(tools / "make_scribbles.py"), str(src), str(dst), "--seed", str(seed),
+                        *CORRECTION_ARGS], check=True, stdout=subprocess.DEVNULL)
+        strokes = tifffile.imread(dst)
+    return np.where(wrong > 0, strokes, 0).astype(np.uint8)
+
+
+def run_corrections(ds: dict, name: str, convpaint_path: Path, rounds: int, tools: Path) -> dict:
+    """A user's correction loop (classifier seed 0): segment, paint strokes where the result is
+    wrong (:func:`correction_scribbles`), retrain on every stroke so far, ``rounds`` times.
+
+    Each method is corrected where *it* is wrong, by the same procedure with the same seeds, as a
+    user of that tool would. Returns ``{'status': 'ok', 'miou': [round 0, 1, ...],
+    'scribble_fraction': [...]}`` (round 0 is the set's own scribbles), or the failing round's
+    status and reason.
+    """
+    cur, out = ds, {"status": "ok", "miou": [], "scribble_fraction": []}
+    for r in range(rounds + 1):
+        res = run_method(cur, name, convpaint_path, SEED, keep_labels=True)
+        if res["status"] != "ok":
+            return {"status": res["status"], "reason": f"round {r}: {res['reason']}"}
+        out["miou"].append(res["miou"])
+        out["scribble_fraction"].append(float((cur["scr"] > 0).mean()))
+        if r < rounds:
+            new = correction_scribbles(cur, res["labels"], tools, CORRECTION_SEED + r)
+            cur = {**cur, "scr": np.where(new > 0, new, cur["scr"])}
+    return out
+
+
+def report_corrections(corr: dict, methods: list[str]) -> str:
+    """Markdown table of the correction rounds: per set, each method's mIoU at round 0, 1, ...
+    (``a → b → c``), the margin of ``default`` over the best baseline at the last round and the
+    scribbled fraction there, and the mean over sets."""
+    rounds = max((len(r["miou"]) for row in corr.values() for r in row.values() if r["status"] == "ok"), default=1)
+    lines = [f"Correction rounds (strokes added where each method is wrong, make_scribbles.py "
+             f"{' '.join(CORRECTION_ARGS)}; mIoU at round 0 → ... → {rounds - 1}, classifier seed 0):", "",
+             "| set | " + " | ".join(methods) + " | margin, last round | scribbled, last round (default) |",
+             "|---|" + "---|" * (len(methods) + 2)]
+    per_round: dict[str, list[list[float]]] = {m: [] for m in methods}
+    margins = []
+    for label, row in corr.items():
+        cells = []
+        for m in methods:
+            r = row.get(m)
+            ok = r is not None and r["status"] == "ok"
+            cells.append(" → ".join(f"{v:.3f}" for v in r["miou"]) if ok else "n/a")
+            if ok:
+                per_round[m].append(r["miou"])
+        d = row.get("default")
+        base = [row[b]["miou"][-1] for b in BASELINES if b in row and row[b]["status"] == "ok"]
+        if d and d["status"] == "ok" and base:
+            margins.append(d["miou"][-1] - max(base))
+            tail = f"{margins[-1]:+.3f} | {100 * d['scribble_fraction'][-1]:.2f} %"
+        else:
+            tail = "- | -"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {tail} |")
+    means = [" → ".join(f"{v:.3f}" for v in np.mean(v, axis=0)) if len(v) == len(corr) else "n/a"
+             for v in per_round.values()]
+    lines.append("| **mean** | " + " | ".join(means) + (f" | {np.mean(margins):+.3f} | |" if margins else " | | |"))
+    return "\n".join(lines)
 
 
 # -- reporting --------------------------------------------------------------------------------
@@ -735,6 +851,10 @@ def main(argv=None) -> int:
     p.add_argument("--scribble-seeds", type=int, default=1,
                    help="run every set with N scribble draws: its own scribbles and make_scribbles.py "
                         "--seed 1..N-1 (default 1: its own only)")
+    p.add_argument("--correction-rounds", type=int, default=0,
+                   help="after the main table, run every method through N rounds of a user's corrections: "
+                        "strokes painted where it is wrong (make_scribbles.py on the wrong pixels), retrain "
+                        "(classifier seed 0; default 0: none)")
     p.add_argument("--quick", action="store_true", help=f"crop every set to ~{QUICK_SIZE}^2 (smoke run)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where made scribbles go (default: %(default)s)")
     p.add_argument("--convpaint-path", type=Path, default=DEFAULT_CONVPAINT,
@@ -750,6 +870,8 @@ def main(argv=None) -> int:
         return 0
     if args.scribble_seeds < 1:
         p.error("--scribble-seeds must be at least 1")
+    if args.correction_rounds < 0:
+        p.error("--correction-rounds must be at least 0")
     known = set(METHODS) | set(BASELINES)
     if args.methods and set(args.methods) - known:
         p.error(f"unknown methods {sorted(set(args.methods) - known)}; known: {sorted(known)}")
@@ -766,7 +888,7 @@ def main(argv=None) -> int:
     src, mach = source_digest(), machine()
     sets = find_sets(args.data, args.cache, args.sets, args.scribble_seeds)
     warm_up()
-    results, meta = {}, {}
+    results, meta, corrections = {}, {}, {}
     t_start = time.perf_counter()
     for entry in sets:
         ds = load_set(entry)
@@ -784,9 +906,18 @@ def main(argv=None) -> int:
             extra = (f"  train {r['train_s']:.2f} s  apply {r['apply_s']:.2f} s" if r["status"] == "ok"
                      else f"  ({r['reason']})")
             print(f"  {m:16s} {fmt(r):>6s}{extra}", flush=True)
+        if args.correction_rounds:
+            corrections[ds["label"]] = {}
+            for m in methods:
+                c = run_corrections(ds, m, args.convpaint_path, args.correction_rounds, args.data.parent / "tools")
+                corrections[ds["label"]][m] = c
+                text = " → ".join(f"{v:.3f}" for v in c["miou"]) if c["status"] == "ok" else f"({c['reason']})"
+                print(f"  {m:16s} corrections: {text}", flush=True)
     table = report(results, methods)
     if args.scribble_seeds > 1:
         table += "\n\n" + report_draws(results, {e["label"]: e["name"] for e in sets}, methods)
+    if corrections:
+        table += "\n\n" + report_corrections(corrections, methods)
     print()
     print(table)
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -800,7 +931,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "benchmark": "bench_quality", "quick": args.quick, "seed": SEED, "repeats": args.repeats,
-        "scribble_seeds": args.scribble_seeds, "argv": sys.argv[1:],
+        "scribble_seeds": args.scribble_seeds, "correction_rounds": args.correction_rounds,
+        "correction_args": list(CORRECTION_ARGS), "corrections": corrections, "argv": sys.argv[1:],
         "machine": mach, "versions": {**versions(args.convpaint_path), "napari_vitseg_source_sha256": src},
         "sets": meta,
         "methods": {m: METHODS.get(m, "baseline") for m in methods}, "results": results,

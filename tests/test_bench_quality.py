@@ -199,3 +199,45 @@ def test_added_families_extend_the_current_default(bq):
     except bq.NotAvailable:
         return  # a library without the 'variance' family
     assert cfg.features.families == (*default, "variance")
+
+
+@pytest.mark.skipif(not (TOOLS / "make_scribbles.py").exists(), reason="no shared tools")
+def test_correction_strokes_are_painted_only_where_the_result_is_wrong(bq):
+    gt = np.ones((96, 96), np.uint8)
+    gt[:, 48:] = 2
+    scr = np.zeros_like(gt)
+    scr[10:80, 5:9], scr[10:80, 80:84] = 1, 2
+    ds = {"gt": gt, "scr": scr}
+    labels = gt.copy()
+    labels[20:60, 52:80] = 1  # a 40 x 28 block of class 2 taken for class 1
+    labels[5:85, 6:8] = 2  # wrong under the class-1 scribble: already painted, nothing to add there
+    labels[:, 46:48] = 2  # a 2 px sliver along the true boundary: boundary placement, left alone
+    new = bq.correction_scribbles(ds, labels, TOOLS, seed=bq.CORRECTION_SEED)
+    assert new.any() and new.dtype == np.uint8
+    assert set(np.unique(new)) == {0, 2}  # the right class, where it is visibly wrong, nowhere else
+    assert np.all(new[labels == gt] == 0) and np.all(new[scr > 0] == 0)
+    assert not new[:, 40:50].any()
+    assert not bq.correction_scribbles(ds, gt, TOOLS, seed=bq.CORRECTION_SEED).any()  # nothing wrong
+
+
+@pytest.mark.skipif(not (TOOLS / "make_scribbles.py").exists(), reason="no shared tools")
+def test_correction_rounds_add_strokes_and_report_each_round(bq):
+    rng = np.random.default_rng(0)
+    gt = np.ones((96, 96), np.uint8)
+    gt[30:70, 30:70] = 2
+    image = (gt * 60 + rng.normal(0, 25, gt.shape)).clip(0, 255).astype(np.uint8)
+    scr = np.zeros_like(gt)
+    scr[5:10, 5:60], scr[45:50, 40:60] = 1, 2
+    ds = {"name": "toy", "gt": gt, "scr": scr, "classes": [1, 2], "stack": False, "channel_axis": None,
+          "image_arr": image}
+    corr = {"toy": {m: bq.run_corrections(ds, m, bq.DEFAULT_CONVPAINT, 2, TOOLS)
+                    for m in ("default", "skimage_rf100")}}
+    for r in corr["toy"].values():
+        assert r["status"] == "ok" and len(r["miou"]) == len(r["scribble_fraction"]) == 3
+        assert r["scribble_fraction"][0] == pytest.approx((scr > 0).mean())
+        assert r["scribble_fraction"][0] <= r["scribble_fraction"][1] <= r["scribble_fraction"][2]
+    assert corr["toy"]["default"]["miou"][0] == pytest.approx(bq.run_method(ds, "default")["miou"])
+    table = bq.report_corrections(corr, ["default", "skimage_rf100"])
+    d, s = corr["toy"]["default"]["miou"], corr["toy"]["skimage_rf100"]["miou"]
+    assert f"| toy | {d[0]:.3f} → {d[1]:.3f} → {d[2]:.3f} | {s[0]:.3f} → {s[1]:.3f} → {s[2]:.3f} | " \
+           f"{d[2] - s[2]:+.3f} |" in table
