@@ -109,7 +109,8 @@ METHODS: dict[str, dict] = {
     "rf_depth16": {"classifier_params": {"max_depth": 16}},
     "rf_allpx": {"classifier_params": {"max_samples_per_class": None}},
     "rf_300": {"classifier_params": {"n_estimators": 300}},
-    "rf_ms0.5": {"classifier_params": {"max_samples": 0.5}, "note": "each tree bootstraps half the pixels (subbagging)"},
+    "rf_bootstrap": {"classifier_params": {"max_samples": None},
+                     "note": "Breiman's bootstrap (as many draws as pixels): the default before max_samples=0.5 (run 15)"},
     "rf_50": {"classifier_params": {"n_estimators": 50}, "note": "half the trees: 2x faster apply (issue 13)"},
     "rf_50_depth12": {"classifier_params": {"n_estimators": 50, "max_depth": 12}},
     "smooth1": {"smooth": 1.0},
@@ -616,18 +617,18 @@ def correction_scribbles(ds: dict, labels: np.ndarray, tools: Path, seed: int) -
     return np.where(wrong > 0, strokes, 0).astype(np.uint8)
 
 
-def run_corrections(ds: dict, name: str, convpaint_path: Path, rounds: int, tools: Path) -> dict:
-    """A user's correction loop (classifier seed 0): segment, paint strokes where the result is
-    wrong (:func:`correction_scribbles`), retrain on every stroke so far, ``rounds`` times.
+def run_corrections(ds: dict, name: str, convpaint_path: Path, rounds: int, tools: Path, seed: int = SEED) -> dict:
+    """A user's correction loop (classifier seed ``seed``): segment, paint strokes where the result
+    is wrong (:func:`correction_scribbles`), retrain on every stroke so far, ``rounds`` times.
 
-    Each method is corrected where *it* is wrong, by the same procedure with the same seeds, as a
-    user of that tool would. Returns ``{'status': 'ok', 'miou': [round 0, 1, ...],
+    Each method is corrected where *it* is wrong, by the same procedure with the same stroke seeds,
+    as a user of that tool would. Returns ``{'status': 'ok', 'miou': [round 0, 1, ...],
     'scribble_fraction': [...]}`` (round 0 is the set's own scribbles), or the failing round's
     status and reason.
     """
     cur, out = ds, {"status": "ok", "miou": [], "scribble_fraction": []}
     for r in range(rounds + 1):
-        res = run_method(cur, name, convpaint_path, SEED, keep_labels=True)
+        res = run_method(cur, name, convpaint_path, seed, keep_labels=True)
         if res["status"] != "ok":
             return {"status": res["status"], "reason": f"round {r}: {res['reason']}"}
         out["miou"].append(res["miou"])
@@ -638,13 +639,28 @@ def run_corrections(ds: dict, name: str, convpaint_path: Path, rounds: int, tool
     return out
 
 
+def run_corrections_repeated(ds: dict, name: str, convpaint_path: Path, rounds: int, tools: Path,
+                             repeats: int) -> dict:
+    """:func:`run_corrections` with classifier seeds SEED, SEED + 1, ... (Convpaint: once): per
+    round the mean mIoU and scribbled fraction over the seeds, and each seed's mIoU (``mious``)."""
+    runs = [run_corrections(ds, name, convpaint_path, rounds, tools, SEED + i)
+            for i in range(1 if name == "convpaint" else repeats)]
+    bad = [r for r in runs if r["status"] != "ok"]
+    if bad or len(runs) == 1:
+        return (bad or runs)[0]
+    return {"status": "ok", "miou": np.mean([r["miou"] for r in runs], axis=0).tolist(),
+            "scribble_fraction": np.mean([r["scribble_fraction"] for r in runs], axis=0).tolist(),
+            "mious": [r["miou"] for r in runs], "seeds": [SEED + i for i in range(len(runs))]}
+
+
 def report_corrections(corr: dict, methods: list[str]) -> str:
     """Markdown table of the correction rounds: per set, each method's mIoU at round 0, 1, ...
     (``a → b → c``), the margin of ``default`` over the best baseline at the last round and the
     scribbled fraction there, and the mean over sets."""
     rounds = max((len(r["miou"]) for row in corr.values() for r in row.values() if r["status"] == "ok"), default=1)
     lines = [f"Correction rounds (strokes added where each method is wrong, make_scribbles.py "
-             f"{' '.join(CORRECTION_ARGS)}; mIoU at round 0 → ... → {rounds - 1}, classifier seed 0):", "",
+             f"{' '.join(CORRECTION_ARGS)}; mIoU at round 0 → ... → {rounds - 1}; with --repeats, the mean over "
+             f"classifier seeds):", "",
              "| set | " + " | ".join(methods) + " | margin, last round | scribbled, last round (default) |",
              "|---|" + "---|" * (len(methods) + 2)]
     per_round: dict[str, list[list[float]]] = {m: [] for m in methods}
@@ -854,7 +870,7 @@ def main(argv=None) -> int:
     p.add_argument("--correction-rounds", type=int, default=0,
                    help="after the main table, run every method through N rounds of a user's corrections: "
                         "strokes painted where it is wrong (make_scribbles.py on the wrong pixels), retrain "
-                        "(classifier seed 0; default 0: none)")
+                        "(with --repeats, for each classifier seed; default 0: none)")
     p.add_argument("--quick", action="store_true", help=f"crop every set to ~{QUICK_SIZE}^2 (smoke run)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where made scribbles go (default: %(default)s)")
     p.add_argument("--convpaint-path", type=Path, default=DEFAULT_CONVPAINT,
@@ -909,7 +925,8 @@ def main(argv=None) -> int:
         if args.correction_rounds:
             corrections[ds["label"]] = {}
             for m in methods:
-                c = run_corrections(ds, m, args.convpaint_path, args.correction_rounds, args.data.parent / "tools")
+                c = run_corrections_repeated(ds, m, args.convpaint_path, args.correction_rounds,
+                                             args.data.parent / "tools", args.repeats)
                 corrections[ds["label"]][m] = c
                 text = " → ".join(f"{v:.3f}" for v in c["miou"]) if c["status"] == "ok" else f"({c['reason']})"
                 print(f"  {m:16s} corrections: {text}", flush=True)

@@ -410,8 +410,11 @@ def _load(path, stages: bool):
 
 def _load_estimator(c: dict, blob: bytes, feature_names, path: Path):
     kind = c["kind"]
+    params = dict(c.get("params", {}))
+    if kind == "rf":  # saved before max_samples existed: Breiman's bootstrap, kept for a refit
+        params.setdefault("max_samples", None)
     try:
-        est = CLASSIFIERS[kind](**c.get("params", {}))
+        est = CLASSIFIERS[kind](**params)
         est.validate_params()
     except TypeError as e:
         raise VitsegError(f"{str(path)!r} holds unknown classifier parameters ({e}); save it again.") from None

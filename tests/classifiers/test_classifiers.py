@@ -165,3 +165,32 @@ def test_refuses_untrusted_skops_types(tmp_path):
         zf.writestr("model.skops", sio.dumps(evil))
     with pytest.raises(VitsegError, match="untrusted|not a random forest"):
         load_classifier_file(bad)
+
+
+def test_max_samples_subbagging_is_the_default_and_old_files_keep_the_bootstrap(tmp_path):
+    """Each tree of the default forest draws half the pixels (``max_samples=0.5``, passed to
+    scikit-learn); a file saved before the parameter existed loads with ``None`` (Breiman's
+    bootstrap), so that a refit of it trains as it always did, and predicts exactly as saved."""
+    import json
+
+    X, y = _data()
+    clf = make_classifier("rf", n_estimators=10).fit(X, y)
+    assert clf.max_samples == 0.5 and clf.estimator_.max_samples == 0.5
+    for bad in (0, 1.5, "half"):
+        with pytest.raises(VitsegError, match="max_samples"):
+            make_classifier("rf", max_samples=bad).validate_params()
+    old = make_classifier("rf", n_estimators=10, max_samples=None).fit(X, y)
+    path = save_classifier_file(tmp_path / "new.vitseg", old, {})
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    meta = json.loads(members["metadata.json"])
+    del meta["classifier"]["params"]["max_samples"]  # as written before the parameter existed
+    members["metadata.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(tmp_path / "old.vitseg", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    loaded, _, _ = load_classifier_file(tmp_path / "old.vitseg")
+    assert loaded.get_params()["max_samples"] is None
+    np.testing.assert_array_equal(loaded.predict_proba(X), old.predict_proba(X))
+    again, _, _ = load_classifier_file(path)
+    assert again.get_params()["max_samples"] is None  # saved with None: None

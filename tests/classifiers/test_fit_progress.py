@@ -58,7 +58,7 @@ def test_rf_iter_fit_yields_tree_progress_and_equals_one_shot(tem_pixels):
     assert "training rf: 4/12 trees" in [p.msg for p in steps]
     # same trees as scikit-learn's one-shot fit with the same random_state
     ref = RandomForestClassifier(n_estimators=12, class_weight="balanced", random_state=0, n_jobs=2,
-                                 min_samples_leaf=clf.min_samples_leaf).fit(X, y)
+                                 min_samples_leaf=clf.min_samples_leaf, max_samples=clf.max_samples).fit(X, y)
     assert _trees_equal(clf.estimator_, ref)
     np.testing.assert_array_equal(clf.predict_proba(X), ref.predict_proba(X).astype(np.float32))
     assert clf.estimator_.warm_start is False and clf.estimator_.n_estimators == 12

@@ -125,10 +125,12 @@ def test_bands_rows_and_overlap_equal_the_whole_plane(nanoparticles, prediction)
                            for y in range(0, 518, 77)], axis=1)
     overlapped = next(iter_plane_probabilities(seg, [("k", image)], overlap=True))[1]
     lab = seg.labels_from_proba(whole)
+    # one tree's whole vote in the smallest forest (the boundary forest has half the trees)
+    one_vote = 1 / min(20, seg.boundary_classifier_.n_estimators)
     for other in (banded, rows, overlapped):
         # features of a band differ from the whole plane's by float rounding (~1e-3 of a 0-255 range),
-        # which may flip one tree's vote; the labels agree
-        assert np.abs(other - whole).max() <= 0.051
+        # which may move one tree to another leaf; the labels agree
+        assert np.abs(other - whole).max() <= one_vote + 1e-3
         assert (seg.labels_from_proba(other) == lab).mean() > 0.9995
 
 
