@@ -47,6 +47,14 @@ screen is that default; a screen changes one thing:
   (``(scribble agreement)``), also on the sets without a ground truth that ``--scribble-sets``
   names (hand-painted strokes reach boundaries; the shared sets' strokes keep away from them).
 
+- ``corrections``: one round of a user's corrections (``bench_quality.correction_scribbles``,
+  strokes on the wrong regions of the default forest's result at classifier seed 0, the same
+  strokes for every variant) and the 16 px gradient and structure-tensor channels, whose values
+  at pixels no scribble resembles (next to bright objects) lie far outside the scribbles' range
+  (docs/quality.md Run 15): ``base``; ``-grad,struct16`` without them; ``norm16`` with them
+  divided by the 16 px Gaussian (squared for the structure tensor); ``-16`` without any 16 px
+  channel; each from the first scribbles and after the round (``+1``).
+
 Output: per screen a set x variant table of mean mIoU over the seeds (± sd) and the mean over
 sets, and a JSON of every number in ``benchmarks/results/quality_screens_<time>.json``.
 ``--quick`` crops every set to about 256 x 256 (``bench_quality.quick_crop``) and uses one seed:
@@ -69,7 +77,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_quality as bq  # noqa: E402  (the sets, the crop and the metric of the benchmark)
 
-SCREENS = ("postprocess", "selftrain", "families", "classifiers", "scales", "large_scales", "boundary")
+SCREENS = ("postprocess", "selftrain", "families", "classifiers", "scales", "large_scales", "boundary", "corrections")
 SEEDS = (0, 1, 2)
 
 
@@ -440,9 +448,56 @@ def screen_boundary(ds, fs, seeds):
     return rows
 
 
+# -- a round of corrections and the 16 px gradient / structure-tensor channels ----------------------
+#: Where ``make_scribbles.py`` is (``--data``'s ``../tools``; set by :func:`main`).
+TOOLS = bq.DEFAULT_DATA.parent / "tools"
+#: The channels whose values at large scale extrapolate past the scribbles' range (docs/quality.md Run 15).
+EXTRAPOLATING = ("gradient", "structure")
+
+
+def large_scale_variants(F, names, sigma) -> dict:
+    """Feature arrays of the ``corrections`` screen's variants, from the default features ``F``
+    (..., C): ``base``; ``-grad,struct16`` without the 16 px gradient and structure-tensor
+    channels; ``norm16`` with those channels divided by the same input channel's 16 px Gaussian
+    (squared for the structure tensor: contrast relative to the local brightness); ``-16``
+    without any 16 px channel."""
+    family = np.array([n.split(":")[-1].split("_")[0] for n in names])
+    prefix = [n.split(":")[0] + ":" if ":" in n else "" for n in names]
+    big = np.isin(family, EXTRAPOLATING) & (np.asarray(sigma) == 16)
+    ratio = [F[..., j] / (np.abs(F[..., names.index(prefix[j] + "gaussian_s16")]) ** (2 if family[j] == "structure" else 1)
+                          + 1e-3) for j in np.nonzero(big)[0]]
+    norm = np.concatenate([F[..., ~big], np.stack(ratio, -1)], -1) if ratio else F
+    return {"base": F, "-grad,struct16": F[..., ~big], "norm16": norm.astype(np.float32),
+            "-16": F[..., np.asarray(sigma) != 16]}
+
+
+def screen_corrections(ds, fs, seeds):
+    """One round of a user's corrections (``bench_quality.correction_scribbles`` on the wrong
+    regions of the default forest's result, classifier seed 0; the same strokes for every
+    variant): each variant's mIoU from the first scribbles and after the round (``... +1``)."""
+    F, scr = fs["F"], fs["scr"]
+    m = scr > 0
+    proba, classes = fit_predict(F[m], scr[m], F, 0)
+    first = classes[proba.argmax(1)].reshape(scr.shape)
+    if ds["stack"]:
+        strokes = bq.correction_scribbles({"gt": ds["gt"], "scr": scr}, first, TOOLS, bq.CORRECTION_SEED)
+    else:  # a single image as one (Y, X) plane: make_scribbles.py would treat (1, Y, X) as a stack
+        strokes = bq.correction_scribbles({"gt": ds["gt"], "scr": scr[0]}, first[0], TOOLS, bq.CORRECTION_SEED)[None]
+    corrected = np.where(strokes > 0, strokes, scr)
+    rows = {}
+    for key, FF in large_scale_variants(F, fs["names"], fs["sigma"]).items():
+        for suffix, s in (("", scr), (" +1", corrected)):
+            mm = s > 0
+            rows[key + suffix] = []
+            for seed in seeds:
+                proba, classes = fit_predict(FF[mm], s[mm], FF, seed)
+                rows[key + suffix].append(miou(classes[proba.argmax(1)], ds, s.shape))
+    return rows
+
+
 SCREEN_FUNCS = {"postprocess": screen_postprocess, "selftrain": screen_selftrain,
                 "families": screen_families, "classifiers": screen_classifiers, "scales": screen_scales,
-                "large_scales": screen_large_scales, "boundary": screen_boundary}
+                "large_scales": screen_large_scales, "boundary": screen_boundary, "corrections": screen_corrections}
 #: Screens that also run on sets without a ground truth (``--scribble-sets``).
 SCRIBBLE_ONLY_SCREENS = ("boundary",)
 
@@ -504,6 +559,8 @@ def main(argv=None) -> int:
         print(f"quality_screens: no data folder {args.data} (pass --data)", file=sys.stderr)
         return 2
     seeds = SEEDS[:1] if args.quick else SEEDS
+    global TOOLS
+    TOOLS = args.data.parent / "tools"
     t0 = time.perf_counter()
     results: dict = {s: {} for s in args.screens}
     entries = [(e, bq.load_set) for e in bq.find_sets(args.data, args.cache, args.sets)]

@@ -124,7 +124,7 @@ def test_extra_families_have_the_plane_shape(qs):
 
 
 @pytest.mark.parametrize("screen", ["postprocess", "selftrain", "families", "classifiers", "scales", "large_scales",
-                                    "boundary"])
+                                    "boundary", "corrections"])
 def test_every_screen_runs_on_a_stack(qs, screen):
     ds = _disk_set(stack=True)
     fs = qs.set_features(ds)
@@ -201,3 +201,14 @@ def test_figure_rows_and_png(qf, tmp_path):
 
     img = iio.imread(out)
     assert img.shape[0] > 400 and img.shape[1] > 800
+
+
+def test_large_scale_variants_drop_or_normalise_the_16px_gradient_and_structure(qs):
+    names = ["gaussian_s1", "gaussian_s16", "gradient_s16", "structure_max_s16", "hessian_max_s16", "gradient_s8"]
+    sigma = np.array([1, 16, 16, 16, 16, 8], float)
+    F = np.stack([np.full((2, 3), v, np.float32) for v in (1, 4, 8, 32, 5, 6)], -1)
+    v = qs.large_scale_variants(F, names, sigma)
+    assert v["base"].shape[-1] == 6 and v["-grad,struct16"].shape[-1] == 4 and v["-16"].shape[-1] == 2
+    norm = v["norm16"][0, 0]
+    assert norm.shape == (6,) and list(norm[:4]) == [1, 4, 5, 6]
+    np.testing.assert_allclose(norm[4:], [8 / (4 + 1e-3), 32 / (16 + 1e-3)], rtol=1e-6)  # / G16, / G16**2
