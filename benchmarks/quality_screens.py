@@ -374,12 +374,18 @@ LARGE_SCALE_KEPT = {
 }
 
 
+def channel_families(names) -> np.ndarray:
+    """The filter family of each channel name (``'gaussian_s8'`` -> ``'gaussian'``; RGB
+    ``'ch0:gaussian_s8'`` -> ``'gaussian'``)."""
+    return np.array([n.split(":")[-1].split("_")[0] for n in names])
+
+
 def large_scale_columns(names, sigma, kept) -> np.ndarray:
     """Mask of the channels with sigma <= 4 px, the bilateral ones and those of the families ``kept``.
 
     ``names`` as :meth:`Featurizer.feature_names` gives them (``'gaussian_s8'``; RGB:
     ``'ch0:gaussian_s8'``), ``sigma`` the scale of each (0 if none)."""
-    family = np.array([n.split(":")[-1].split("_")[0] for n in names])
+    family = channel_families(names)
     return (np.asarray(sigma) <= 4) | (family == "bilateral") | np.isin(family, list(kept))
 
 
@@ -461,7 +467,7 @@ def large_scale_variants(F, names, sigma) -> dict:
     channels; ``norm16`` with those channels divided by the same input channel's 16 px Gaussian
     (squared for the structure tensor: contrast relative to the local brightness); ``-16``
     without any 16 px channel."""
-    family = np.array([n.split(":")[-1].split("_")[0] for n in names])
+    family = channel_families(names)
     prefix = [n.split(":")[0] + ":" if ":" in n else "" for n in names]
     big = np.isin(family, EXTRAPOLATING) & (np.asarray(sigma) == 16)
     ratio = [F[..., j] / (np.abs(F[..., names.index(prefix[j] + "gaussian_s16")]) ** (2 if family[j] == "structure" else 1)

@@ -410,9 +410,8 @@ def tiff_series(path) -> TiffSeries:
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
-            damage = _cut_short(tf, series)
             shaped = tf.shaped_metadata[0] if tf.is_shaped and tf.shaped_metadata else {}
-            declared = shaped.get("shape")
+            damage = _cut_short(tf, series, shaped.get("shape"))
             vitseg = shaped.get(VITSEG_KEY)
             info = TiffSeries(series.axes, tuple(series.shape), np.dtype(series.dtype), len(series.levels),
                               vitseg if isinstance(vitseg, dict) else None, voxel_size_of(tf))
@@ -425,27 +424,22 @@ def tiff_series(path) -> TiffSeries:
             f"{str(path)!r} is damaged or truncated ({damage}): only part of the image could be read; copy the "
             f"file again."
         )
-    if declared is not None and int(np.prod(declared)) != int(np.prod(info.shape)):
-        raise UnreadableInputError(
-            f"{str(path)!r} is damaged or truncated: it declares an image of shape {tuple(declared)} but holds "
-            f"{info.shape}; copy the file again."
-        )
     if 0 in info.shape:
         raise VitsegError(f"{str(path)!r} holds an empty image (shape {info.shape}); give an image with pixels.")
     return info
 
 
-def _cut_short(tf, series) -> str | None:
+def _cut_short(tf, series, declared=None) -> str | None:
     """What shows that an open TIFF was cut short or damaged after its first page, else ``None``.
 
     tifffile recovers from a chain of IFDs (pages) that points past the end of the file, or into
     bytes that are no IFD, by ending the chain there and logging an error: a file cut short then
     reads as its first plane(s) without an exception (an OME-TIFF also loses its OME-XML, written
-    last, and with it its shape). Three checks, all cheap next to reading pixels: the last IFD
+    last, and with it its shape). Four checks, all cheap next to reading pixels: the last IFD
     tifffile could read must end the chain (its next-IFD offset is 0, TIFF 6.0 section 2), the
-    last page's strips or tiles must lie inside the file, and an ImageJ file must hold the
-    planes its header declares (``images=``; ImageJ writes stacks over 4 GB with one IFD, so
-    their chain says nothing).
+    last page's strips or tiles must lie inside the file, a file with tifffile's shaped
+    metadata must hold the shape it declares, and an ImageJ file the planes its header declares
+    (``images=``; ImageJ writes stacks over 4 GB with one IFD, so their chain says nothing).
 
     Parameters
     ----------
@@ -453,6 +447,8 @@ def _cut_short(tf, series) -> str | None:
         Open; its IFD chain is walked once (``TiffPages.next_page_offset``).
     series : tifffile.TiffPageSeries
         The series that will be read (``tf.series[0]``).
+    declared : sequence of int, optional
+        The shape tifffile's shaped metadata declares (``shaped_metadata[0]['shape']``).
     """
     fh, fmt = tf.filehandle, tf.tiff
     field = tf.pages.next_page_offset  # walks the chain; where the last IFD stores the next one's offset
@@ -471,10 +467,12 @@ def _cut_short(tf, series) -> str | None:
         end = max((int(o) + int(n) for o, n in strips if n), default=0)
         if end > fh.size:
             return f"the pixels of its last page end at byte {end}, past the end of the file at byte {fh.size}"
-    declared = (tf.imagej_metadata or {}).get("images") if tf.is_imagej else None
+    if declared is not None and int(np.prod(declared)) != int(np.prod(series.shape)):
+        return f"it declares an image of shape {tuple(declared)} but holds {tuple(series.shape)}"
+    images = (tf.imagej_metadata or {}).get("images") if tf.is_imagej else None
     planes = int(np.prod([n for n, a in zip(series.shape, series.axes, strict=True) if a not in "YXS"], dtype=np.int64))
-    if isinstance(declared, int) and declared > planes:
-        return f"its ImageJ header declares {declared} planes but {planes} can be read"
+    if isinstance(images, int) and images > planes:
+        return f"its ImageJ header declares {images} planes but {planes} can be read"
     return None
 
 
