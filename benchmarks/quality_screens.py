@@ -54,6 +54,9 @@ screen is that default; a screen changes one thing:
   (docs/quality.md Run 15): ``base``; ``-grad,struct16`` without them; ``norm16`` with them
   divided by the 16 px Gaussian (squared for the structure tensor); ``-16`` without any 16 px
   channel; each from the first scribbles and after the round (``+1``).
+- ``strokebag``: trees that each see a bootstrap of whole strokes (the cluster bootstrap: 10
+  forests of 10 trees, each on each class's strokes drawn with replacement) against the default
+  forest, whose trees draw pixels; from the first scribbles and after one round of corrections.
 
 Output: per screen a set x variant table of mean mIoU over the seeds (± sd) and the mean over
 sets, and a JSON of every number in ``benchmarks/results/quality_screens_<time>.json``.
@@ -77,7 +80,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_quality as bq  # noqa: E402  (the sets, the crop and the metric of the benchmark)
 
-SCREENS = ("postprocess", "selftrain", "families", "classifiers", "scales", "large_scales", "boundary", "corrections")
+SCREENS = ("postprocess", "selftrain", "families", "classifiers", "scales", "large_scales", "boundary", "corrections",
+           "strokebag")
 SEEDS = (0, 1, 2)
 
 
@@ -477,10 +481,9 @@ def large_scale_variants(F, names, sigma) -> dict:
             "-16": F[..., np.asarray(sigma) != 16]}
 
 
-def screen_corrections(ds, fs, seeds):
-    """One round of a user's corrections (``bench_quality.correction_scribbles`` on the wrong
-    regions of the default forest's result, classifier seed 0; the same strokes for every
-    variant): each variant's mIoU from the first scribbles and after the round (``... +1``)."""
+def corrected_scribbles(ds, fs) -> np.ndarray:
+    """The scribbles after one round of a user's corrections (``bench_quality.correction_scribbles``
+    on the wrong regions of the default forest's result, classifier seed 0), (Z, Y, X) uint8."""
     F, scr = fs["F"], fs["scr"]
     m = scr > 0
     proba, classes = fit_predict(F[m], scr[m], F, 0)
@@ -489,7 +492,14 @@ def screen_corrections(ds, fs, seeds):
         strokes = bq.correction_scribbles({"gt": ds["gt"], "scr": scr}, first, TOOLS, bq.CORRECTION_SEED)
     else:  # a single image as one (Y, X) plane: make_scribbles.py would treat (1, Y, X) as a stack
         strokes = bq.correction_scribbles({"gt": ds["gt"], "scr": scr[0]}, first[0], TOOLS, bq.CORRECTION_SEED)[None]
-    corrected = np.where(strokes > 0, strokes, scr)
+    return np.where(strokes > 0, strokes, scr)
+
+
+def screen_corrections(ds, fs, seeds):
+    """One round of a user's corrections (:func:`corrected_scribbles`; the same strokes for every
+    variant): each variant's mIoU from the first scribbles and after the round (``... +1``)."""
+    F, scr = fs["F"], fs["scr"]
+    corrected = corrected_scribbles(ds, fs)
     rows = {}
     for key, FF in large_scale_variants(F, fs["names"], fs["sigma"]).items():
         for suffix, s in (("", scr), (" +1", corrected)):
@@ -501,9 +511,73 @@ def screen_corrections(ds, fs, seeds):
     return rows
 
 
+def stroke_ids(scr) -> np.ndarray:
+    """Connected strokes of scribbles (Z, Y, X) uint8: per plane and class, 8-connected
+    components, numbered 1.. over the whole stack (0 = unscribbled), int32 (Z, Y, X)."""
+    from scipy import ndimage as ndi
+
+    ids, n = np.zeros(scr.shape, np.int32), 0
+    for z, plane in enumerate(scr):
+        for c in np.unique(plane[plane > 0]):
+            lab, k = ndi.label(plane == c, np.ones((3, 3), bool))
+            ids[z][lab > 0] = lab[lab > 0] + n
+            n += k
+    return ids
+
+
+def stroke_bags(y, strokes, n_bags: int, rng) -> list[np.ndarray]:
+    """Masks over the training pixels: per bag, each class's strokes drawn with replacement as
+    many times as the class has strokes (a bootstrap over strokes; the cluster bootstrap of
+    dependent data), so every bag holds at least one stroke of every class."""
+    bags = []
+    for _ in range(n_bags):
+        keep = np.zeros(len(y), bool)
+        for c in np.unique(y):
+            own = np.unique(strokes[y == c])
+            keep |= np.isin(strokes, rng.choice(own, len(own), replace=True)) & (y == c)
+        bags.append(keep)
+    return bags
+
+
+def stroke_bagged_proba(X, y, strokes, F, seed: int, n_bags: int = 10):
+    """Probabilities (n, K) and classes of ``n_bags`` default forests of ``100 / n_bags`` trees,
+    each trained on one of :func:`stroke_bags`, averaged (one forest of 100 trees whose trees
+    see whole strokes, not pixels, at random)."""
+    from napari_vitseg.classifiers import make_classifier
+
+    rng = np.random.default_rng(seed)
+    P, classes = 0.0, None
+    for b, keep in enumerate(stroke_bags(y, strokes, n_bags, rng)):
+        clf = make_classifier("rf", random_state=seed * n_bags + b, n_estimators=100 // n_bags)
+        clf.fit(X[keep], y[keep])
+        P = P + np.asarray(clf.predict_proba(F.reshape(-1, F.shape[-1]))) / n_bags
+        classes = np.asarray(clf.classes_)
+    return P, classes
+
+
+def screen_strokebag(ds, fs, seeds):
+    """Pixels of one stroke are alike, so a forest whose trees each draw pixels still sees every
+    stroke in every tree; ``strokes``: trees that each see a bootstrap of whole strokes
+    (:func:`stroke_bagged_proba`), from the first scribbles and after one round of corrections
+    (:func:`corrected_scribbles`, ``+1``)."""
+    F = fs["F"]
+    rows = {}
+    for suffix, s in (("", fs["scr"]), (" +1", corrected_scribbles(ds, fs))):
+        m = s > 0
+        strokes = stroke_ids(s)[m]
+        rows["base" + suffix], rows["strokes" + suffix] = [], []
+        for seed in seeds:
+            proba, classes = fit_predict(F[m], s[m], F, seed)
+            rows["base" + suffix].append(miou(classes[proba.argmax(1)], ds, s.shape))
+            proba, classes = stroke_bagged_proba(F[m], s[m], strokes, F, seed)
+            rows["strokes" + suffix].append(miou(classes[proba.argmax(1)], ds, s.shape))
+    return rows
+
+
 SCREEN_FUNCS = {"postprocess": screen_postprocess, "selftrain": screen_selftrain,
                 "families": screen_families, "classifiers": screen_classifiers, "scales": screen_scales,
-                "large_scales": screen_large_scales, "boundary": screen_boundary, "corrections": screen_corrections}
+                "large_scales": screen_large_scales, "boundary": screen_boundary, "corrections": screen_corrections,
+                "strokebag": screen_strokebag}
 #: Screens that also run on sets without a ground truth (``--scribble-sets``).
 SCRIBBLE_ONLY_SCREENS = ("boundary",)
 

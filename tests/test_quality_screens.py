@@ -124,7 +124,7 @@ def test_extra_families_have_the_plane_shape(qs):
 
 
 @pytest.mark.parametrize("screen", ["postprocess", "selftrain", "families", "classifiers", "scales", "large_scales",
-                                    "boundary", "corrections"])
+                                    "boundary", "corrections", "strokebag"])
 def test_every_screen_runs_on_a_stack(qs, screen):
     ds = _disk_set(stack=True)
     fs = qs.set_features(ds)
@@ -212,3 +212,27 @@ def test_large_scale_variants_drop_or_normalise_the_16px_gradient_and_structure(
     norm = v["norm16"][0, 0]
     assert norm.shape == (6,) and list(norm[:4]) == [1, 4, 5, 6]
     np.testing.assert_allclose(norm[4:], [8 / (4 + 1e-3), 32 / (16 + 1e-3)], rtol=1e-6)  # / G16, / G16**2
+
+
+def test_stroke_bags_draw_whole_strokes_and_every_class(qs):
+    """Two strokes of class 1 (one touching diagonally is the same stroke), one of class 2 and one
+    of class 2 in the next plane: four strokes; every bag holds whole strokes and both classes."""
+    scr = np.zeros((2, 12, 12), np.uint8)
+    scr[0, 1, 1:4] = 1
+    scr[0, 2, 4] = 1  # 8-connected to the first
+    scr[0, 8, 1:6] = 1
+    scr[0, 5, 8:11] = 2
+    scr[1, 5, 8:11] = 2
+    ids = qs.stroke_ids(scr)
+    assert ids.max() == 4 and (ids[scr == 0] == 0).all() and (ids[scr > 0] > 0).all()
+    assert len(np.unique(ids[0, 1:3])) == 2  # 0 and the one stroke
+    m = scr > 0
+    y, strokes = scr[m], ids[m]
+    bags = qs.stroke_bags(y, strokes, 50, np.random.default_rng(0))
+    seen = set()
+    for keep in bags:
+        assert set(np.unique(y[keep])) == {1, 2}
+        for k in np.unique(strokes):  # a stroke is in a bag whole or not at all
+            assert keep[strokes == k].all() or not keep[strokes == k].any()
+        seen.add(frozenset(np.unique(strokes[keep]).tolist()))
+    assert len(seen) > 1  # the bags differ
