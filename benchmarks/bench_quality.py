@@ -617,18 +617,20 @@ def correction_scribbles(ds: dict, labels: np.ndarray, tools: Path, seed: int) -
     return np.where(wrong > 0, strokes, 0).astype(np.uint8)
 
 
-def run_corrections(ds: dict, name: str, convpaint_path: Path, rounds: int, tools: Path, seed: int = SEED) -> dict:
+def run_corrections(ds: dict, name: str, convpaint_path: Path, rounds: int, tools: Path, seed: int = SEED,
+                    first: dict | None = None) -> dict:
     """A user's correction loop (classifier seed ``seed``): segment, paint strokes where the result
     is wrong (:func:`correction_scribbles`), retrain on every stroke so far, ``rounds`` times.
 
     Each method is corrected where *it* is wrong, by the same procedure with the same stroke seeds,
-    as a user of that tool would. Returns ``{'status': 'ok', 'miou': [round 0, 1, ...],
-    'scribble_fraction': [...]}`` (round 0 is the set's own scribbles), or the failing round's
-    status and reason.
+    as a user of that tool would. ``first``: round 0's result (:func:`run_method` with
+    ``keep_labels``, the same method and seed) when it is already there, so it is not run twice.
+    Returns ``{'status': 'ok', 'miou': [round 0, 1, ...], 'scribble_fraction': [...]}`` (round 0
+    is the set's own scribbles), or the failing round's status and reason.
     """
     cur, out = ds, {"status": "ok", "miou": [], "scribble_fraction": []}
     for r in range(rounds + 1):
-        res = run_method(cur, name, convpaint_path, seed, keep_labels=True)
+        res = first if r == 0 and first is not None else run_method(cur, name, convpaint_path, seed, keep_labels=True)
         if res["status"] != "ok":
             return {"status": res["status"], "reason": f"round {r}: {res['reason']}"}
         out["miou"].append(res["miou"])
@@ -640,11 +642,13 @@ def run_corrections(ds: dict, name: str, convpaint_path: Path, rounds: int, tool
 
 
 def run_corrections_repeated(ds: dict, name: str, convpaint_path: Path, rounds: int, tools: Path,
-                             repeats: int) -> dict:
+                             repeats: int, firsts: list[dict] | None = None) -> dict:
     """:func:`run_corrections` with classifier seeds SEED, SEED + 1, ... (Convpaint: once): per
-    round the mean mIoU and scribbled fraction over the seeds, and each seed's mIoU (``mious``)."""
-    runs = [run_corrections(ds, name, convpaint_path, rounds, tools, SEED + i)
-            for i in range(1 if name == "convpaint" else repeats)]
+    round the mean mIoU and scribbled fraction over the seeds, and each seed's mIoU (``mious``).
+    ``firsts``: each seed's round-0 result (:func:`run_repeated` ``keep_labels``), reused."""
+    n = 1 if name == "convpaint" else repeats
+    firsts = firsts if firsts is not None and len(firsts) == n else [None] * n
+    runs = [run_corrections(ds, name, convpaint_path, rounds, tools, SEED + i, first=firsts[i]) for i in range(n)]
     bad = [r for r in runs if r["status"] != "ok"]
     if bad or len(runs) == 1:
         return (bad or runs)[0]
@@ -688,19 +692,23 @@ def report_corrections(corr: dict, methods: list[str]) -> str:
 
 
 # -- reporting --------------------------------------------------------------------------------
-def run_repeated(ds: dict, name: str, convpaint_path: Path, repeats: int) -> dict:
+def run_repeated(ds: dict, name: str, convpaint_path: Path, repeats: int, keep_labels: bool = False) -> dict:
     """:func:`run_method` with classifier seeds SEED, SEED + 1, ...: mean mIoU, per-class IoU and
-    times over the runs, with the standard deviation of the mIoU (``miou_sd``) and each run's mIoU."""
-    runs = [run_method(ds, name, convpaint_path, SEED + i) for i in range(1 if name == "convpaint" else repeats)]
+    times over the runs, with the standard deviation of the mIoU (``miou_sd``) and each run's mIoU.
+    With ``keep_labels`` an 'ok' result also holds each run's result with its segmentation
+    (``'runs'``, for :func:`run_corrections_repeated`; not for the JSON)."""
+    runs = [run_method(ds, name, convpaint_path, SEED + i, keep_labels=keep_labels)
+            for i in range(1 if name == "convpaint" else repeats)]
     bad = [r for r in runs if r["status"] != "ok"]
+    kept = {"runs": runs} if keep_labels and not bad else {}
     if bad or len(runs) == 1:
-        return (bad or runs)[0]
+        return {**{k: v for k, v in (bad or runs)[0].items() if k != "labels"}, **kept}
     mious = [r["miou"] for r in runs]
     return {"status": "ok", "miou": float(np.mean(mious)), "miou_sd": float(np.std(mious, ddof=1)),
             "mious": mious, "seeds": [SEED + i for i in range(len(runs))],
             "iou": {k: float(np.mean([r["iou"][k] for r in runs])) for k in runs[0]["iou"]},
             "train_s": float(np.mean([r["train_s"] for r in runs])),
-            "apply_s": float(np.mean([r["apply_s"] for r in runs]))}
+            "apply_s": float(np.mean([r["apply_s"] for r in runs])), **kept}
 
 
 def fmt(r: dict | None) -> str:
@@ -916,8 +924,10 @@ def main(argv=None) -> int:
                             "scribbles": str(ds["scribbles"]), "scribbles_made": ds["scribbles_made"],
                             "scribble_fraction": float((ds["scr"] > 0).mean()), "crop": ds.get("crop")}
         results[ds["label"]] = {}
+        firsts = {}  # each method's round-0 runs, reused by the correction loop
         for m in methods:
-            r = run_repeated(ds, m, args.convpaint_path, args.repeats)
+            r = run_repeated(ds, m, args.convpaint_path, args.repeats, keep_labels=bool(args.correction_rounds))
+            firsts[m] = r.pop("runs", None)
             results[ds["label"]][m] = r
             extra = (f"  train {r['train_s']:.2f} s  apply {r['apply_s']:.2f} s" if r["status"] == "ok"
                      else f"  ({r['reason']})")
@@ -926,7 +936,7 @@ def main(argv=None) -> int:
             corrections[ds["label"]] = {}
             for m in methods:
                 c = run_corrections_repeated(ds, m, args.convpaint_path, args.correction_rounds,
-                                             args.data.parent / "tools", args.repeats)
+                                             args.data.parent / "tools", args.repeats, firsts[m])
                 corrections[ds["label"]][m] = c
                 text = " → ".join(f"{v:.3f}" for v in c["miou"]) if c["status"] == "ok" else f"({c['reason']})"
                 print(f"  {m:16s} corrections: {text}", flush=True)

@@ -237,6 +237,20 @@ def test_correction_rounds_add_strokes_and_report_each_round(bq):
         assert r["scribble_fraction"][0] == pytest.approx((scr > 0).mean())
         assert r["scribble_fraction"][0] <= r["scribble_fraction"][1] <= r["scribble_fraction"][2]
     assert corr["toy"]["default"]["miou"][0] == pytest.approx(bq.run_method(ds, "default")["miou"])
+    # round 0 handed over from run_repeated (as main does) gives the same loop, without running it again
+    first = bq.run_repeated(ds, "default", bq.DEFAULT_CONVPAINT, 2, keep_labels=True)
+    assert len(first["runs"]) == 2 and all(r["labels"].shape == gt.shape for r in first["runs"])
+    again = bq.run_corrections_repeated(ds, "default", bq.DEFAULT_CONVPAINT, 2, TOOLS, 2, first["runs"])
+    fresh = bq.run_corrections_repeated(ds, "default", bq.DEFAULT_CONVPAINT, 2, TOOLS, 2)
+    assert again["mious"] == fresh["mious"] and again["miou"][0] == pytest.approx(first["miou"])
+    calls = []
+    real = bq.run_method
+    try:
+        bq.run_method = lambda *a, **k: calls.append(a) or real(*a, **k)
+        bq.run_corrections(ds, "default", bq.DEFAULT_CONVPAINT, 2, TOOLS, first=first["runs"][0])
+    finally:
+        bq.run_method = real
+    assert len(calls) == 2  # rounds 1 and 2 only
     table = bq.report_corrections(corr, ["default", "skimage_rf100"])
     d, s = corr["toy"]["default"]["miou"], corr["toy"]["skimage_rf100"]["miou"]
     assert f"| toy | {d[0]:.3f} → {d[1]:.3f} → {d[2]:.3f} | {s[0]:.3f} → {s[1]:.3f} → {s[2]:.3f} | " \
