@@ -46,6 +46,17 @@ Methods:
     ImageNet weights, which cannot be had here, so it runs its weight-free ``gaussian`` alias
     with every other parameter at Convpaint's defaults (CatBoost classifier). If it is not
     installed or fails, the column says why.
+  * ``isb_rf`` / ``isb_xgb``: interactive-seg-backend (ISB, tldr-group; the peer whose numbers
+    issue 10 quotes), run from its source (``--isb-path``, default
+    ``/tmp/interactive-seg-backend``: ``git clone https://github.com/tldr-group/interactive-seg-backend``;
+    not on PyPI) in a child process with this environment's packages. Its defaults:
+    ``TrainingConfig(feature_config=FeatureConfig())`` (Weka-style features, sigmas 1-16,
+    membrane projections; 58 channels for a grey image), ``random_forest`` (scikit-learn's
+    defaults, ``class_weight='balanced'``) or ``xgb`` (XGBoost's defaults), with
+    ``random_state`` = the classifier seed. One change: ISB keeps ``cpu_count() - 2`` cores for
+    itself, 0 on a 2-core machine (which scikit-learn refuses), so the child sets all cores, as
+    our forest and the scikit-image baselines use. Stacks: its ``get_training_data`` over the
+    scribbled planes, ``apply_`` per plane.
 
   Stacks are segmented plane by plane (2D) by every method unless the method says 3D.
 
@@ -83,6 +94,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(os.environ.get("VITSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "napari-vitseg" / "bench_quality"
 DEFAULT_CONVPAINT = Path(os.environ.get("VITSEG_CONVPAINT_PATH", "/tmp/convpaint"))
+#: interactive-seg-backend's source folder (``--isb-path`` sets it for the run).
+ISB_PATH = Path(os.environ.get("VITSEG_ISB_PATH", "/tmp/interactive-seg-backend"))
 SEED = 0
 QUICK_SIZE = 256
 
@@ -161,7 +174,9 @@ METHODS: dict[str, dict] = {
 }
 
 #: Baselines run in the same process / a child process; they set the margin.
-BASELINES = ("skimage_gallery", "skimage_rf100", "convpaint")
+BASELINES = ("skimage_gallery", "skimage_rf100", "convpaint", "isb_rf", "isb_xgb")
+#: Baselines with no classifier seed of ours (run once, whatever ``--repeats`` says).
+UNSEEDED = ("convpaint",)
 
 #: From issue 10 (interactive-seg-backend, 58 Weka-style features), for context only: not re-run.
 ISB_ISSUE10 = {
@@ -521,6 +536,74 @@ def run_convpaint(ds: dict, path: Path) -> dict:
             "detail": f"napari-convpaint {info['version']}, fe {info['fe']} scalings {info['scalings']}"}
 
 
+ISB_CHILD = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import interactive_seg_backend as isb
+import interactive_seg_backend.core as core
+import interactive_seg_backend.features.multiscale_classical_cpu as mcc
+from interactive_seg_backend.core import apply_, get_model, get_training_data, shuffle_sample_training_data, train
+core.N_ALLOWED_CPUS = mcc.N_ALLOWED_CPUS = os.cpu_count()  # ISB's cpu_count() - 2 is 0 on 2 cores
+img, scr = np.load(sys.argv[2]), np.load(sys.argv[3])
+clf, seed, stack = sys.argv[5], int(sys.argv[6]), sys.argv[7] == "stack"
+np.random.seed(seed)  # ISB shuffles the training pixels with numpy's global generator
+cfg = isb.TrainingConfig(feature_config=isb.FeatureConfig(), classifier=clf, classifier_params={"random_state": seed})
+imgs, scrs = (list(img), list(scr)) if stack else ([img], [scr])
+t0 = time.perf_counter()
+feats = [isb.featurise(i, cfg) if s.any() else None for i, s in zip(imgs, scrs)]
+fit, target = get_training_data([f for f in feats if f is not None], [s for s in scrs if s.any()])
+fit, target = shuffle_sample_training_data(fit, target, cfg.shuffle_data, cfg.n_samples)
+model = train(get_model(cfg.classifier, cfg.classifier_params, False), fit, target, None)
+t1 = time.perf_counter()
+classes = np.unique(target)  # apply_ gives the index of the model's class, in sorted order
+seg = [classes[apply_(model, f if f is not None else isb.featurise(i, cfg))[0]] for i, f in zip(imgs, feats)]
+t2 = time.perf_counter()
+np.save(sys.argv[4], (np.stack(seg) if stack else seg[0]).astype(np.uint8))
+hwm = [int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmHWM")]
+print(json.dumps({"train_s": t1 - t0, "apply_s": t2 - t1, "n_features": int(fit.shape[1]),
+                  "peak_rss_bytes": (hwm or [None])[0]}))
+"""
+
+
+def isb_version(path: Path) -> str | None:
+    """interactive-seg-backend's version (its pyproject.toml) and git commit, if ``path`` has them."""
+    import re
+
+    toml = path / "pyproject.toml"
+    if not toml.is_file():
+        return None
+    m = re.search(r'^version\s*=\s*"([^"]+)"', toml.read_text(), re.M)
+    head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return (m.group(1) if m else "?") + (f" (git {head.stdout.strip()[:12]})" if head.returncode == 0 else "")
+
+
+def run_isb(ds: dict, name: str, path: Path, seed: int = SEED) -> dict:
+    """interactive-seg-backend's defaults with its random forest (``isb_rf``) or XGBoost
+    (``isb_xgb``), in a child process (see the module docstring)."""
+    if not (path / "interactive_seg_backend" / "__init__.py").is_file():
+        raise NotAvailable(f"interactive-seg-backend is not in {path} (git clone "
+                           f"https://github.com/tldr-group/interactive-seg-backend {path}, or --isb-path)")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "img.npy", ds["image_arr"])
+        np.save(tmp / "scr.npy", ds["scr"])
+        clf = {"isb_rf": "random_forest", "isb_xgb": "xgb"}[name]
+        r = subprocess.run([sys.executable, "-c", ISB_CHILD, str(path), str(tmp / "img.npy"), str(tmp / "scr.npy"),
+                            str(tmp / "seg.npy"), clf, str(seed), "stack" if ds["stack"] else "image"],
+                           capture_output=True, text=True, timeout=3600)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise NotAvailable(f"interactive-seg-backend failed: {last}")
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+        pred = np.load(tmp / "seg.npy")
+    if pred.shape != ds["gt"].shape:
+        raise NotAvailable(f"interactive-seg-backend returned shape {pred.shape} for labels {ds['gt'].shape}")
+    return {**score(pred, ds), "train_s": info["train_s"], "apply_s": info["apply_s"],
+            "peak_rss_bytes": info.get("peak_rss_bytes"), "labels": pred,
+            "detail": f"interactive-seg-backend {isb_version(path)}, {clf}, {info['n_features']} features"}
+
+
 def warm_up() -> None:
     """One untimed tiny run of ours and of scikit-image (imports, thread pools, first-call costs)."""
     rng = np.random.default_rng(SEED)
@@ -548,6 +631,8 @@ def run_method(ds: dict, name: str, convpaint_path: Path = DEFAULT_CONVPAINT, se
             r = run_skimage(ds, name, seed)
         elif name == "convpaint":
             r = run_convpaint(ds, convpaint_path)
+        elif name in ("isb_rf", "isb_xgb"):
+            r = run_isb(ds, name, ISB_PATH, seed)
         else:
             raise KeyError(name)
         labels = r.pop("labels")
@@ -646,7 +731,7 @@ def run_corrections_repeated(ds: dict, name: str, convpaint_path: Path, rounds: 
     """:func:`run_corrections` with classifier seeds SEED, SEED + 1, ... (Convpaint: once): per
     round the mean mIoU and scribbled fraction over the seeds, and each seed's mIoU (``mious``).
     ``firsts``: each seed's round-0 result (:func:`run_repeated` ``keep_labels``), reused."""
-    n = 1 if name == "convpaint" else repeats
+    n = 1 if name in UNSEEDED else repeats
     firsts = firsts if firsts is not None and len(firsts) == n else [None] * n
     runs = [run_corrections(ds, name, convpaint_path, rounds, tools, SEED + i, first=firsts[i]) for i in range(n)]
     bad = [r for r in runs if r["status"] != "ok"]
@@ -698,7 +783,7 @@ def run_repeated(ds: dict, name: str, convpaint_path: Path, repeats: int, keep_l
     With ``keep_labels`` an 'ok' result also holds each run's result with its segmentation
     (``'runs'``, for :func:`run_corrections_repeated`; not for the JSON)."""
     runs = [run_method(ds, name, convpaint_path, SEED + i, keep_labels=keep_labels)
-            for i in range(1 if name == "convpaint" else repeats)]
+            for i in range(1 if name in UNSEEDED else repeats)]
     bad = [r for r in runs if r["status"] != "ok"]
     kept = {"runs": runs} if keep_labels and not bad else {}
     if bad or len(runs) == 1:
@@ -708,7 +793,10 @@ def run_repeated(ds: dict, name: str, convpaint_path: Path, repeats: int, keep_l
             "mious": mious, "seeds": [SEED + i for i in range(len(runs))],
             "iou": {k: float(np.mean([r["iou"][k] for r in runs])) for k in runs[0]["iou"]},
             "train_s": float(np.mean([r["train_s"] for r in runs])),
-            "apply_s": float(np.mean([r["apply_s"] for r in runs])), **kept}
+            "apply_s": float(np.mean([r["apply_s"] for r in runs])),
+            **({"peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs)}  # a child process's own peak
+               if all(r.get("peak_rss_bytes") for r in runs) else {}),
+            **({"detail": runs[0]["detail"]} if "detail" in runs[0] else {}), **kept}
 
 
 def fmt(r: dict | None) -> str:
@@ -742,7 +830,7 @@ def report(results: dict, methods: list[str]) -> str:
     lines.append("")
     lines.append("\\* ISB = interactive-seg-backend, from issue 10, not re-run (context only).")
     lines.append("")
-    lines.append("Margin of `default` over the best in-run baseline (skimage_gallery, skimage_rf100, convpaint):")
+    lines.append(f"Margin of `default` over the best in-run baseline ({', '.join(BASELINES)}):")
     lines.append("")
     lines.append("| set | default | best baseline | margin | >= +0.05 |")
     lines.append("|---|---|---|---|---|")
@@ -834,6 +922,7 @@ def versions(convpaint_path: Path) -> dict:
     for dist in sorted(convpaint_path.glob("*.dist-info")) if convpaint_path.is_dir() else []:
         name, _, ver = dist.name[: -len(".dist-info")].rpartition("-")
         out[f"{name} (in {convpaint_path})"] = ver
+    out[f"interactive-seg-backend (in {ISB_PATH})"] = isb_version(ISB_PATH)
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
@@ -864,6 +953,7 @@ def machine() -> dict:
 
 
 def main(argv=None) -> int:
+    global ISB_PATH  # --isb-path: read by run_isb through run_method
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of sets (default: %(default)s)")
     p.add_argument("--sets", nargs="+", help="only these sets")
@@ -883,9 +973,12 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where made scribbles go (default: %(default)s)")
     p.add_argument("--convpaint-path", type=Path, default=DEFAULT_CONVPAINT,
                    help="pip --target folder holding napari-convpaint (default: %(default)s)")
+    p.add_argument("--isb-path", type=Path, default=ISB_PATH,
+                   help="source folder of interactive-seg-backend (default: %(default)s)")
     p.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/bench_quality_<time>.json)")
     p.add_argument("--list", action="store_true", help="print the sets and methods and exit")
     args = p.parse_args(argv)
+    ISB_PATH = args.isb_path
 
     if args.list:
         print("methods:", ", ".join(METHODS))
@@ -949,10 +1042,13 @@ def main(argv=None) -> int:
     print(table)
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # a child's own VmHWM (ru_maxrss of children counts the parent's pages at fork)
-    cp = [r.get("peak_rss_bytes") for row in results.values() for r in row.values() if r.get("peak_rss_bytes")]
-    rss_child = max(cp) if cp else None
+    child = {m: max((row[m].get("peak_rss_bytes") or 0 for row in results.values() if m in row), default=0)
+             for m in ("convpaint", "isb_rf", "isb_xgb")}
+    rss_child = child["convpaint"] or None
+    rss_isb = max(child["isb_rf"], child["isb_xgb"]) or None
     print(f"\npeak RSS: this process {rss_self / 2**20:.0f} MiB"
           + (f"; largest napari-convpaint child {rss_child / 2**20:.0f} MiB" if rss_child else "")
+          + (f"; largest interactive-seg-backend child {rss_isb / 2**20:.0f} MiB" if rss_isb else "")
           + f"; total wall {time.perf_counter() - t_start:.0f} s")
     out = args.out or RESULTS / f"bench_quality_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -964,7 +1060,7 @@ def main(argv=None) -> int:
         "sets": meta,
         "methods": {m: METHODS.get(m, "baseline") for m in methods}, "results": results,
         "isb_issue10_not_rerun": ISB_ISSUE10, "table_markdown": table,
-        "peak_rss_bytes": {"self": rss_self, "convpaint_child": rss_child},
+        "peak_rss_bytes": {"self": rss_self, "convpaint_child": rss_child, "isb_child": rss_isb},
         "wall_s": time.perf_counter() - t_start,
     }, indent=1, default=str))
     print(f"results: {out}")

@@ -275,3 +275,109 @@ def test_a_round_of_corrections_upsets_the_default_forest_less_than_the_bootstra
     ours = [bq.run_method(corrected, "default", seed=s)["miou"] for s in (0, 1, 2)]
     assert max(boot) < first["miou"] - 0.1  # what the test guards against
     assert np.mean(ours) > np.mean(boot) + 0.05 and sorted(ours)[1] > 0.9
+
+
+# -- interactive-seg-backend (ISB) as an in-run baseline ----------------------------------------
+#: A stand-in for interactive-seg-backend with exactly the names the benchmark's child process
+#: uses (its ``__init__``, ``core`` and ``features.multiscale_classical_cpu``): features = the
+#: image and its 2 px Gaussian; a scikit-learn forest. It records what the child set.
+_FAKE_ISB = {
+    "interactive_seg_backend/__init__.py": '''
+import numpy as np
+from scipy import ndimage as ndi
+
+class FeatureConfig:
+    pass
+
+class TrainingConfig:
+    def __init__(self, feature_config, classifier="random_forest", classifier_params=None):
+        self.feature_config, self.classifier = feature_config, classifier
+        self.classifier_params = dict(classifier_params or {})
+        self.shuffle_data, self.n_samples = True, -1
+
+def featurise(image, cfg):
+    f = image.astype(np.float32)
+    return np.stack([f, ndi.gaussian_filter(f, 2)], -1)
+''',
+    "interactive_seg_backend/features/__init__.py": "",
+    "interactive_seg_backend/features/multiscale_classical_cpu.py": "N_ALLOWED_CPUS = 0\n",
+    "interactive_seg_backend/core.py": '''
+import json, os
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+N_ALLOWED_CPUS = 0
+
+def get_training_data(feature_stacks, labels):
+    m = [l > 0 for l in labels]
+    return np.concatenate([f[k] for f, k in zip(feature_stacks, m)]), np.concatenate([l[k] for l, k in zip(labels, m)])
+
+def shuffle_sample_training_data(fit, target, shuffle=True, sample_n=-1):
+    i = np.random.permutation(len(target))
+    return fit[i], target[i]
+
+def get_model(name, extra, to_gpu=False):
+    from interactive_seg_backend.features import multiscale_classical_cpu as mcc
+    with open(os.environ["FAKE_ISB_LOG"], "a") as f:
+        f.write(json.dumps({"classifier": name, "params": extra, "cpus": [N_ALLOWED_CPUS, mcc.N_ALLOWED_CPUS]}) + "\\n")
+    return RandomForestClassifier(n_estimators=10, n_jobs=N_ALLOWED_CPUS, **extra)
+
+def train(model, fit, target, sample_weight):
+    return model.fit(fit, target)
+
+def apply_(model, features):
+    h, w, c = features.shape
+    p = model.predict_proba(features.reshape(-1, c))
+    return p.argmax(-1).astype(np.uint8).reshape(h, w), p.reshape(h, w, -1)
+''',
+}
+
+
+def _fake_isb(root: Path) -> Path:
+    for rel, text in _FAKE_ISB.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "pyproject.toml").write_text('[project]\nname = "interactive_seg_backend"\nversion = "0.0.3"\n')
+    return root
+
+
+def test_isb_runs_in_a_child_and_returns_class_ids_per_plane(bq, tmp_path, monkeypatch):
+    """Classes 1 and 3 (not the forest's indices 0 and 1); a stack whose second plane has no
+    scribbles is trained on the first and segmented plane by plane; the classifier seed and all
+    cores reach ISB."""
+    import json
+    import os
+
+    monkeypatch.setattr(bq, "ISB_PATH", _fake_isb(tmp_path / "isb"))
+    monkeypatch.setenv("FAKE_ISB_LOG", str(tmp_path / "log.jsonl"))
+    ds = _toy(stack=True)
+    for k in ("gt", "scr"):
+        ds[k] = np.where(ds[k] == 2, 3, ds[k]).astype(np.uint8)
+    ds["classes"] = [1, 3]
+    r = bq.run_method(ds, "isb_xgb", seed=5, keep_labels=True)
+    assert r["status"] == "ok", r
+    assert r["labels"].shape == ds["gt"].shape and set(np.unique(r["labels"])) == {1, 3}
+    assert r["miou"] == pytest.approx(1.0)  # both planes, the unscribbled one too
+    assert "0.0.3" in r["detail"] and r["peak_rss_bytes"] > 0
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log == [{"classifier": "xgb", "params": {"random_state": 5}, "cpus": [os.cpu_count()] * 2}]
+
+
+def test_isb_missing_or_failing_is_reported_not_raised(bq, tmp_path, monkeypatch):
+    monkeypatch.setattr(bq, "ISB_PATH", tmp_path / "nowhere")
+    r = bq.run_method(_toy(), "isb_rf")
+    assert r["status"] == "not available" and "git clone https://github.com/tldr-group/interactive-seg-backend" in r["reason"]
+    root = _fake_isb(tmp_path / "isb")
+    (root / "interactive_seg_backend" / "core.py").write_text("raise ImportError('no such thing')\n")
+    monkeypatch.setattr(bq, "ISB_PATH", root)
+    r = bq.run_method(_toy(), "isb_rf")
+    assert r["status"] == "not available" and "ImportError: no such thing" in r["reason"]
+
+
+@pytest.mark.skipif(not (Path("/tmp/interactive-seg-backend") / "interactive_seg_backend").is_dir(),
+                    reason="needs interactive-seg-backend's source in /tmp/interactive-seg-backend (git clone "
+                           "https://github.com/tldr-group/interactive-seg-backend; not on PyPI, so not in CI)")
+def test_isb_itself_segments_a_toy_image(bq, monkeypatch):
+    monkeypatch.setattr(bq, "ISB_PATH", Path("/tmp/interactive-seg-backend"))
+    for name in ("isb_rf", "isb_xgb"):
+        r = bq.run_method(_toy(), name)
+        assert r["status"] == "ok" and r["miou"] > 0.9, r
