@@ -516,24 +516,31 @@ def run_convpaint(ds: dict, path: Path) -> dict:
         raise NotAvailable(f"napari-convpaint is not installed in {path} (pip download napari-convpaint --no-deps; "
                            f"pip install --no-deps --target {path} <wheel> catboost einops omegaconf "
                            "'antlr4-python3-runtime==4.9.3' napari-guitils napari-annotation-project)")
+    mode = "rgb" if ds["channel_axis"] is not None else "grey"
+    r = run_child(ds, "napari-convpaint", CONVPAINT_CHILD, path, mode)
+    return {**r, "detail": f"napari-convpaint {r['version']}, fe {r['fe']} scalings {r['scalings']}"}
+
+
+def run_child(ds: dict, peer: str, script: str, path: Path, *args: str) -> dict:
+    """Run a peer's ``script`` in a child process: ``python -c script path img.npy scr.npy seg.npy
+    *args``; the child saves the segmentation (the ground truth's shape) to ``seg.npy`` and prints
+    a JSON line with at least ``train_s`` and ``apply_s`` (and ``peak_rss_bytes``, its own
+    VmHWM). Returns that JSON's fields, the score and ``labels``; a failing child or a wrong shape
+    raise :class:`NotAvailable` naming ``peer``."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         np.save(tmp / "img.npy", ds["image_arr"])
         np.save(tmp / "scr.npy", ds["scr"])
-        mode = "rgb" if ds["channel_axis"] is not None else "grey"
-        r = subprocess.run([sys.executable, "-c", CONVPAINT_CHILD, str(path), str(tmp / "img.npy"),
-                            str(tmp / "scr.npy"), str(tmp / "seg.npy"), mode],
-                           capture_output=True, text=True, timeout=3600)
+        r = subprocess.run([sys.executable, "-c", script, str(path), str(tmp / "img.npy"), str(tmp / "scr.npy"),
+                            str(tmp / "seg.npy"), *args], capture_output=True, text=True, timeout=3600)
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
-            raise NotAvailable(f"napari-convpaint failed: {last}")
+            raise NotAvailable(f"{peer} failed: {last}")
         info = json.loads(r.stdout.strip().splitlines()[-1])
         pred = np.load(tmp / "seg.npy")
     if pred.shape != ds["gt"].shape:
-        raise NotAvailable(f"napari-convpaint returned shape {pred.shape} for labels {ds['gt'].shape}")
-    return {**score(pred, ds), "train_s": info["train_s"], "apply_s": info["apply_s"],
-            "peak_rss_bytes": info.get("peak_rss_bytes"), "labels": pred,
-            "detail": f"napari-convpaint {info['version']}, fe {info['fe']} scalings {info['scalings']}"}
+        raise NotAvailable(f"{peer} returned shape {pred.shape} for labels {ds['gt'].shape}")
+    return {**info, **score(pred, ds), "peak_rss_bytes": info.get("peak_rss_bytes"), "labels": pred}
 
 
 ISB_CHILD = r"""
@@ -584,24 +591,9 @@ def run_isb(ds: dict, name: str, path: Path, seed: int = SEED) -> dict:
     if not (path / "interactive_seg_backend" / "__init__.py").is_file():
         raise NotAvailable(f"interactive-seg-backend is not in {path} (git clone "
                            f"https://github.com/tldr-group/interactive-seg-backend {path}, or --isb-path)")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        np.save(tmp / "img.npy", ds["image_arr"])
-        np.save(tmp / "scr.npy", ds["scr"])
-        clf = {"isb_rf": "random_forest", "isb_xgb": "xgb"}[name]
-        r = subprocess.run([sys.executable, "-c", ISB_CHILD, str(path), str(tmp / "img.npy"), str(tmp / "scr.npy"),
-                            str(tmp / "seg.npy"), clf, str(seed), "stack" if ds["stack"] else "image"],
-                           capture_output=True, text=True, timeout=3600)
-        if r.returncode != 0:
-            last = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
-            raise NotAvailable(f"interactive-seg-backend failed: {last}")
-        info = json.loads(r.stdout.strip().splitlines()[-1])
-        pred = np.load(tmp / "seg.npy")
-    if pred.shape != ds["gt"].shape:
-        raise NotAvailable(f"interactive-seg-backend returned shape {pred.shape} for labels {ds['gt'].shape}")
-    return {**score(pred, ds), "train_s": info["train_s"], "apply_s": info["apply_s"],
-            "peak_rss_bytes": info.get("peak_rss_bytes"), "labels": pred,
-            "detail": f"interactive-seg-backend {isb_version(path)}, {clf}, {info['n_features']} features"}
+    clf = {"isb_rf": "random_forest", "isb_xgb": "xgb"}[name]
+    r = run_child(ds, "interactive-seg-backend", ISB_CHILD, path, clf, str(seed), "stack" if ds["stack"] else "image")
+    return {**r, "detail": f"interactive-seg-backend {isb_version(path)}, {clf}, {r['n_features']} features"}
 
 
 def warm_up() -> None:
