@@ -156,6 +156,8 @@ METHODS: dict[str, dict] = {
     # issue 10, session 19: the largest Gaussian scale kept (benchmarks/quality_screens.py --screens scales)
     "sigmas_to_4": {"features": {"sigmas": (0.5, 1, 2, 4)}, "note": "no 8 or 16 px scales"},
     "sigmas_to_8": {"features": {"sigmas": (0.5, 1, 2, 4, 8)}, "note": "no 16 px scale"},
+    "sigmas_half_octave": {"features": {"sigmas": (0.5, 0.7, 1, 1.4, 2, 2.8, 4, 8, 16)},
+                           "note": "half-octave steps up to 4 px (docs/quality.md Run 18)"},
     # issue 10, session 19: boundary refinement (pipeline/_boundary.py), on by default from feature file format 3
     "no_boundary": {"config": {"boundary_refinement": 0}, "note": "without boundary refinement (the default before)"},
     "boundary1": {"config": {"boundary_refinement": 1}},
