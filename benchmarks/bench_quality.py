@@ -62,7 +62,7 @@ Methods:
 
 Output: a set x method mIoU table (and its mean over sets), a long table (per-class IoU,
 train s, apply s), the margin of ``default`` over the best in-run baseline per set, the ISB
-numbers quoted in issue 10 (for context only, not re-run), peak RSS, and a JSON of everything
+numbers quoted in issue 10 (for context; ``isb_rf`` / ``isb_xgb`` re-run them), peak RSS, and a JSON of everything
 (machine, versions, seed, git commit) in ``benchmarks/results/bench_quality_<time>.json``.
 ``--quick`` crops every set to about 256 x 256 (a window whose scribbles hold every class)
 for smoke runs; its numbers are not the benchmark's.
@@ -179,8 +179,11 @@ METHODS: dict[str, dict] = {
 BASELINES = ("skimage_gallery", "skimage_rf100", "convpaint", "isb_rf", "isb_xgb")
 #: Baselines with no classifier seed of ours (run once, whatever ``--repeats`` says).
 UNSEEDED = ("convpaint",)
+#: The interactive-seg-backend baselines and the ISB classifier name each runs.
+ISB_CLASSIFIERS = {"isb_rf": "random_forest", "isb_xgb": "xgb"}
 
-#: From issue 10 (interactive-seg-backend, 58 Weka-style features), for context only: not re-run.
+#: Quoted in issue 10 (interactive-seg-backend, 58 Weka-style features), for context; ``isb_rf`` /
+#: ``isb_xgb`` run it in the same run.
 ISB_ISSUE10 = {
     "tem_nanoparticles": {"ISB RF": 0.865, "ISB XGB": 0.901},
     "bbbc039_u2os_nuclei": {"ISB RF": 0.965, "ISB XGB": 0.953},
@@ -583,8 +586,10 @@ def isb_version(path: Path) -> str | None:
     if not toml.is_file():
         return None
     m = re.search(r'^version\s*=\s*"([^"]+)"', toml.read_text(), re.M)
-    head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return (m.group(1) if m else "?") + (f" (git {head.stdout.strip()[:12]})" if head.returncode == 0 else "")
+    # only its own clone: git -C in a plain copy would walk up to an enclosing repository's commit
+    head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True) \
+        if (path / ".git").exists() else None
+    return (m.group(1) if m else "?") + (f" (git {head.stdout.strip()[:12]})" if head and head.returncode == 0 else "")
 
 
 def run_isb(ds: dict, name: str, path: Path, seed: int = SEED) -> dict:
@@ -593,7 +598,7 @@ def run_isb(ds: dict, name: str, path: Path, seed: int = SEED) -> dict:
     if not (path / "interactive_seg_backend" / "__init__.py").is_file():
         raise NotAvailable(f"interactive-seg-backend is not in {path} (git clone "
                            f"https://github.com/tldr-group/interactive-seg-backend {path}, or --isb-path)")
-    clf = {"isb_rf": "random_forest", "isb_xgb": "xgb"}[name]
+    clf = ISB_CLASSIFIERS[name]
     r = run_child(ds, "interactive-seg-backend", ISB_CHILD, path, clf, str(seed), "stack" if ds["stack"] else "image")
     return {**r, "detail": f"interactive-seg-backend {isb_version(path)}, {clf}, {r['n_features']} features"}
 
@@ -625,7 +630,7 @@ def run_method(ds: dict, name: str, convpaint_path: Path = DEFAULT_CONVPAINT, se
             r = run_skimage(ds, name, seed)
         elif name == "convpaint":
             r = run_convpaint(ds, convpaint_path)
-        elif name in ("isb_rf", "isb_xgb"):
+        elif name in ISB_CLASSIFIERS:
             r = run_isb(ds, name, ISB_PATH, seed)
         else:
             raise KeyError(name)
@@ -822,7 +827,8 @@ def report(results: dict, methods: list[str]) -> str:
                      if vals else "n/a")
     lines.append("| **mean** | " + " | ".join(means) + " | | |")
     lines.append("")
-    lines.append("\\* ISB = interactive-seg-backend, from issue 10, not re-run (context only).")
+    lines.append("\\* ISB = interactive-seg-backend as quoted in issue 10 (context only; the isb_rf / isb_xgb "
+                 "columns, when present, are it run here).")
     lines.append("")
     lines.append(f"Margin of `default` over the best in-run baseline ({', '.join(BASELINES)}):")
     lines.append("")
@@ -1037,9 +1043,9 @@ def main(argv=None) -> int:
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # a child's own VmHWM (ru_maxrss of children counts the parent's pages at fork)
     child = {m: max((row[m].get("peak_rss_bytes") or 0 for row in results.values() if m in row), default=0)
-             for m in ("convpaint", "isb_rf", "isb_xgb")}
+             for m in ("convpaint", *ISB_CLASSIFIERS)}
     rss_child = child["convpaint"] or None
-    rss_isb = max(child["isb_rf"], child["isb_xgb"]) or None
+    rss_isb = max(child[m] for m in ISB_CLASSIFIERS) or None
     print(f"\npeak RSS: this process {rss_self / 2**20:.0f} MiB"
           + (f"; largest napari-convpaint child {rss_child / 2**20:.0f} MiB" if rss_child else "")
           + (f"; largest interactive-seg-backend child {rss_isb / 2**20:.0f} MiB" if rss_isb else "")
